@@ -1,0 +1,7 @@
+//! The mfs-ingest coordinator as a library (the binary only wires it): the
+//! HTTP API, the ingest-request consumer, the outbox relay, and the
+//! reconciler/garbage-collector loops.
+
+pub mod api;
+pub mod service;
+pub mod submit;

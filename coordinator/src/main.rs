@@ -1,0 +1,241 @@
+//! The mfs-ingest coordinator binary: `migrate` applies the migrations;
+//! `serve` runs the HTTP API (with `/metrics`), the ingest-request consumer,
+//! the outbox relay, the reconciler / garbage collector and the backlog
+//! gauges until SIGTERM.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use clap::{Args, Parser, Subcommand};
+use coordinator::service::{self, Intervals};
+use shared::config::{mask_url, ServiceArgs};
+use shared::jobs::{Publisher, REQUESTS_QUEUE};
+use shared::store::Store;
+
+#[derive(Parser)]
+#[command(
+    name = "coordinator",
+    version,
+    about = "mfs-ingest coordinator: upload sessions, part jobs, completion"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply database migrations.
+    Migrate {
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/mfs_ingest"
+        )]
+        database_url: String,
+    },
+    /// Run the HTTP API, request consumer, outbox relay, reconciler and GC.
+    Serve(ServeArgs),
+    /// Publish ingest requests for local files (and wait for their events).
+    Submit(coordinator::submit::SubmitArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    services: ServiceArgs,
+    /// HTTP API and /metrics.
+    #[arg(long, env = "INGEST_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    http_addr: SocketAddr,
+    /// Bearer token for /v1/* (unset = no auth, with a warning).
+    #[arg(long, env = "INGEST_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// Re-publish part jobs uncommitted this many seconds after their publish.
+    #[arg(long, env = "INGEST_PART_STALE_SECS", default_value_t = 120)]
+    part_stale_secs: u64,
+    /// Fail sessions still open after this many seconds.
+    #[arg(long, env = "INGEST_SESSION_MAX_AGE_SECS", default_value_t = 86400)]
+    session_max_age_secs: u64,
+    /// Seconds after a session ended before its staging leftovers are collected.
+    #[arg(long, env = "INGEST_STAGING_GRACE_SECS", default_value_t = 60)]
+    staging_grace_secs: u64,
+    /// Seconds between reconciler / GC rounds.
+    #[arg(long, env = "INGEST_MAINTENANCE_SECS", default_value_t = 5)]
+    maintenance_secs: u64,
+    /// Ingest requests handled at the same time.
+    #[arg(long, env = "INGEST_REQUEST_CONCURRENCY", default_value_t = 16)]
+    request_concurrency: u16,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    shared::process::init_logging("info,lapin=warn,sqlx=warn");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Migrate { database_url } => migrate(&database_url).await,
+            Command::Serve(args) => serve(args).await,
+            Command::Submit(args) => coordinator::submit::submit(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn migrate(database_url: &str) -> Result<()> {
+    let store = Store::connect(database_url, 2)
+        .await
+        .with_context(|| format!("connecting to {}", mask_url(database_url)))?;
+    store.migrate().await?;
+    println!("migrations applied");
+    Ok(())
+}
+
+/// Counts every HTTP request by route template (never the raw path, so ids
+/// do not become labels), method and status class, and times it.
+async fn track_http(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().clone();
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    shared::metrics::http_request(
+        &route,
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    shared::metrics::set_build_info("coordinator");
+    tracing::info!(
+        http_addr = %args.http_addr,
+        api_token = if args.api_token.is_some() { "***" } else { "<unset>" },
+        config = %args.services.describe(),
+        "starting coordinator"
+    );
+    if args.api_token.is_none() {
+        tracing::warn!(
+            "INGEST_API_TOKEN is unset: the HTTP API accepts requests WITHOUT authentication"
+        );
+    }
+    let ingest = args
+        .services
+        .ingest(
+            "mfs-ingest coordinator",
+            args.request_concurrency as u32 + 8,
+        )
+        .await
+        .context("starting the coordinator")?;
+    ingest
+        .store
+        .migrate()
+        .await
+        .context("applying migrations")?;
+    let staging = ingest.cfg.staging_root();
+    let staging_inode = ingest
+        .mfs
+        .mkdir_all(&staging)
+        .await
+        .context("creating the staging directory")?;
+    let (system_dir, _) = ingest
+        .mfs
+        .resolve(&staging.split_last().expect("staging has a parent").0)
+        .await?;
+    for inode in [system_dir, staging_inode] {
+        ingest.mfs.set_trash_time(inode, 0, false).await?;
+    }
+
+    let shutdown = shared::process::shutdown_on_signals();
+
+    let publisher = Arc::new(Publisher::new(
+        &args.services.amqp_url,
+        "coordinator publisher",
+    ));
+    let relay = tokio::spawn(service::run_outbox_relay(
+        ingest.store.clone(),
+        publisher.clone(),
+        shutdown.clone(),
+    ));
+    let intervals = Intervals {
+        part_stale_after: Duration::from_secs(args.part_stale_secs),
+        session_max_age: Duration::from_secs(args.session_max_age_secs),
+        tick: Duration::from_secs(args.maintenance_secs),
+        staging_grace: Duration::from_secs(args.staging_grace_secs),
+        ..Intervals::default()
+    };
+    let backlog = tokio::spawn(service::run_backlog_gauges(
+        ingest.store.clone(),
+        intervals.stats,
+        shutdown.clone(),
+    ));
+    let maintenance = tokio::spawn(service::run_maintenance(
+        ingest.clone(),
+        intervals,
+        shutdown.clone(),
+    ));
+    let consumer = {
+        let ingest = ingest.clone();
+        let publisher = publisher.clone();
+        let amqp_url = args.services.amqp_url.clone();
+        let shutdown = shutdown.clone();
+        let prefetch = args.request_concurrency;
+        tokio::spawn(async move {
+            shared::jobs::consume_until(
+                &amqp_url,
+                &format!("coordinator-{}", std::process::id()),
+                REQUESTS_QUEUE,
+                prefetch,
+                shutdown,
+                Duration::from_secs(30),
+                move |delivery| {
+                    let ingest = ingest.clone();
+                    let publisher = publisher.clone();
+                    async move { service::handle_request(&ingest, &publisher, delivery).await }
+                },
+            )
+            .await
+        })
+    };
+
+    let state = Arc::new(coordinator::api::ApiState {
+        ingest: ingest.clone(),
+        token: args.api_token.clone(),
+        metrics: Arc::new(shared::metrics::render),
+    });
+    let listener = tokio::net::TcpListener::bind(args.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.http_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "HTTP API listening");
+    let http_shutdown = shutdown.clone();
+    let app = coordinator::api::router(state).layer(axum::middleware::from_fn(track_http));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+        .await
+        .context("HTTP server")?;
+    let _ = tokio::join!(relay, maintenance, consumer, backlog);
+    ingest.mfs.close().await;
+    Ok(())
+}

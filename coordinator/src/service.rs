@@ -1,0 +1,340 @@
+//! The coordinator's background work: the ingest-request consumer, the
+//! outbox relay (publisher confirms, `FOR UPDATE SKIP LOCKED`, so several
+//! coordinators can run), the reconciler / garbage-collector loop, and the
+//! backlog gauges computed from PostgreSQL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use shared::ingest::{Completion, Ingest, RequestError};
+use shared::jobs::{Outgoing, Publisher, RequestMessage, UploadEvent, REQUESTS_QUEUE};
+use shared::metrics::{metrics, Service};
+use shared::store::{state, Store};
+use tokio_util::sync::CancellationToken;
+
+/// Timing of the background loops.
+#[derive(Debug, Clone)]
+pub struct Intervals {
+    /// Re-publish a part job uncommitted this long after its last publish.
+    pub part_stale_after: Duration,
+    /// Complete sessions whose parts were all committed this long ago.
+    pub completion_stale_after: Duration,
+    /// Fail open sessions older than this.
+    pub session_max_age: Duration,
+    /// Staging leftovers of ended sessions are collected after this.
+    pub staging_grace: Duration,
+    /// Pause between reconciler / GC rounds.
+    pub tick: Duration,
+    /// Pause between updates of the backlog gauges.
+    pub stats: Duration,
+}
+
+impl Default for Intervals {
+    fn default() -> Self {
+        Intervals {
+            part_stale_after: Duration::from_secs(120),
+            completion_stale_after: Duration::from_secs(10),
+            session_max_age: Duration::from_secs(24 * 3600),
+            staging_grace: Duration::from_secs(60),
+            tick: Duration::from_secs(5),
+            stats: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Handles one message of `ingest.requests`: each item becomes (or finds) a
+/// session; an item that is refused goes to the dead-letter queue with the
+/// reason and a `request.rejected` event; a message that is not a request at
+/// all is dead-lettered whole. Acked only after everything is committed.
+pub async fn handle_request(ingest: &Ingest, publisher: &Publisher, delivery: Delivery) {
+    let message: RequestMessage = match serde_json::from_slice(&delivery.data) {
+        Ok(m) => m,
+        Err(e) => {
+            let reason = format!("malformed ingest request: {e}");
+            tracing::warn!(%reason);
+            let published = publisher
+                .publish_all(&[Outgoing::dead_letter(
+                    &delivery.data,
+                    REQUESTS_QUEUE,
+                    &reason,
+                )])
+                .await
+                .is_ok();
+            if published {
+                metrics()
+                    .dead_letters
+                    .with_label_values(&[REQUESTS_QUEUE])
+                    .inc();
+            }
+            finish(&delivery, published).await;
+            return;
+        }
+    };
+    let mut rejected = Vec::new();
+    for item in message.into_items() {
+        match ingest.submit(&item).await {
+            Ok((session, created)) => {
+                tracing::info!(request_id = %item.request_id, session = %session.id, created, "ingest request accepted");
+            }
+            Err(e) if e.is_client_error() => {
+                tracing::warn!(request_id = %item.request_id, error = %e, "ingest request refused");
+                rejected.push((item, e));
+            }
+            Err(e) => {
+                // Our side is down: leave the message for later.
+                tracing::error!(request_id = %item.request_id, error = %e, "cannot process ingest request now");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                shared::jobs::requeue(&delivery).await;
+                return;
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (item, e) in &rejected {
+        let body = serde_json::to_vec(item).expect("request encodes");
+        out.push(Outgoing::dead_letter(&body, REQUESTS_QUEUE, &e.to_string()));
+        out.push(rejection_event(&item.request_id, &item.dest, e));
+    }
+    let published = out.is_empty() || publisher.publish_all(&out).await.is_ok();
+    if published && !rejected.is_empty() {
+        metrics()
+            .dead_letters
+            .with_label_values(&[REQUESTS_QUEUE])
+            .inc_by(rejected.len() as u64);
+    }
+    finish(&delivery, published).await;
+}
+
+fn rejection_event(request_id: &str, dest: &str, e: &RequestError) -> Outgoing {
+    let event = UploadEvent {
+        event: "request.rejected".into(),
+        session_id: uuid::Uuid::nil(),
+        request_id: request_id.to_string(),
+        dest: dest.to_string(),
+        size: 0,
+        md5: None,
+        crc32c: None,
+        error: Some(e.to_string()),
+    };
+    Outgoing::event(&event)
+}
+
+/// Acks when the outcome was recorded, else requeues.
+async fn finish(delivery: &Delivery, recorded: bool) {
+    let res = if recorded {
+        delivery.acker.ack(BasicAckOptions::default()).await
+    } else {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        delivery
+            .acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await
+    };
+    if let Err(e) = res {
+        tracing::warn!(error = %e, "ack/nack failed; the message will be redelivered");
+    }
+}
+
+/// Publishes outbox rows until `shutdown`: woken by `NOTIFY outbox`, and at
+/// least every second. A row is marked sent only after the broker confirmed it.
+pub async fn run_outbox_relay(
+    store: Store,
+    publisher: Arc<Publisher>,
+    shutdown: CancellationToken,
+) {
+    let mut listener = None;
+    let mut delay = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        if listener.is_none() {
+            match sqlx::postgres::PgListener::connect_with(&store.pool).await {
+                Ok(mut l) => {
+                    if l.listen("outbox").await.is_ok() {
+                        listener = Some(l);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot LISTEN for outbox notifications"),
+            }
+        }
+        match relay_once(&store, &publisher).await {
+            Ok(n) if n > 0 => {
+                delay = Duration::from_millis(100);
+                continue; // there may be more
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "outbox relay failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        }
+        let wait = async {
+            match listener.as_mut() {
+                Some(l) => {
+                    if l.recv().await.is_err() {
+                        listener = None;
+                    }
+                }
+                None => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::timeout(Duration::from_secs(1), wait) => {}
+        }
+    }
+}
+
+/// Publishes one batch of unsent rows; returns how many.
+pub async fn relay_once(store: &Store, publisher: &Publisher) -> Result<usize, String> {
+    let (mut tx, rows) = store.claim_outbox(500).await.map_err(|e| e.to_string())?;
+    if rows.is_empty() {
+        let _ = tx.rollback().await;
+        return Ok(0);
+    }
+    let messages: Vec<Outgoing> = rows
+        .iter()
+        .map(|r| Outgoing {
+            exchange: r.exchange.clone(),
+            queue: r.routing_key.clone(),
+            payload: serde_json::to_vec(&r.payload).expect("json encodes"),
+            headers: Vec::new(),
+            expiration: None,
+        })
+        .collect();
+    publisher
+        .publish_all(&messages)
+        .await
+        .map_err(|e| e.to_string())?;
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    Store::mark_sent(&mut tx, &ids)
+        .await
+        .map_err(|e| e.to_string())?;
+    tx.commit().await.map_err(|e| {
+        shared::metrics::postgres_error(&e);
+        e.to_string()
+    })?;
+    Ok(rows.len())
+}
+
+/// The reconciler and garbage collector, one round every `tick`.
+pub async fn run_maintenance(ingest: Ingest, intervals: Intervals, shutdown: CancellationToken) {
+    let m = metrics();
+    while !shutdown.is_cancelled() {
+        let started = std::time::Instant::now();
+        let outcome = match maintenance_round(&ingest, &intervals).await {
+            Ok(()) => "ok",
+            Err(e) => {
+                tracing::warn!(error = %e, "maintenance round failed");
+                "error"
+            }
+        };
+        m.maintenance_rounds.with_label_values(&[outcome]).inc();
+        m.maintenance_duration
+            .observe(started.elapsed().as_secs_f64());
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(intervals.tick) => {}
+        }
+    }
+}
+
+/// One round: re-publish stale parts, complete forgotten sessions, expire
+/// old ones, collect staging leftovers, delete abandoned inodes.
+pub async fn maintenance_round(ingest: &Ingest, intervals: &Intervals) -> Result<(), String> {
+    let republished = ingest
+        .store
+        .republish_stale_parts(intervals.part_stale_after)
+        .await
+        .map_err(|e| e.to_string())?;
+    let m = metrics();
+    m.reconciler_republished.inc_by(republished);
+    if republished > 0 {
+        tracing::info!(republished, "re-published stale part jobs");
+    }
+    for id in ingest
+        .store
+        .sessions_awaiting_completion(intervals.completion_stale_after)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        match ingest.complete(id).await {
+            Ok(outcome) => {
+                if matches!(outcome, Completion::Completed { .. }) {
+                    m.reconciler_completed.inc();
+                }
+                tracing::info!(session = %id, ?outcome, "reconciler completed a session")
+            }
+            Err(e) => tracing::warn!(session = %id, error = %e, "completion failed; will retry"),
+        }
+    }
+    for id in ingest
+        .store
+        .expired_sessions(intervals.session_max_age)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        let why = format!(
+            "expired: not completed within {:?}",
+            intervals.session_max_age
+        );
+        if ingest
+            .end_session(id, state::FAILED, &why)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            tracing::warn!(session = %id, "session expired");
+        }
+    }
+    let swept = ingest
+        .sweep_staging(intervals.staging_grace)
+        .await
+        .map_err(|e| e.to_string())?;
+    let deleted = ingest
+        .collect_garbage(500)
+        .await
+        .map_err(|e| e.to_string())?;
+    m.gc_swept.inc_by(swept);
+    m.gc_deleted.inc_by(deleted);
+    if swept > 0 || deleted > 0 {
+        tracing::info!(swept, deleted, "garbage collected");
+    }
+    Ok(())
+}
+
+/// Updates the backlog gauges (pending parts and the oldest one's age, open
+/// sessions, unsent outbox rows, undeleted abandoned inodes) from PostgreSQL
+/// every `every` until `shutdown`. Like pgmq's queue metrics, they come from
+/// the truth, not from the broker; every coordinator exports the same values.
+pub async fn run_backlog_gauges(store: Store, every: Duration, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        if let Err(e) = update_backlog_gauges(&store).await {
+            tracing::warn!(error = %e, "cannot update the backlog gauges");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// One update of the backlog gauges.
+pub async fn update_backlog_gauges(store: &Store) -> Result<(), String> {
+    let values = tokio::time::timeout(Duration::from_secs(10), store.backlog())
+        .await
+        .map_err(|_| {
+            shared::metrics::service_error(Service::Postgres);
+            "the backlog query timed out".to_string()
+        })?
+        .map_err(|e| e.to_string())?;
+    shared::metrics::set_backlog(&values);
+    Ok(())
+}

@@ -1,0 +1,268 @@
+//! `coordinator submit`: a producer for batch ingestion. Publishes one ingest
+//! request per local file (in batch messages, with publisher confirms) to
+//! `ingest.requests`, then, with `--wait`, follows `ingest.events` on a queue
+//! of its own until every request has completed or failed, and prints a
+//! summary.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use serde::Serialize;
+use shared::jobs::{
+    connect, declare_topology, IngestBatch, IngestRequest, Outgoing, Publisher, UploadEvent,
+    EVENTS_EXCHANGE, REQUESTS_QUEUE,
+};
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    /// Local files or directories (directories are walked recursively).
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Destination directory, relative to the MooseFS root.
+    #[arg(long)]
+    dest: String,
+    /// Prefix of the generated request ids (default: a fresh one per run).
+    #[arg(long)]
+    request_prefix: Option<String>,
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=9))]
+    goal: Option<u8>,
+    #[arg(long)]
+    overwrite: bool,
+    /// Requests per batch message.
+    #[arg(long, default_value_t = 100)]
+    batch_size: usize,
+    /// Wait for every request's completion or failure event.
+    #[arg(long)]
+    wait: bool,
+    /// Give up waiting after this many seconds.
+    #[arg(long, default_value_t = 1800)]
+    timeout_secs: u64,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    amqp_url: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Summary {
+    files: usize,
+    bytes: u64,
+    completed: usize,
+    failed: usize,
+    rejected: usize,
+    seconds: f64,
+    mib_per_second: f64,
+    files_per_second: f64,
+    failures: Vec<String>,
+}
+
+fn collect(path: &PathBuf, out: &mut Vec<(PathBuf, u64)>) -> Result<()> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if meta.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(path)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.path());
+        for e in entries {
+            collect(&e.path(), out)?;
+        }
+    } else if meta.is_file()
+        && !path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+    {
+        out.push((std::fs::canonicalize(path)?, meta.len()));
+    }
+    Ok(())
+}
+
+pub async fn submit(args: SubmitArgs) -> Result<()> {
+    let mut files = Vec::new();
+    for p in &args.paths {
+        collect(p, &mut files)?;
+    }
+    if files.is_empty() {
+        bail!("no files to submit");
+    }
+    let prefix = args
+        .request_prefix
+        .clone()
+        .unwrap_or_else(|| format!("submit-{}", uuid::Uuid::new_v4()));
+    let dest_dir = args.dest.trim_end_matches('/');
+    let mut requests = Vec::with_capacity(files.len());
+    let mut sizes = HashMap::new();
+    let roots: Vec<PathBuf> = args
+        .paths
+        .iter()
+        .map(|p| std::fs::canonicalize(p).unwrap_or(p.clone()))
+        .collect();
+    for (path, size) in &files {
+        // Keep the layout below the given directories.
+        let rel = roots
+            .iter()
+            .find_map(|r| {
+                path.strip_prefix(r)
+                    .ok()
+                    .filter(|p| !p.as_os_str().is_empty())
+            })
+            .map(|p| p.to_path_buf())
+            .unwrap_or_else(|| PathBuf::from(path.file_name().expect("a file has a name")));
+        let request_id = format!("{prefix}/{}", rel.display());
+        sizes.insert(request_id.clone(), *size);
+        requests.push(IngestRequest {
+            request_id,
+            source: format!("file://{}", path.display()),
+            dest: format!("{dest_dir}/{}", rel.display()),
+            size: Some(*size),
+            md5: None,
+            crc32c: None,
+            goal: args.goal,
+            overwrite: args.overwrite,
+            part_size: None,
+        });
+    }
+
+    // Listen before publishing so no event is missed.
+    let events = if args.wait {
+        let conn = connect(&args.amqp_url, "coordinator submit").await?;
+        let channel = conn.create_channel().await?;
+        declare_topology(&channel).await?;
+        let queue = channel
+            .queue_declare(
+                "",
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.name().as_str(),
+                EVENTS_EXCHANGE,
+                "",
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                queue.name().as_str(),
+                "submit",
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Some((conn, channel, consumer))
+    } else {
+        None
+    };
+
+    let started = Instant::now();
+    let publisher = Publisher::new(&args.amqp_url, "coordinator submit publisher");
+    for chunk in requests.chunks(args.batch_size.max(1)) {
+        let batch = IngestBatch {
+            items: chunk.to_vec(),
+        };
+        publisher
+            .publish_all(&[Outgoing::json(REQUESTS_QUEUE, &batch)?])
+            .await
+            .context("publishing ingest requests")?;
+    }
+    eprintln!("submitted {} requests (prefix {prefix})", requests.len());
+    let Some((_conn, _channel, mut consumer)) = events else {
+        return Ok(());
+    };
+
+    let mut pending: HashMap<String, u64> = sizes;
+    let mut summary = Summary {
+        files: requests.len(),
+        bytes: files.iter().map(|(_, s)| s).sum(),
+        completed: 0,
+        failed: 0,
+        rejected: 0,
+        seconds: 0.0,
+        mib_per_second: 0.0,
+        files_per_second: 0.0,
+        failures: Vec::new(),
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout_secs);
+    while !pending.is_empty() {
+        let delivery = match tokio::time::timeout_at(deadline, consumer.next()).await {
+            Err(_) => bail!("timed out with {} requests still pending", pending.len()),
+            Ok(None) => bail!("event stream ended"),
+            Ok(Some(d)) => d?,
+        };
+        let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+        let Ok(event) = serde_json::from_slice::<UploadEvent>(&delivery.data) else {
+            continue;
+        };
+        if pending.remove(&event.request_id).is_none() {
+            continue; // someone else's
+        }
+        match event.event.as_str() {
+            "upload.completed" => summary.completed += 1,
+            "request.rejected" => {
+                summary.rejected += 1;
+                summary.failures.push(format!(
+                    "{}: {}",
+                    event.request_id,
+                    event.error.unwrap_or_default()
+                ));
+            }
+            _ => {
+                summary.failed += 1;
+                summary.failures.push(format!(
+                    "{}: {}",
+                    event.request_id,
+                    event.error.unwrap_or_default()
+                ));
+            }
+        }
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    summary.mib_per_second = summary.bytes as f64 / (1 << 20) as f64 / summary.seconds;
+    summary.files_per_second = summary.files as f64 / summary.seconds;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!("files:      {}", summary.files);
+        println!(
+            "bytes:      {} ({:.1} MiB)",
+            summary.bytes,
+            summary.bytes as f64 / (1 << 20) as f64
+        );
+        println!("completed:  {}", summary.completed);
+        println!(
+            "failed:     {} (+{} rejected)",
+            summary.failed, summary.rejected
+        );
+        println!(
+            "time:       {:.2} s ({:.1} MiB/s, {:.0} files/s)",
+            summary.seconds, summary.mib_per_second, summary.files_per_second
+        );
+        for f in summary.failures.iter().take(20) {
+            println!("  failure: {f}");
+        }
+    }
+    if summary.failed + summary.rejected > 0 {
+        bail!(
+            "{} of {} requests did not complete",
+            summary.failed + summary.rejected,
+            summary.files
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,551 @@
+//! The whole pipeline on the real services (PostgreSQL, RabbitMQ, Redis,
+//! MooseFS) with the real `coordinator serve` and `worker run` binaries: a
+//! mixed batch through the queue, copy-free assembly of a multi-part file,
+//! duplicate deliveries, the stalled-retry race, workers killed mid-part, and
+//! malformed queue input dead-lettered with its reason.
+
+mod pipeline_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::BasicGetOptions;
+use pipeline_support::*;
+use shared::ingest::{AttemptHooks, Completion, PartOutcome};
+use shared::jobs::{Outgoing, PartJob, PARTS_QUEUE, REQUESTS_QUEUE};
+use shared::moosefs::{MfsPath, CHUNK_SIZE};
+
+const MIB: usize = 1 << 20;
+
+/// Checks every completed file: md5 through the mount equals the source's,
+/// and every replica of every chunk is identical with 3 valid copies.
+async fn check_files(p: &Pipeline, files: &[(String, String)]) {
+    for (dest, md5) in files {
+        assert_eq!(
+            &md5_file(&p.mount_path(dest)),
+            md5,
+            "{dest}: md5 through mfsmount"
+        );
+        let full = MfsPath::parse(&format!("{}/{dest}", p.mfs_root)).unwrap();
+        let (inode, _) = p.ingest.mfs.resolve(&full).await.unwrap();
+        for r in p.ingest.mfs.replica_report(inode).await.unwrap() {
+            assert!(
+                r.copies_identical(),
+                "{dest} chunk {}: copies differ",
+                r.index
+            );
+            assert!(
+                r.valid_copies() >= 3,
+                "{dest} chunk {}: {} valid copies",
+                r.index,
+                r.valid_copies()
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_hundred_mixed_files_through_the_queue_with_two_workers() {
+    let p = Pipeline::new("mixed500").await;
+    p.spawn_coordinator(&[]);
+    p.spawn_worker("w1", &[("WORKER_CONCURRENCY", "8")]);
+    p.spawn_worker("w2", &[("WORKER_CONCURRENCY", "8")]);
+    let mut requests = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..500usize {
+        let size = match i % 50 {
+            0 => 70 * MIB + 12345, // two parts
+            1 => 0,
+            2 => 65536,
+            3..=9 => 1 + (i * 7919) % (3 * MIB),
+            _ => 1 + (i * 104_729) % (256 * 1024),
+        };
+        let (url, md5) = p.source(&format!("in/{i:03}.bin"), size, i as u64);
+        let dest = format!("out/{:02}/{i:03}.bin", i % 7);
+        requests.push(p.request(&format!("f{i}"), &url, &dest));
+        expected.push((dest, md5));
+    }
+    p.submit(&requests).await;
+    let ids: Vec<String> = requests.iter().map(|r| r.request_id.clone()).collect();
+    let sessions = p.wait_finished(&ids, Duration::from_secs(400)).await;
+    let failed: Vec<_> = sessions
+        .iter()
+        .filter(|s| s.state != "completed")
+        .map(|s| (&s.request_id, &s.error))
+        .collect();
+    assert!(failed.is_empty(), "not completed: {failed:?}");
+    check_files(&p, &expected).await;
+    p.wait_staging_clean(Duration::from_secs(60)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn file_of_300_mib_in_64_mib_parts_is_assembled_without_copying() {
+    let p = Pipeline::new("append300").await;
+    // GC stays off until the parts' chunks were compared.
+    p.spawn_coordinator(&[("INGEST_MAINTENANCE_SECS", "3600")]);
+    p.spawn_worker("w1", &[("WORKER_CONCURRENCY", "3")]);
+    p.spawn_worker("w2", &[("WORKER_CONCURRENCY", "3")]);
+    let (url, md5) = p.source("big.bin", 300 * MIB + 4321, 9);
+    let mut req = p.request("big", &url, "big.bin");
+    req.part_size = Some(64 << 20);
+    p.submit(std::slice::from_ref(&req)).await;
+    let sessions = p
+        .wait_finished(&[req.request_id.clone()], Duration::from_secs(300))
+        .await;
+    let s = &sessions[0];
+    assert_eq!(s.state, "completed", "{:?}", s.error);
+    assert_eq!(s.part_count, 5);
+    assert_eq!(
+        s.md5.as_deref(),
+        None,
+        "multi-part md5 is only computed when requested"
+    );
+
+    // The final file's chunks are the parts' chunks: nothing was copied.
+    let parts = p.ingest.store.parts(s.id).await.unwrap();
+    let final_inode = s.final_inode.unwrap() as u32;
+    for part in &parts {
+        let (part_chunk, _, _) = p
+            .ingest
+            .mfs
+            .check_chunk(part.staging_inode.unwrap() as u32, 0)
+            .await
+            .unwrap();
+        let index = (part.part_offset as u64 / CHUNK_SIZE) as u32;
+        let (final_chunk, _, _) = p.ingest.mfs.check_chunk(final_inode, index).await.unwrap();
+        assert_eq!(final_chunk, part_chunk, "chunk {index} was copied");
+    }
+    let whole_crc = s.crc32c.unwrap() as u32;
+    let data = std::fs::read(url.trim_start_matches("file://")).unwrap();
+    assert_eq!(
+        whole_crc,
+        crc32c::crc32c(&data),
+        "crc32c combined from the parts"
+    );
+    check_files(&p, &[("big.bin".to_string(), md5)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_part_job_delivered_two_or_three_times_commits_once() {
+    let p = Pipeline::new("dupes").await;
+    p.spawn_coordinator(&[]);
+    let mut requests = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..12usize {
+        let size = if i % 4 == 0 {
+            70 * MIB
+        } else {
+            100_000 + i * 1000
+        };
+        let (url, md5) = p.source(&format!("{i}.bin"), size, 100 + i as u64);
+        let mut req = p.request(&format!("d{i}"), &url, &format!("d/{i}.bin"));
+        req.part_size = Some(16 << 20);
+        requests.push(req);
+        expected.push((format!("d/{i}.bin"), md5));
+    }
+    // Sessions first, workers later: every job is queued, then duplicated.
+    p.submit(&requests).await;
+    let ids: Vec<String> = requests.iter().map(|r| r.request_id.clone()).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let sessions = loop {
+        let rows: Vec<shared::store::Session> =
+            sqlx::query_as("SELECT * FROM upload_sessions WHERE request_id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&p.ingest.store.pool)
+                .await
+                .unwrap();
+        if rows.len() == ids.len() {
+            break rows;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sessions not created"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut dupes = Vec::new();
+    let mut total_parts = 0;
+    for (n, s) in sessions.iter().enumerate() {
+        for part in 0..s.part_count {
+            total_parts += 1;
+            let job = PartJob {
+                session_id: s.id,
+                part_number: part,
+            };
+            for _ in 0..(1 + (n + part as usize) % 2) {
+                dupes.push(Outgoing::json(PARTS_QUEUE, &job).unwrap());
+            }
+        }
+    }
+    p.publisher.publish_all(&dupes).await.unwrap();
+    p.spawn_worker("w1", &[("WORKER_CONCURRENCY", "6")]);
+    p.spawn_worker("w2", &[("WORKER_CONCURRENCY", "6")]);
+    let sessions = p.wait_finished(&ids, Duration::from_secs(300)).await;
+    assert!(
+        sessions.iter().all(|s| s.state == "completed"),
+        "{sessions:?}"
+    );
+    // One committed part per part number; every other copy of a job did no commit.
+    let committed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM upload_parts WHERE session_id = ANY($1) AND committed_token IS NOT NULL",
+    )
+    .bind(sessions.iter().map(|s| s.id).collect::<Vec<_>>())
+    .fetch_one(&p.ingest.store.pool)
+    .await
+    .unwrap();
+    assert_eq!(committed, total_parts);
+    assert!(
+        dupes.len() >= total_parts as usize,
+        "every job was duplicated"
+    );
+    check_files(&p, &expected).await;
+}
+
+/// DESIGN.md failure 2: an attempt stalls while its retry succeeds and the
+/// session completes; the stale attempt then tries to commit. It must be
+/// recorded as abandoned, and GC must delete only its inode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stalled_attempt_that_commits_after_completion_is_abandoned_and_collected() {
+    let p = Pipeline::new("stall").await;
+    // Parts of 1 MiB: completion takes the copy path, not APPEND_SLICE.
+    let (url, md5) = p.source("s.bin", 3 * MIB + 777, 42);
+    let mut req = p.request("stall", &url, "stalled.bin");
+    req.part_size = Some(MIB as u64);
+    let (session, created) = p.ingest.submit(&req).await.unwrap();
+    assert!(created);
+    assert_eq!(session.part_count, 4);
+
+    let release = Arc::new(tokio::sync::Notify::new());
+    let stalled_writing = Arc::new(tokio::sync::Notify::new());
+    let hooks = {
+        let (release, stalled_writing) = (release.clone(), stalled_writing.clone());
+        AttemptHooks {
+            before_commit: Some(Arc::new(move || {
+                let (release, stalled_writing) = (release.clone(), stalled_writing.clone());
+                Box::pin(async move {
+                    stalled_writing.notify_one();
+                    // The stall (16 s in the incident); the retry overtakes it meanwhile.
+                    let _ = tokio::time::timeout(Duration::from_secs(16), release.notified()).await;
+                })
+            })),
+        }
+    };
+    let stale_job = PartJob {
+        session_id: session.id,
+        part_number: 1,
+    };
+    let stale = {
+        let ingest = p.ingest.clone();
+        tokio::spawn(async move { ingest.run_part(&stale_job, "stale-worker", &hooks).await })
+    };
+    stalled_writing.notified().await;
+
+    // The retry of part 1 and the other parts succeed; the last commit completes.
+    for part in [1, 0, 2, 3] {
+        let job = PartJob {
+            session_id: session.id,
+            part_number: part,
+        };
+        let out = p
+            .ingest
+            .run_part(&job, "retry-worker", &AttemptHooks::default())
+            .await
+            .unwrap();
+        assert!(
+            matches!(out, PartOutcome::Committed { .. }),
+            "part {part}: {out:?}"
+        );
+    }
+    let done = p.ingest.store.session(session.id).await.unwrap().unwrap();
+    assert_eq!(done.state, "completed", "{:?}", done.error);
+    let dest = p.mount_path("stalled.bin");
+    assert_eq!(md5_file(&dest), md5);
+
+    // Now the stale attempt finishes and tries to commit.
+    release.notify_one();
+    let outcome = stale.await.unwrap().unwrap();
+    assert_eq!(outcome, PartOutcome::Discarded);
+    let abandoned = p.ingest.store.abandoned_of(session.id).await.unwrap();
+    let stale_path = format!("{}/p00001-t1", p.ingest.cfg.staging_dir(session.id));
+    assert!(
+        abandoned.iter().any(|(_, path, _)| *path == stale_path),
+        "stale attempt not recorded as abandoned: {abandoned:?}"
+    );
+    // GC deletes the abandoned inodes (the stale one and the copied parts) and nothing else.
+    while p.ingest.collect_garbage(100).await.unwrap() > 0 {}
+    assert!(p.ingest.store.pending_abandoned().await.unwrap().is_empty());
+    assert!(
+        matches!(
+            p.ingest
+                .mfs
+                .resolve(&MfsPath::parse(&stale_path).unwrap())
+                .await,
+            Err(shared::moosefs::MfsError::NotFound(_))
+        ),
+        "stale staging file still exists"
+    );
+    assert_eq!(
+        md5_file(&dest),
+        md5,
+        "the completed file is intact after GC"
+    );
+    // A repeated completion is a no-op.
+    assert_eq!(
+        p.ingest.complete(session.id).await.unwrap(),
+        Completion::AlreadyFinished
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_killed_mid_part_still_complete_every_file_once() {
+    let p = Pipeline::new("sigkill").await;
+    p.spawn_coordinator(&[("INGEST_PART_STALE_SECS", "8")]);
+    let mut requests = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..24usize {
+        let size = 8 * MIB + i * 100_003;
+        let (url, md5) = p.source(&format!("{i}.bin"), size, 500 + i as u64);
+        let mut req = p.request(&format!("k{i}"), &url, &format!("k/{i}.bin"));
+        req.part_size = Some(4 << 20);
+        requests.push(req);
+        expected.push((format!("k/{i}.bin"), md5));
+    }
+    p.spawn_worker("w1", &[("WORKER_CONCURRENCY", "3")]);
+    p.spawn_worker("w2", &[("WORKER_CONCURRENCY", "3")]);
+    p.submit(&requests).await;
+    for round in 0..4 {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let victim = if round % 2 == 0 { "w1" } else { "w2" };
+        p.kill(victim, "KILL");
+        p.spawn_worker(victim, &[("WORKER_CONCURRENCY", "3")]);
+    }
+    let ids: Vec<String> = requests.iter().map(|r| r.request_id.clone()).collect();
+    let sessions = p.wait_finished(&ids, Duration::from_secs(300)).await;
+    assert_eq!(sessions.len(), requests.len(), "one session per request id");
+    let failed: Vec<_> = sessions
+        .iter()
+        .filter(|s| s.state != "completed")
+        .map(|s| (&s.request_id, &s.error))
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    check_files(&p, &expected).await;
+    p.wait_staging_clean(Duration::from_secs(60)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_queue_messages_are_dead_lettered_with_the_reason() {
+    let p = Pipeline::new("deadletter").await;
+    p.spawn_coordinator(&[]);
+    p.spawn_worker("w1", &[]);
+    let bad_requests: [&[u8]; 3] = [
+        b"{not json",
+        br#"{"request_id": 7, "source": "file:///x", "dest": "a"}"#,
+        br#"{"request_id": "x", "dest": "a"}"#,
+    ];
+    let mut out: Vec<Outgoing> = bad_requests
+        .iter()
+        .map(|b| Outgoing {
+            exchange: String::new(),
+            queue: REQUESTS_QUEUE.into(),
+            payload: b.to_vec(),
+            headers: vec![],
+            expiration: None,
+        })
+        .collect();
+    // A well-formed request that validation refuses (source outside the roots).
+    let refused = p.request("refused", "file:///etc/hostname", "refused.bin");
+    out.push(Outgoing::json(REQUESTS_QUEUE, &refused).unwrap());
+    out.push(Outgoing {
+        exchange: String::new(),
+        queue: PARTS_QUEUE.into(),
+        payload: b"[garbage part job]".to_vec(),
+        headers: vec![],
+        expiration: None,
+    });
+    p.publisher.publish_all(&out).await.unwrap();
+
+    let conn = shared::jobs::connect(&p.amqp_url, "test dead letters")
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let mut reasons = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while reasons.len() < out.len() && tokio::time::Instant::now() < deadline {
+        match channel
+            .basic_get(shared::jobs::DEAD_QUEUE, BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            Some(msg) => reasons.push(
+                shared::jobs::header_str(&msg.delivery.properties, shared::jobs::REASON_HEADER)
+                    .unwrap_or_default(),
+            ),
+            None => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    assert_eq!(reasons.len(), out.len(), "dead letters: {reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .filter(|r| r.starts_with("malformed ingest request"))
+            .count()
+            == 3,
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("outside the allowed source roots")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.starts_with("malformed part job")),
+        "{reasons:?}"
+    );
+    let sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM upload_sessions")
+        .fetch_one(&p.ingest.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(sessions, 0, "bad input changed nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_sources_are_read_with_range_requests() {
+    let p = Pipeline::new("http").await;
+    // A plain HTTP server with Range support, serving the test's source directory.
+    let app = axum::Router::new().fallback_service(tower_http::services::ServeDir::new(&p.src_dir));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    p.spawn_coordinator(&[]);
+    p.spawn_worker("w1", &[("WORKER_CONCURRENCY", "4")]);
+    let (_, md5) = p.source("remote.bin", 5 * MIB + 333, 77);
+    let mut req = p.request(
+        "http",
+        &format!("http://127.0.0.1:{port}/remote.bin"),
+        "from-http.bin",
+    );
+    req.part_size = Some(MIB as u64);
+    p.submit(std::slice::from_ref(&req)).await;
+    let sessions = p
+        .wait_finished(&[req.request_id.clone()], Duration::from_secs(120))
+        .await;
+    assert_eq!(sessions[0].state, "completed", "{:?}", sessions[0].error);
+    assert_eq!(sessions[0].part_count, 6);
+    check_files(&p, &[("from-http.bin".to_string(), md5)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn checksum_mismatches_fail_the_session_and_leave_no_file() {
+    let p = Pipeline::new("checksum").await;
+    p.spawn_coordinator(&[]);
+    p.spawn_worker("w1", &[]);
+    let (url, md5) = p.source("c.bin", 300_000, 5);
+    let mut wrong_md5 = p.request("md5", &url, "bad-md5.bin");
+    wrong_md5.md5 = Some("0".repeat(32));
+    let mut wrong_crc = p.request("crc", &url, "bad-crc.bin");
+    wrong_crc.crc32c = Some(12345);
+    let mut right = p.request("right", &url, "good.bin");
+    right.md5 = Some(md5.clone());
+    p.submit(&[wrong_md5.clone(), wrong_crc.clone(), right.clone()])
+        .await;
+    let ids = vec![wrong_md5.request_id, wrong_crc.request_id, right.request_id];
+    let sessions = p.wait_finished(&ids, Duration::from_secs(60)).await;
+    for s in &sessions {
+        if s.dest == "good.bin" {
+            assert_eq!(s.state, "completed", "{:?}", s.error);
+            assert_eq!(s.md5.as_deref(), Some(md5.as_str()));
+        } else {
+            assert_eq!(s.state, "failed", "{}", s.dest);
+            let error = s.error.clone().unwrap_or_default();
+            assert!(error.contains("mismatch"), "{error}");
+            assert!(
+                !p.mount_path(&s.dest).exists(),
+                "{} was left in place",
+                s.dest
+            );
+        }
+    }
+    p.wait_staging_clean(Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_lets_a_worker_finish_its_parts_and_exit() {
+    let p = Pipeline::new("sigterm").await;
+    p.spawn_coordinator(&[]);
+    p.spawn_worker("w1", &[("WORKER_CONCURRENCY", "2")]);
+    let mut requests = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..6usize {
+        let (url, md5) = p.source(&format!("{i}.bin"), 20 * MIB + i, 60 + i as u64);
+        requests.push(p.request(&format!("t{i}"), &url, &format!("t/{i}.bin")));
+        expected.push((format!("t/{i}.bin"), md5));
+    }
+    p.submit(&requests).await;
+    // Wait until the worker is busy, then ask it to stop.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let started: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM upload_parts WHERE attempts > 0")
+                .fetch_one(&p.ingest.store.pool)
+                .await
+                .unwrap();
+        if started > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "worker never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = p.terminate("w1", Duration::from_secs(60));
+    assert!(status.success(), "worker exit after SIGTERM: {status:?}");
+    // Nothing it took is lost: another worker finishes the batch.
+    p.spawn_worker("w2", &[]);
+    let ids: Vec<String> = requests.iter().map(|r| r.request_id.clone()).collect();
+    let sessions = p.wait_finished(&ids, Duration::from_secs(180)).await;
+    assert!(
+        sessions.iter().all(|s| s.state == "completed"),
+        "{sessions:?}"
+    );
+    check_files(&p, &expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_retries_come_back_to_the_work_queue_after_their_own_delay() {
+    let p = Pipeline::new("delay").await;
+    let job = PartJob {
+        session_id: uuid::Uuid::new_v4(),
+        part_number: 3,
+    };
+    let mut retry = Outgoing::json(shared::jobs::PARTS_RETRY_QUEUE, &job).unwrap();
+    retry.expiration = Some(Duration::from_millis(1500));
+    let sent = std::time::Instant::now();
+    p.publisher.publish_all(&[retry]).await.unwrap();
+    let conn = shared::jobs::connect(&p.amqp_url, "test delay")
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let back = loop {
+        if let Some(msg) = channel
+            .basic_get(PARTS_QUEUE, BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            break msg;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(20),
+            "the retry never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        sent.elapsed() >= Duration::from_millis(1400),
+        "came back after {:?}",
+        sent.elapsed()
+    );
+    let got: PartJob = serde_json::from_slice(&back.delivery.data).unwrap();
+    assert_eq!(got, job);
+}

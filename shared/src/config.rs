@@ -1,0 +1,132 @@
+//! Configuration from flags and environment (flags win): the service
+//! addresses both binaries share, and the pieces built from them. Each binary
+//! flattens [`ServiceArgs`] into its own clap struct and prints the effective
+//! configuration at start with secrets masked.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+
+use crate::ingest::{Ingest, IngestConfig};
+use crate::moosefs::{ClientConfig, MfsClient, MfsPath};
+use crate::source::SourceConfig;
+use crate::store::Store;
+
+/// Addresses of the services and the MooseFS subtree.
+#[derive(Args, Debug, Clone)]
+pub struct ServiceArgs {
+    /// PostgreSQL URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/mfs_ingest"
+    )]
+    pub database_url: String,
+    /// RabbitMQ URL.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+    /// Redis URL.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
+    pub redis_url: String,
+    /// MooseFS master client address.
+    #[arg(long, env = "MFS_MASTER", default_value = "10.213.47.10:9421")]
+    pub mfs_master: String,
+    /// MooseFS subtree the system writes under; staging lives in `<root>/.mfs-ingest/`.
+    #[arg(long, env = "MFS_ROOT", default_value = "/")]
+    pub mfs_root: String,
+    /// Directories `file://` sources must be inside (colon-separated).
+    #[arg(
+        long,
+        env = "INGEST_SOURCE_ROOTS",
+        value_delimiter = ':',
+        default_value = "/var/tmp/mfs-ingest/sources"
+    )]
+    pub source_roots: Vec<PathBuf>,
+    /// Goal for uploads that do not ask for one.
+    #[arg(long, env = "INGEST_DEFAULT_GOAL", default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=9))]
+    pub default_goal: u8,
+    /// Part size for uploads that do not ask for one (a multiple of 64 MiB
+    /// keeps completion copy-free).
+    #[arg(long, env = "INGEST_PART_SIZE", default_value_t = 64 << 20)]
+    pub part_size: u64,
+}
+
+/// Hides the password of a URL.
+pub fn mask_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl ServiceArgs {
+    /// One line per setting, secrets masked.
+    pub fn describe(&self) -> String {
+        format!(
+            "database_url={} amqp_url={} redis_url={} mfs_master={} mfs_root={} source_roots={:?} default_goal={} part_size={}",
+            mask_url(&self.database_url),
+            mask_url(&self.amqp_url),
+            mask_url(&self.redis_url),
+            self.mfs_master,
+            self.mfs_root,
+            self.source_roots,
+            self.default_goal,
+            self.part_size
+        )
+    }
+
+    pub fn ingest_config(&self) -> Result<IngestConfig, ConfigError> {
+        let root =
+            MfsPath::parse(&self.mfs_root).map_err(|e| ConfigError(format!("MFS_ROOT: {e}")))?;
+        if self.part_size == 0 || !self.part_size.is_multiple_of(65536) {
+            return Err(ConfigError(
+                "part size must be a positive multiple of 65536".into(),
+            ));
+        }
+        Ok(IngestConfig {
+            root,
+            default_goal: self.default_goal,
+            default_part_size: self.part_size,
+            sources: SourceConfig::new(self.source_roots.clone()),
+        })
+    }
+
+    /// Connects to PostgreSQL and MooseFS (the client reports to the
+    /// process's metrics).
+    pub async fn ingest(
+        &self,
+        client_info: &str,
+        db_connections: u32,
+    ) -> Result<Ingest, ConfigError> {
+        let cfg = self.ingest_config()?;
+        let store = Store::connect(&self.database_url, db_connections)
+            .await
+            .map_err(|e| {
+                ConfigError(format!("PostgreSQL {}: {e}", mask_url(&self.database_url)))
+            })?;
+        let mut mfs_cfg = ClientConfig::new(&self.mfs_master);
+        mfs_cfg.master.client_info = client_info.to_string();
+        let mfs = MfsClient::connect_observed(mfs_cfg, crate::metrics::mfs_observer())
+            .await
+            .map_err(|e| ConfigError(e.to_string()))?;
+        Ok(Ingest {
+            cfg: Arc::new(cfg),
+            store,
+            mfs,
+            dirs: Default::default(),
+        })
+    }
+}
+
+/// A configuration or start-up problem, as one readable line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);

@@ -1,0 +1,856 @@
+//! The pipeline's domain logic, shared by the coordinator and the worker:
+//! validating an ingest request into a session, running one part attempt
+//! (fresh staging inode, fencing token from PostgreSQL, commit), completing a
+//! session in one locked transaction, ending sessions, and the garbage
+//! collector that deletes only staging inodes recorded as abandoned.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use md5::Digest;
+use uuid::Uuid;
+
+use crate::jobs::{IngestRequest, PartJob};
+use crate::moosefs::{MfsClient, MfsError, MfsPath, Name, ReplicaChoice, WriteOptions, CHUNK_SIZE};
+use crate::source::{Source, SourceConfig, SourceError};
+use crate::store::{state, CommitOutcome, NewSession, PartCommit, Session, Store, StoreError};
+
+/// Name of the system's own directory under the MooseFS root.
+pub const SYSTEM_DIR: &str = ".mfs-ingest";
+/// Largest accepted file.
+pub const MAX_SIZE: u64 = 1 << 40;
+
+/// Settings both binaries share.
+#[derive(Clone)]
+pub struct IngestConfig {
+    /// MooseFS subtree the system writes under.
+    pub root: MfsPath,
+    pub default_goal: u8,
+    pub default_part_size: u64,
+    pub sources: SourceConfig,
+}
+
+impl IngestConfig {
+    pub fn staging_root(&self) -> MfsPath {
+        self.root
+            .join(&Name::parse(SYSTEM_DIR).expect("valid"))
+            .join(&Name::parse("staging").expect("valid"))
+    }
+
+    pub fn staging_dir(&self, session: Uuid) -> MfsPath {
+        self.staging_root()
+            .join(&Name::parse(&session.to_string()).expect("uuid is a valid name"))
+    }
+
+    pub fn dest_path(&self, dest: &str) -> Result<MfsPath, MfsError> {
+        let rel = MfsPath::parse(dest)?;
+        let mut full = self.root.clone();
+        for c in rel.components() {
+            full = full.join(c);
+        }
+        Ok(full)
+    }
+}
+
+/// Everything a pipeline step needs.
+#[derive(Clone)]
+pub struct Ingest {
+    pub cfg: Arc<IngestConfig>,
+    pub store: Store,
+    pub mfs: MfsClient,
+    /// Inodes of directories this process created or found (staging and
+    /// destination parents), so each part does not walk every path again.
+    pub dirs: DirCache,
+}
+
+/// Directory path → inode, forgotten whenever an operation under a cached
+/// directory fails (it may have been removed meanwhile).
+#[derive(Clone, Default)]
+pub struct DirCache(Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>);
+
+impl DirCache {
+    /// The directory's inode, creating missing directories (`mkdir -p`).
+    pub async fn ensure(&self, mfs: &MfsClient, path: &MfsPath) -> Result<u32, MfsError> {
+        let key = path.to_string();
+        if let Some(inode) = self.0.lock().expect("dir cache").get(&key) {
+            return Ok(*inode);
+        }
+        let inode = mfs.mkdir_all(path).await?;
+        self.0.lock().expect("dir cache").insert(key, inode);
+        Ok(inode)
+    }
+
+    pub fn forget(&self) {
+        self.0.lock().expect("dir cache").clear();
+    }
+}
+
+/// Why a request was refused. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("request_id must be 1..=200 printable characters")]
+    BadRequestId,
+    #[error("invalid dest: {0}")]
+    BadDest(String),
+    #[error("{0}")]
+    Source(#[from] SourceError),
+    #[error("declared size {declared} does not match the source's size {actual}")]
+    SizeMismatch { declared: u64, actual: u64 },
+    #[error("source of {0} bytes is larger than the limit of {MAX_SIZE} bytes")]
+    TooLarge(u64),
+    #[error("md5 must be 32 hexadecimal digits")]
+    BadMd5,
+    #[error("goal must be between 1 and 9")]
+    BadGoal,
+    #[error("part_size must be a positive multiple of 65536 bytes")]
+    BadPartSize,
+    #[error("destination {0} exists (set \"overwrite\": true to replace it)")]
+    DestExists(String),
+    #[error("the same request_id was used for a different request (existing session {0})")]
+    Conflict(Uuid),
+    #[error("MooseFS: {0}")]
+    Mfs(#[from] MfsError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+impl RequestError {
+    /// Whether the request itself is at fault (4xx), not the system (5xx).
+    pub fn is_client_error(&self) -> bool {
+        !matches!(self, RequestError::Mfs(_) | RequestError::Store(_))
+            && !matches!(self, RequestError::Source(e) if e.is_transient())
+    }
+}
+
+/// Failures of a part attempt.
+#[derive(Debug, thiserror::Error)]
+pub enum PartError {
+    /// Trying again may succeed (network, MooseFS, database trouble).
+    #[error("{0}")]
+    Transient(String),
+    /// The session cannot succeed; it has been marked failed.
+    #[error("{0}")]
+    SessionFailed(String),
+}
+
+/// How a part job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartOutcome {
+    /// Committed; `completed` if this commit also completed the session.
+    Committed { completed: bool },
+    /// Nothing to do: committed already or the session is not open.
+    AlreadyDone,
+    /// Written, but a newer attempt or the session's end won: recorded as abandoned.
+    Discarded,
+}
+
+/// How a completion attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completion {
+    Completed { final_inode: u32 },
+    NotReady,
+    AlreadyFinished,
+    Failed(String),
+}
+
+/// Test hooks into a part attempt.
+#[derive(Clone, Default)]
+pub struct AttemptHooks {
+    /// Runs after the staging file is written, before the commit.
+    pub before_commit:
+        Option<Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>>,
+}
+
+fn transient(e: impl std::fmt::Display) -> PartError {
+    PartError::Transient(e.to_string())
+}
+
+impl Ingest {
+    /// Validates a request against the source and MooseFS and creates (or
+    /// finds) its session. A repeated `request_id` returns the existing session.
+    pub async fn submit(&self, req: &IngestRequest) -> Result<(Session, bool), RequestError> {
+        let started = std::time::Instant::now();
+        let result = self.submit_unmeasured(req).await;
+        let m = crate::metrics::metrics();
+        m.request_duration.observe(started.elapsed().as_secs_f64());
+        let outcome = match &result {
+            Ok((_, true)) => {
+                m.sessions_created.inc();
+                "created"
+            }
+            Ok((_, false)) => "duplicate",
+            Err(e) if e.is_client_error() => "rejected",
+            Err(_) => "error",
+        };
+        m.requests.with_label_values(&[outcome]).inc();
+        result
+    }
+
+    async fn submit_unmeasured(
+        &self,
+        req: &IngestRequest,
+    ) -> Result<(Session, bool), RequestError> {
+        let id = req.request_id.trim();
+        if id.is_empty() || id.len() > 200 || id.chars().any(|c| c.is_control()) {
+            return Err(RequestError::BadRequestId);
+        }
+        let dest = MfsPath::parse(&req.dest).map_err(|e| RequestError::BadDest(e.to_string()))?;
+        let normalized_dest = dest.to_string().trim_start_matches('/').to_string();
+        if let Some(existing) = self.store.session_by_request(&req.request_id).await? {
+            let same = existing.dest == normalized_dest
+                && existing.source == req.source
+                && existing.overwrite == req.overwrite
+                && req.size.is_none_or(|s| s == existing.size as u64)
+                && req.goal.is_none_or(|g| g as i16 == existing.goal)
+                && req.part_size.is_none_or(|p| p == existing.part_size as u64)
+                && req.md5.as_ref().map(|m| m.to_ascii_lowercase()) == existing.expected_md5
+                && req.crc32c.map(i64::from) == existing.expected_crc32c;
+            if !same {
+                return Err(RequestError::Conflict(existing.id));
+            }
+            return Ok((existing, false));
+        }
+        if dest.is_root() {
+            return Err(RequestError::BadDest("dest is the root directory".into()));
+        }
+        if dest.components()[0].as_str() == SYSTEM_DIR {
+            return Err(RequestError::BadDest(format!("{SYSTEM_DIR} is reserved")));
+        }
+        if let Some(md5) = &req.md5 {
+            if md5.len() != 32 || !md5.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(RequestError::BadMd5);
+            }
+        }
+        let goal = req.goal.unwrap_or(self.cfg.default_goal);
+        if !(1..=9).contains(&goal) {
+            return Err(RequestError::BadGoal);
+        }
+        let part_size = req.part_size.unwrap_or(self.cfg.default_part_size);
+        if part_size == 0 || !part_size.is_multiple_of(65536) {
+            return Err(RequestError::BadPartSize);
+        }
+        let source = Source::parse(&req.source, &self.cfg.sources)?;
+        let actual = source.size(&self.cfg.sources).await?;
+        if let Some(declared) = req.size {
+            if declared != actual {
+                return Err(RequestError::SizeMismatch { declared, actual });
+            }
+        }
+        if actual > MAX_SIZE {
+            return Err(RequestError::TooLarge(actual));
+        }
+        let full_dest = self.cfg.dest_path(&req.dest)?;
+        if !req.overwrite {
+            match self.mfs.resolve(&full_dest).await {
+                Ok(_) => return Err(RequestError::DestExists(req.dest.clone())),
+                Err(MfsError::NotFound(_)) => {}
+                // A file where a directory should be: the completion reports it.
+                Err(MfsError::NotDirectory(_)) => {
+                    return Err(RequestError::BadDest(format!(
+                        "a parent of {} is a file",
+                        req.dest
+                    )))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let new = NewSession {
+            request_id: req.request_id.clone(),
+            source: req.source.clone(),
+            dest: normalized_dest,
+            size: actual,
+            part_size,
+            goal,
+            overwrite: req.overwrite,
+            expected_md5: req.md5.as_ref().map(|m| m.to_ascii_lowercase()),
+            expected_crc32c: req.crc32c,
+        };
+        let (session, created) = self.store.create_session(&new).await?;
+        if !created && (session.dest != new.dest || session.source != new.source) {
+            return Err(RequestError::Conflict(session.id));
+        }
+        Ok((session, created))
+    }
+
+    /// Runs one attempt of a part: fencing token from PostgreSQL, a fresh
+    /// staging inode, the source range streamed into it (every replica
+    /// acknowledged and verified), then the commit. Completes the session if
+    /// this was its last part.
+    pub async fn run_part(
+        &self,
+        job: &PartJob,
+        worker: &str,
+        hooks: &AttemptHooks,
+    ) -> Result<PartOutcome, PartError> {
+        let Some(start) = self
+            .store
+            .start_attempt(job, worker)
+            .await
+            .map_err(transient)?
+        else {
+            crate::metrics::metrics()
+                .duplicate_jobs
+                .with_label_values(&["postgres"])
+                .inc();
+            return Ok(PartOutcome::AlreadyDone);
+        };
+        crate::metrics::metrics().parts_started.inc();
+        let source = match Source::parse(&start.source, &self.cfg.sources) {
+            Ok(s) => s,
+            Err(e) if e.is_transient() => return Err(transient(e)),
+            Err(e) => return Err(self.fail_session(job.session_id, &e.to_string()).await),
+        };
+        match source.size(&self.cfg.sources).await {
+            Ok(n) if n == start.session_size as u64 => {}
+            Ok(n) => {
+                let why = format!(
+                    "source changed size: {n} bytes now, {} when the upload was created",
+                    start.session_size
+                );
+                return Err(self.fail_session(job.session_id, &why).await);
+            }
+            Err(e) if e.is_transient() => return Err(transient(e)),
+            Err(e) => return Err(self.fail_session(job.session_id, &e.to_string()).await),
+        }
+
+        let dir = self.cfg.staging_dir(job.session_id);
+        let dir_inode = self.dirs.ensure(&self.mfs, &dir).await.map_err(transient)?;
+        let name = Name::parse(&format!("p{:05}-t{}", job.part_number, start.token))
+            .expect("valid staging name");
+        let staging_path = dir.join(&name).to_string();
+        let file = match self.mfs.create(dir_inode, &name, 0o644).await {
+            Ok(f) => f,
+            Err(e @ MfsError::NotFound(_)) => {
+                self.dirs.forget();
+                return Err(transient(e));
+            }
+            // A previous try of this very attempt created it: a new attempt
+            // (new token, new name) is the clean way forward.
+            Err(e) => return Err(transient(e)),
+        };
+        let written = async {
+            self.mfs
+                .set_goal(file.inode, start.goal as u8, false)
+                .await
+                .map_err(transient)?;
+            let reader = source
+                .open_range(
+                    start.part_offset as u64,
+                    start.size as u64,
+                    &self.cfg.sources,
+                )
+                .await
+                .map_err(transient)?;
+            let opts = WriteOptions {
+                required_copies: Some(start.goal as u8),
+                ..self.mfs.config().write.clone()
+            };
+            let outcome = self
+                .mfs
+                .write_stream(file.inode, 0, reader, &opts)
+                .await
+                .map_err(transient)?;
+            if outcome.length != start.size as u64 {
+                return Err(PartError::SessionFailed(format!(
+                    "source ended early: part {} has {} of {} bytes",
+                    job.part_number, outcome.length, start.size
+                )));
+            }
+            Ok(outcome)
+        }
+        .await;
+        let outcome = match written {
+            Ok(o) => o,
+            Err(e) => {
+                // The staging inode is nobody's: record it for the collector.
+                let _ = self
+                    .store
+                    .abandon_attempt(
+                        job.session_id,
+                        job.part_number,
+                        start.token,
+                        file.inode,
+                        &staging_path,
+                        "attempt failed",
+                    )
+                    .await;
+                crate::metrics::metrics()
+                    .parts_abandoned
+                    .with_label_values(&["attempt_failed"])
+                    .inc();
+                return Err(match e {
+                    PartError::SessionFailed(why) => self.fail_session(job.session_id, &why).await,
+                    other => other,
+                });
+            }
+        };
+        if let Some(hook) = &hooks.before_commit {
+            hook().await;
+        }
+        let md5 = outcome.md5_hex().unwrap_or_default();
+        let commit = PartCommit {
+            session_id: job.session_id,
+            part_number: job.part_number,
+            token: start.token,
+            staging_inode: file.inode,
+            staging_path: &staging_path,
+            md5: &md5,
+            crc32c: outcome.crc32c,
+            worker,
+        };
+        let committed = self.store.commit_part(&commit).await.map_err(transient)?;
+        drop(file);
+        let m = crate::metrics::metrics();
+        match committed {
+            CommitOutcome::Committed { .. } => {
+                m.parts_committed.inc();
+                m.part_size.observe(start.size as f64);
+            }
+            CommitOutcome::Superseded => m.parts_abandoned.with_label_values(&["superseded"]).inc(),
+            CommitOutcome::SessionClosed => m
+                .parts_abandoned
+                .with_label_values(&["session_closed"])
+                .inc(),
+        }
+        match committed {
+            CommitOutcome::Committed { all_committed } => {
+                let completed = all_committed
+                    && matches!(
+                        self.complete(job.session_id).await,
+                        Ok(Completion::Completed { .. })
+                    );
+                Ok(PartOutcome::Committed { completed })
+            }
+            CommitOutcome::Superseded | CommitOutcome::SessionClosed => Ok(PartOutcome::Discarded),
+        }
+    }
+
+    /// Marks a session failed (if still open) and returns the error to report.
+    pub async fn fail_session(&self, id: Uuid, why: &str) -> PartError {
+        match self.end_session(id, state::FAILED, why).await {
+            Ok(_) => PartError::SessionFailed(why.to_string()),
+            Err(e) => transient(e),
+        }
+    }
+
+    /// Ends an open session as failed or aborted; its parts' staging inodes
+    /// are recorded as abandoned. Returns false if it was not open.
+    pub async fn end_session(
+        &self,
+        id: Uuid,
+        new_state: &'static str,
+        why: &str,
+    ) -> Result<bool, StoreError> {
+        let (mut tx, session) = self.store.lock_session(id).await?;
+        let Some(session) = session.filter(|s| s.state == state::OPEN) else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        Store::end_in(&mut tx, &session, new_state, why).await?;
+        Store::abandon_parts_in(&mut tx, id, None).await?;
+        tx.commit().await?;
+        crate::metrics::session_finished(new_state, session.created_at);
+        Ok(true)
+    }
+
+    /// Completes a session if every part is committed: one transaction holds
+    /// the session row `FOR UPDATE` from reading the parts until the state
+    /// says completed. The MooseFS work is idempotent (safe to re-run after a
+    /// crash before the commit).
+    pub async fn complete(&self, id: Uuid) -> Result<Completion, CompletionError> {
+        let started = std::time::Instant::now();
+        let result = self.complete_unmeasured(id).await;
+        let m = crate::metrics::metrics();
+        match &result {
+            Ok(Completion::Completed { .. }) => m
+                .completion_duration
+                .observe(started.elapsed().as_secs_f64()),
+            Err(_) => {
+                m.completion_errors.inc();
+                // A cached directory may be gone: look paths up afresh next time.
+                self.dirs.forget();
+            }
+            Ok(_) => {}
+        }
+        result
+    }
+
+    async fn complete_unmeasured(&self, id: Uuid) -> Result<Completion, CompletionError> {
+        let (mut tx, session) = self.store.lock_session(id).await?;
+        let Some(session) = session else {
+            tx.rollback().await?;
+            return Ok(Completion::AlreadyFinished);
+        };
+        if session.state != state::OPEN {
+            tx.rollback().await?;
+            return Ok(Completion::AlreadyFinished);
+        }
+        let parts = Store::parts_in(&mut tx, id).await?;
+        let mut inodes = Vec::with_capacity(parts.len());
+        for p in &parts {
+            match (p.committed_token, p.staging_inode) {
+                (Some(_), Some(inode)) => inodes.push(inode as u32),
+                _ => {
+                    tx.rollback().await?;
+                    return Ok(Completion::NotReady);
+                }
+            }
+        }
+        let dest = self.cfg.dest_path(&session.dest)?;
+        let (parent_path, dest_name) = dest.split_last().expect("dest is not the root");
+        let parent = match self.dirs.ensure(&self.mfs, &parent_path).await {
+            Ok(p) => p,
+            Err(MfsError::NotDirectory(_)) => {
+                let why = format!("a parent of {} is a file", session.dest);
+                return self.finish_failed(tx, &session, why).await;
+            }
+            Err(e) => return Err(e.into()),
+        };
+
+        // Whole-file CRC-32C from the parts' CRCs, no data read.
+        let mut crc = 0u32;
+        for p in &parts {
+            crc = crc32c::crc32c_combine(crc, p.crc32c.unwrap_or(0) as u32, p.size as usize);
+        }
+        if let Some(expected) = session.expected_crc32c {
+            if expected as u32 != crc {
+                let why = format!(
+                    "crc32c mismatch: expected {:08x}, the data has {crc:08x}",
+                    expected as u32
+                );
+                return self.finish_failed(tx, &session, why).await;
+            }
+        }
+        let single_md5 = (parts.len() == 1).then(|| parts[0].md5.clone()).flatten();
+
+        // Already done by a run that crashed before its commit?
+        let existing = match self.mfs.lookup(parent, dest_name).await {
+            Ok((inode, attr)) => Some((inode, attr)),
+            Err(MfsError::NotFound(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let already_ours = match &existing {
+            Some((inode, attr)) if attr.length == session.size as u64 => {
+                if parts.len() == 1 {
+                    *inode == inodes[0]
+                } else if self.same_first_chunk(*inode, inodes[0]).await? {
+                    true
+                } else {
+                    // A copied assembly shares no chunks with the parts: the
+                    // content decides (only after a crash between the rename
+                    // and the commit, so the read-back is rare).
+                    self.crc32c_of(*inode).await? == crc
+                }
+            }
+            _ => false,
+        };
+        if existing.is_some() && !already_ours && !session.overwrite {
+            let why = format!(
+                "destination {} exists (set \"overwrite\": true to replace it)",
+                session.dest
+            );
+            return self.finish_failed(tx, &session, why).await;
+        }
+
+        let final_inode = if already_ours {
+            existing.expect("checked").0
+        } else if parts.len() == 1 {
+            let staging = self.cfg.staging_dir(id);
+            let staging_dir = self.dirs.ensure(&self.mfs, &staging).await?;
+            let name = staging_name(&parts[0].staging_path)?;
+            self.mfs
+                .rename(staging_dir, &name, parent, dest_name)
+                .await?;
+            inodes[0]
+        } else {
+            self.assemble(&session, &parts, &inodes, parent, dest_name)
+                .await?
+        };
+
+        let md5 = match (&single_md5, &session.expected_md5) {
+            (Some(m), _) => Some(m.clone()),
+            (None, Some(_)) => Some(self.md5_of(final_inode).await?),
+            (None, None) => None,
+        };
+        if let (Some(expected), Some(actual)) = (&session.expected_md5, &md5) {
+            if expected != actual {
+                let why = format!("md5 mismatch: expected {expected}, the data has {actual}");
+                // The file is in place but wrong: move it out of the way.
+                let _ = self.mfs.unlink(parent, dest_name).await;
+                return self.finish_failed(tx, &session, why).await;
+            }
+        }
+        Store::complete_in(&mut tx, &session, md5.as_deref(), crc, final_inode).await?;
+        let keep = (parts.len() == 1).then_some(inodes[0]);
+        Store::abandon_parts_in(&mut tx, id, keep).await?;
+        tx.commit().await?;
+        crate::metrics::session_finished(state::COMPLETED, session.created_at);
+        Ok(Completion::Completed { final_inode })
+    }
+
+    async fn finish_failed(
+        &self,
+        mut tx: crate::store::Tx,
+        session: &Session,
+        why: String,
+    ) -> Result<Completion, CompletionError> {
+        Store::end_in(&mut tx, session, state::FAILED, &why).await?;
+        Store::abandon_parts_in(&mut tx, session.id, None).await?;
+        tx.commit().await?;
+        crate::metrics::session_finished(state::FAILED, session.created_at);
+        Ok(Completion::Failed(why))
+    }
+
+    async fn same_first_chunk(&self, a: u32, b: u32) -> Result<bool, MfsError> {
+        let (ca, _, _) = self.mfs.check_chunk(a, 0).await?;
+        match self.mfs.check_chunk(b, 0).await {
+            Ok((cb, _, _)) => Ok(ca != 0 && ca == cb),
+            Err(MfsError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Builds the final file in a temporary file of the session's staging
+    /// directory and renames it into place: chunk references only
+    /// (APPEND_SLICE) when every part but the last is a whole number of
+    /// chunks, a streamed copy otherwise.
+    async fn assemble(
+        &self,
+        session: &Session,
+        parts: &[crate::store::Part],
+        inodes: &[u32],
+        parent: u32,
+        dest_name: &Name,
+    ) -> Result<u32, CompletionError> {
+        let staging = self.cfg.staging_dir(session.id);
+        let staging_dir = self.dirs.ensure(&self.mfs, &staging).await?;
+        let name = Name::parse("assembly").expect("valid");
+        match self.mfs.unlink(staging_dir, &name).await {
+            Ok(()) | Err(MfsError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let file = self.mfs.create(staging_dir, &name, 0o644).await?;
+        self.mfs
+            .set_goal(file.inode, session.goal as u8, false)
+            .await?;
+        let zero_copy = parts[..parts.len() - 1]
+            .iter()
+            .all(|p| (p.size as u64).is_multiple_of(CHUNK_SIZE));
+        if zero_copy {
+            for inode in inodes {
+                self.mfs.append_slice(file.inode, *inode).await?;
+            }
+        } else {
+            let opts = WriteOptions {
+                required_copies: Some(session.goal as u8),
+                compute_md5: false,
+                ..self.mfs.config().write.clone()
+            };
+            for (p, inode) in parts.iter().zip(inodes) {
+                let (mut sink, source) = tokio::io::duplex(1 << 20);
+                let mfs = self.mfs.clone();
+                let inode = *inode;
+                let reader = tokio::spawn(async move {
+                    mfs.read_to(inode, 0, None, &mut sink, ReplicaChoice::Any)
+                        .await
+                });
+                self.mfs
+                    .write_stream(file.inode, p.part_offset as u64, source, &opts)
+                    .await?;
+                reader
+                    .await
+                    .map_err(|e| CompletionError::Internal(e.to_string()))??;
+            }
+        }
+        let length = self.mfs.getattr(file.inode).await?.length;
+        if length != session.size as u64 {
+            return Err(CompletionError::Internal(format!(
+                "assembled file has {length} bytes, expected {}",
+                session.size
+            )));
+        }
+        self.mfs
+            .rename(staging_dir, &name, parent, dest_name)
+            .await?;
+        Ok(file.inode)
+    }
+
+    /// Streams a file through `consume` (for whole-file digests).
+    async fn digest_file(
+        &self,
+        inode: u32,
+        consume: impl FnMut(&[u8]) + Unpin,
+    ) -> Result<(), MfsError> {
+        let mut sink = DigestSink(consume);
+        self.mfs
+            .read_to(inode, 0, None, &mut sink, ReplicaChoice::Any)
+            .await?;
+        Ok(())
+    }
+
+    async fn crc32c_of(&self, inode: u32) -> Result<u32, MfsError> {
+        let mut crc = 0u32;
+        self.digest_file(inode, |b| crc = crc32c::crc32c_append(crc, b))
+            .await?;
+        Ok(crc)
+    }
+
+    async fn md5_of(&self, inode: u32) -> Result<String, MfsError> {
+        let mut h = md5::Md5::new();
+        self.digest_file(inode, |b| h.update(b)).await?;
+        Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// Deletes up to `limit` abandoned staging inodes; returns how many.
+    pub async fn collect_garbage(&self, limit: i64) -> Result<u64, CompletionError> {
+        let (mut tx, rows) = self.store.claim_abandoned(limit).await?;
+        let mut done = Vec::new();
+        for row in &rows {
+            let path = MfsPath::parse(&row.path)?;
+            let (parent_path, name) = match path.split_last() {
+                Some(x) => x,
+                None => continue,
+            };
+            let parent = match self.mfs.resolve(&parent_path).await {
+                Ok((p, _)) => p,
+                Err(MfsError::NotFound(_)) => {
+                    done.push(row.id);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match self.mfs.lookup(parent, name).await {
+                // Only the very inode that was recorded.
+                Ok((inode, _)) if inode as i64 == row.inode => {
+                    match self.mfs.unlink(parent, name).await {
+                        Ok(()) | Err(MfsError::NotFound(_)) => done.push(row.id),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Ok(_) | Err(MfsError::NotFound(_)) => done.push(row.id),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Store::mark_deleted(&mut tx, &done).await?;
+        tx.commit().await?;
+        Ok(done.len() as u64)
+    }
+
+    /// Staging directories of sessions that ended more than `grace` ago:
+    /// files in them no transaction recorded (attempts that crashed before
+    /// committing) are recorded as abandoned; empty directories are removed.
+    pub async fn sweep_staging(&self, grace: Duration) -> Result<u64, CompletionError> {
+        let root = self.cfg.staging_root();
+        let (root_inode, _) = match self.mfs.resolve(&root).await {
+            Ok(x) => x,
+            Err(MfsError::NotFound(_)) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        let mut recorded = 0;
+        for dir in self.mfs.readdir(root_inode).await? {
+            let Ok(session_id) = dir.name.parse::<Uuid>() else {
+                continue;
+            };
+            let ended = match self.store.session(session_id).await? {
+                None => true,
+                Some(s) => {
+                    s.state != state::OPEN
+                        && s.state != state::COMPLETING
+                        && s.finished_at.is_some_and(|t| {
+                            chrono::Utc::now() - t
+                                > chrono::Duration::from_std(grace).unwrap_or_default()
+                        })
+                }
+            };
+            if !ended {
+                continue;
+            }
+            let entries = self.mfs.readdir(dir.inode).await?;
+            if entries.is_empty() {
+                let name = Name::parse(&dir.name)?;
+                let _ = self.mfs.rmdir(root_inode, &name).await;
+                continue;
+            }
+            let known = self.store.abandoned_of(session_id).await?;
+            for e in entries {
+                let path = self
+                    .cfg
+                    .staging_dir(session_id)
+                    .join(&Name::parse(&e.name)?)
+                    .to_string();
+                if known
+                    .iter()
+                    .any(|(inode, p, _)| *inode == e.inode as i64 && *p == path)
+                {
+                    continue;
+                }
+                self.store
+                    .abandon_attempt(
+                        session_id,
+                        -1,
+                        0,
+                        e.inode,
+                        &path,
+                        "left by an attempt that never committed",
+                    )
+                    .await?;
+                recorded += 1;
+            }
+        }
+        Ok(recorded)
+    }
+}
+
+/// An `AsyncWrite` that hands every buffer to a function.
+struct DigestSink<F>(F);
+
+impl<F: FnMut(&[u8]) + Unpin> tokio::io::AsyncWrite for DigestSink<F> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        (self.0)(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// The last component of a recorded staging path.
+fn staging_name(path: &Option<String>) -> Result<Name, CompletionError> {
+    let path = path
+        .as_deref()
+        .ok_or_else(|| CompletionError::Internal("committed part without a staging path".into()))?;
+    let p = MfsPath::parse(path)?;
+    p.file_name()
+        .cloned()
+        .ok_or_else(|| CompletionError::Internal("empty staging path".into()))
+}
+
+/// Why a completion could not run (it is retried later; nothing was committed).
+#[derive(Debug, thiserror::Error)]
+pub enum CompletionError {
+    #[error("MooseFS: {0}")]
+    Mfs(#[from] MfsError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<sqlx::Error> for CompletionError {
+    fn from(e: sqlx::Error) -> Self {
+        CompletionError::Store(StoreError::from(e))
+    }
+}

@@ -1,0 +1,21 @@
+//! The mfs-ingest library shared by the coordinator and the worker.
+//!
+//! - [`moosefs`]: the native MooseFS client (no FUSE).
+//! - [`jobs`]: message schemas and the RabbitMQ topology, publisher, dead letters.
+//! - [`store`]: PostgreSQL (sessions, parts, abandoned inodes, outbox).
+//! - [`idempotency`]: Redis leases and markers.
+//! - [`source`]: `file://` and `http(s)://` sources.
+//! - [`ingest`]: the pipeline's steps (submit, part attempt, completion, GC).
+//! - [`process`]: logging and the shutdown signal.
+//! - [`retry`]: bounded exponential backoff, the one retry mechanism.
+
+pub mod config;
+pub mod idempotency;
+pub mod ingest;
+pub mod jobs;
+pub mod metrics;
+pub mod moosefs;
+pub mod process;
+pub mod retry;
+pub mod source;
+pub mod store;

@@ -1,0 +1,683 @@
+//! [`MfsClient`]: the namespace and metadata operations of the master
+//! protocol (lookup, getattr, mkdir, create, unlink, rename, truncate,
+//! readdir, statfs, goal, trash time, snapshot, append slice, chunk check),
+//! path resolution, and the per-replica checksum report. Data I/O lives in
+//! `write.rs` and `read.rs` as further `impl MfsClient` blocks.
+
+use std::net::SocketAddrV4;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::chunkserver::{ChunkserverTimeouts, ReplicaCrcTable};
+use super::codec::{Packet, PayloadReader, ProtocolError};
+use super::error::{MfsError, Result};
+use super::master::{answer_status, MasterConfig, MasterSession, OpenInodeGuard, SessionInfo};
+use super::path::{MfsPath, Name};
+use super::proto::{msg, Attr, ChunkLocation, CopyState, Status, CHUNK_SIZE, ROOT_INODE};
+use super::write::WriteOptions;
+
+/// Everything the client needs to know.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub master: MasterConfig,
+    pub chunkservers: ChunkserverTimeouts,
+    /// Identity sent with namespace requests.
+    pub uid: u32,
+    pub gid: u32,
+    /// Defaults for writes.
+    pub write: WriteOptions,
+}
+
+impl ClientConfig {
+    pub fn new(master_addr: impl Into<String>) -> Self {
+        ClientConfig {
+            master: MasterConfig::new(master_addr),
+            chunkservers: ChunkserverTimeouts::default(),
+            uid: 0,
+            gid: 0,
+            write: WriteOptions::default(),
+        }
+    }
+}
+
+/// Counters of what the client did; read them for metrics.
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    pub bytes_written: AtomicU64,
+    pub chunk_writes: AtomicU64,
+    pub chunk_write_retries: AtomicU64,
+    pub chunks_verified: AtomicU64,
+    pub replica_mismatches: AtomicU64,
+    pub bytes_read: AtomicU64,
+}
+
+impl ClientStats {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// A directory entry.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub name: String,
+    pub inode: u32,
+    pub attr: Attr,
+}
+
+/// Cluster space, as `df` would show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatFs {
+    pub total_bytes: u64,
+    pub avail_bytes: u64,
+    pub free_bytes: u64,
+    pub trash_bytes: u64,
+    pub sustained_bytes: u64,
+    pub inodes: u32,
+}
+
+/// A file created (and opened) by this session. While this value lives the
+/// master keeps the inode writable even if it is unlinked; dropping it
+/// releases the inode at the next sustained-inodes update.
+pub struct CreatedFile {
+    pub inode: u32,
+    pub attr: Attr,
+    pub open: OpenInodeGuard,
+}
+
+/// One copy of a chunk as the master lists it, with what the chunkserver reports.
+#[derive(Debug, Clone)]
+pub struct CopyReport {
+    pub server: SocketAddrV4,
+    pub state: CopyState,
+    /// The replica's CRC table, or why it could not be read.
+    pub table: std::result::Result<ReplicaCrcTable, String>,
+}
+
+/// Every copy of one chunk.
+#[derive(Debug, Clone)]
+pub struct ChunkReport {
+    pub index: u32,
+    /// 0 = hole.
+    pub chunk_id: u64,
+    pub version: u32,
+    pub copies: Vec<CopyReport>,
+}
+
+impl ChunkReport {
+    pub fn valid_copies(&self) -> usize {
+        self.copies
+            .iter()
+            .filter(|c| c.state == CopyState::Valid && c.table.is_ok())
+            .count()
+    }
+
+    /// True when every readable valid copy has the same block count and CRCs.
+    pub fn copies_identical(&self) -> bool {
+        let mut tables = self
+            .copies
+            .iter()
+            .filter(|c| c.state == CopyState::Valid)
+            .filter_map(|c| c.table.as_ref().ok());
+        match tables.next() {
+            None => true,
+            Some(first) => tables.all(|t| t.same_data(first)),
+        }
+    }
+}
+
+/// A native MooseFS client: one master session shared by every operation;
+/// chunkserver links opened per data transfer. Cheap to clone.
+#[derive(Clone)]
+pub struct MfsClient {
+    pub(crate) master: MasterSession,
+    pub(crate) observer: Arc<dyn super::observe::Observer>,
+    pub(crate) cfg: Arc<ClientConfig>,
+    pub(crate) stats: Arc<ClientStats>,
+    pub(crate) pool: Arc<super::chunkserver::CsPool>,
+}
+
+/// An answer that is either one status byte or a payload.
+fn payload_or_status(
+    op: &'static str,
+    answer: Bytes,
+) -> std::result::Result<PayloadReader, MfsError> {
+    match answer_status(&answer) {
+        Some(status) => Err(MfsError::status(op, status)),
+        None => Ok(PayloadReader::new(answer)),
+    }
+}
+
+/// Turns a namespace status into the error a caller can act on.
+fn namespace_error(err: MfsError, what: impl std::fmt::Display) -> MfsError {
+    match err.mfs_status() {
+        Some(s) if s.is_not_found() => MfsError::NotFound(what.to_string()),
+        Some(Status::EEXIST) => MfsError::AlreadyExists(what.to_string()),
+        Some(Status::ENOTDIR) => MfsError::NotDirectory(what.to_string()),
+        Some(Status::ENOTEMPTY) => MfsError::DirectoryNotEmpty(what.to_string()),
+        _ => err,
+    }
+}
+
+impl MfsClient {
+    /// Registers a session with the master.
+    pub async fn connect(cfg: ClientConfig) -> Result<Self> {
+        Self::connect_observed(cfg, Arc::new(super::observe::NoObserver)).await
+    }
+
+    /// [`MfsClient::connect`] reporting wire events to `observer`.
+    pub async fn connect_observed(
+        cfg: ClientConfig,
+        observer: Arc<dyn super::observe::Observer>,
+    ) -> Result<Self> {
+        let master = MasterSession::connect_observed(cfg.master.clone(), observer.clone()).await?;
+        Ok(MfsClient {
+            master,
+            observer,
+            cfg: Arc::new(cfg),
+            stats: Arc::new(ClientStats::default()),
+            pool: Arc::new(super::chunkserver::CsPool::default()),
+        })
+    }
+
+    pub fn session(&self) -> SessionInfo {
+        self.master.info()
+    }
+
+    pub fn master(&self) -> &MasterSession {
+        &self.master
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> &ClientStats {
+        &self.stats
+    }
+
+    /// Closes the master session (releases open inodes at once).
+    pub async fn close(&self) {
+        self.master.close().await;
+    }
+
+    fn ugid(&self, p: Packet) -> Packet {
+        p.ugid(self.cfg.uid, self.cfg.gid)
+    }
+
+    /// A read-only request, repeated if the link dropped while it was in flight.
+    async fn idempotent(
+        &self,
+        kind: u32,
+        op: &'static str,
+        build: impl Fn(Packet) -> Packet,
+    ) -> Result<Bytes> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.master.request(kind, op, &build).await {
+                Err(MfsError::Disconnected) if tries < 4 => continue,
+                other => return other,
+            }
+        }
+    }
+
+    pub async fn statfs(&self) -> Result<StatFs> {
+        let answer = self
+            .idempotent(msg::CLTOMA_FUSE_STATFS, "statfs", |p| p)
+            .await?;
+        let mut r = payload_or_status("statfs", answer)?;
+        Ok(StatFs {
+            total_bytes: r.u64()?,
+            avail_bytes: r.u64()?,
+            free_bytes: r.u64()?,
+            trash_bytes: r.u64()?,
+            sustained_bytes: r.u64()?,
+            inodes: r.u32()?,
+        })
+    }
+
+    /// Looks `name` up in directory `parent`.
+    pub async fn lookup(&self, parent: u32, name: &Name) -> Result<(u32, Attr)> {
+        let answer = self
+            .idempotent(msg::CLTOMA_FUSE_LOOKUP, "lookup", |p| {
+                self.ugid(p.u32(parent).name(name.as_bytes()))
+            })
+            .await?;
+        let mut r = payload_or_status("lookup", answer).map_err(|e| namespace_error(e, name))?;
+        let inode = r.u32()?;
+        let attr = Attr::parse(&mut r)?;
+        Ok((inode, attr))
+    }
+
+    /// Resolves a path to its inode and attributes.
+    pub async fn resolve(&self, path: &MfsPath) -> Result<(u32, Attr)> {
+        let mut inode = ROOT_INODE;
+        let mut attr = None;
+        for (i, name) in path.components().iter().enumerate() {
+            if let Some(a) = &attr {
+                if !Attr::is_dir(a) {
+                    let prefix: Vec<&str> =
+                        path.components()[..i].iter().map(|n| n.as_str()).collect();
+                    return Err(MfsError::NotDirectory(format!("/{}", prefix.join("/"))));
+                }
+            }
+            let (child, child_attr) = self.lookup(inode, name).await.map_err(|e| match e {
+                MfsError::NotFound(_) => MfsError::NotFound(path.to_string()),
+                MfsError::NotDirectory(_) => MfsError::NotDirectory(path.to_string()),
+                other => other,
+            })?;
+            inode = child;
+            attr = Some(child_attr);
+        }
+        match attr {
+            Some(a) => Ok((inode, a)),
+            None => Ok((inode, self.getattr(inode).await?)),
+        }
+    }
+
+    pub async fn getattr(&self, inode: u32) -> Result<Attr> {
+        let answer = self
+            .idempotent(msg::CLTOMA_FUSE_GETATTR, "getattr", |p| {
+                p.u32(inode).u8(0).u32(self.cfg.uid).u32(self.cfg.gid)
+            })
+            .await?;
+        let mut r = payload_or_status("getattr", answer)
+            .map_err(|e| namespace_error(e, format!("inode {inode}")))?;
+        Ok(Attr::parse(&mut r)?)
+    }
+
+    pub async fn mkdir(&self, parent: u32, name: &Name, mode: u16) -> Result<(u32, Attr)> {
+        let answer = self
+            .master
+            .request(msg::CLTOMA_FUSE_MKDIR, "mkdir", |p| {
+                self.ugid(p.u32(parent).name(name.as_bytes()).u16(mode).u16(0))
+                    .u8(0)
+            })
+            .await?;
+        let mut r = payload_or_status("mkdir", answer).map_err(|e| namespace_error(e, name))?;
+        let inode = r.u32()?;
+        Ok((inode, Attr::parse(&mut r)?))
+    }
+
+    /// `mkdir -p`: creates missing directories; returns the last one's inode.
+    pub async fn mkdir_all(&self, path: &MfsPath) -> Result<u32> {
+        let mut inode = ROOT_INODE;
+        for name in path.components() {
+            inode = match self.lookup(inode, name).await {
+                Ok((child, attr)) if attr.is_dir() => child,
+                Ok(_) => return Err(MfsError::NotDirectory(path.to_string())),
+                Err(MfsError::NotFound(_)) => match self.mkdir(inode, name, 0o755).await {
+                    Ok((child, _)) => child,
+                    // Someone else created it meanwhile.
+                    Err(MfsError::AlreadyExists(_)) => {
+                        let (child, attr) = self.lookup(inode, name).await?;
+                        if !attr.is_dir() {
+                            return Err(MfsError::NotDirectory(path.to_string()));
+                        }
+                        child
+                    }
+                    Err(e) => return Err(e),
+                },
+                Err(e) => return Err(e),
+            };
+        }
+        Ok(inode)
+    }
+
+    /// Creates (and opens for this session) a new regular file.
+    pub async fn create(&self, parent: u32, name: &Name, mode: u16) -> Result<CreatedFile> {
+        let answer = self
+            .master
+            .request(msg::CLTOMA_FUSE_CREATE, "create", |p| {
+                self.ugid(p.u32(parent).name(name.as_bytes()).u16(mode).u16(0))
+            })
+            .await?;
+        let mut r = payload_or_status("create", answer).map_err(|e| namespace_error(e, name))?;
+        let _oflags = r.u8()?;
+        let inode = r.u32()?;
+        let attr = Attr::parse(&mut r)?;
+        let open = self.master.hold_open(inode);
+        Ok(CreatedFile { inode, attr, open })
+    }
+
+    pub async fn unlink(&self, parent: u32, name: &Name) -> Result<()> {
+        let answer = self
+            .master
+            .request(msg::CLTOMA_FUSE_UNLINK, "unlink", |p| {
+                self.ugid(p.u32(parent).name(name.as_bytes()))
+            })
+            .await?;
+        payload_or_status("unlink", answer).map_err(|e| namespace_error(e, name))?;
+        Ok(())
+    }
+
+    pub async fn rmdir(&self, parent: u32, name: &Name) -> Result<()> {
+        let answer = self
+            .master
+            .request(msg::CLTOMA_FUSE_RMDIR, "rmdir", |p| {
+                self.ugid(p.u32(parent).name(name.as_bytes()))
+            })
+            .await?;
+        payload_or_status("rmdir", answer).map_err(|e| namespace_error(e, name))?;
+        Ok(())
+    }
+
+    /// Removes a file, or a directory with everything below it if `recursive`.
+    pub async fn remove(&self, path: &MfsPath, recursive: bool) -> Result<()> {
+        let (parent_path, name) = path
+            .split_last()
+            .ok_or_else(|| MfsError::InvalidArgument("refusing to remove the root".into()))?;
+        let (parent, _) = self.resolve(&parent_path).await?;
+        let (inode, attr) = self.lookup(parent, name).await.map_err(|e| match e {
+            MfsError::NotFound(_) => MfsError::NotFound(path.to_string()),
+            other => other,
+        })?;
+        if attr.is_dir() {
+            if recursive {
+                self.remove_tree(inode).await?;
+            }
+            self.rmdir(parent, name).await.map_err(|e| match e {
+                MfsError::DirectoryNotEmpty(_) => MfsError::DirectoryNotEmpty(path.to_string()),
+                other => other,
+            })
+        } else {
+            self.unlink(parent, name).await
+        }
+    }
+
+    /// Removes everything inside directory `dir`.
+    fn remove_tree(
+        &self,
+        dir: u32,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + '_>> {
+        Box::pin(async move {
+            for entry in self.readdir(dir).await? {
+                let name = Name::parse(&entry.name)?;
+                if entry.attr.is_dir() {
+                    self.remove_tree(entry.inode).await?;
+                    self.rmdir(dir, &name).await?;
+                } else {
+                    self.unlink(dir, &name).await?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Renames (POSIX semantics: an existing target file is replaced).
+    pub async fn rename(
+        &self,
+        src_parent: u32,
+        src_name: &Name,
+        dst_parent: u32,
+        dst_name: &Name,
+    ) -> Result<u32> {
+        let answer = self
+            .master
+            .request(msg::CLTOMA_FUSE_RENAME, "rename", |p| {
+                self.ugid(
+                    p.u32(src_parent)
+                        .name(src_name.as_bytes())
+                        .u32(dst_parent)
+                        .name(dst_name.as_bytes()),
+                )
+            })
+            .await?;
+        let mut r =
+            payload_or_status("rename", answer).map_err(|e| namespace_error(e, src_name))?;
+        Ok(r.u32()?)
+    }
+
+    /// Sets a file's length (shrinks or zero-extends). Returns the new attributes.
+    pub async fn truncate(&self, inode: u32, length: u64) -> Result<Attr> {
+        let answer = self
+            .master
+            .request(msg::CLTOMA_FUSE_TRUNCATE, "truncate", |p| {
+                self.ugid(p.u32(inode).u8(0)).u64(length)
+            })
+            .await?;
+        let mut r = payload_or_status("truncate", answer)
+            .map_err(|e| namespace_error(e, format!("inode {inode}")))?;
+        let _previous = r.u64()?;
+        Ok(Attr::parse(&mut r)?)
+    }
+
+    /// Entries of a directory, without `.` and `..`.
+    pub async fn readdir(&self, inode: u32) -> Result<Vec<DirEntry>> {
+        let answer = self
+            .idempotent(msg::CLTOMA_FUSE_READDIR, "readdir", |p| {
+                self.ugid(p.u32(inode)).u8(0x01).u32(u32::MAX).u64(0)
+            })
+            .await?;
+        let mut r = payload_or_status("readdir", answer)
+            .map_err(|e| namespace_error(e, format!("inode {inode}")))?;
+        let _next_edge = r.u64()?;
+        let mut entries = Vec::new();
+        while r.remaining() > 0 {
+            let name = r.name()?;
+            let child = r.u32()?;
+            let attr = Attr::parse(&mut r)?;
+            if &name[..] == b"." || &name[..] == b".." {
+                continue;
+            }
+            entries.push(DirEntry {
+                name: String::from_utf8_lossy(&name).into_owned(),
+                inode: child,
+                attr,
+            });
+        }
+        Ok(entries)
+    }
+
+    /// Sets the goal (number of copies, 1..=9); `recursive` for directories.
+    pub async fn set_goal(&self, inode: u32, goal: u8, recursive: bool) -> Result<()> {
+        let info = self.session();
+        if goal < info.min_goal.max(1) || goal > info.max_goal.min(9) {
+            return Err(MfsError::InvalidArgument(format!(
+                "goal {goal} outside the allowed range {}..={}",
+                info.min_goal.max(1),
+                info.max_goal.min(9)
+            )));
+        }
+        let answer = self
+            .master
+            .request(msg::CLTOMA_FUSE_SETSCLASS, "set goal", |p| {
+                p.u32(inode)
+                    .u32(self.cfg.uid)
+                    .u8(goal)
+                    .u8(if recursive { 4 } else { 0 })
+            })
+            .await?;
+        let mut r = payload_or_status("set goal", answer)?;
+        let (_changed, _unchanged, not_permitted) = (r.u32()?, r.u32()?, r.u32()?);
+        if not_permitted > 0 {
+            return Err(MfsError::status("set goal", Status::EPERM));
+        }
+        Ok(())
+    }
+
+    /// The goal of one inode.
+    pub async fn get_goal(&self, inode: u32) -> Result<u8> {
+        let answer = self
+            .idempotent(msg::CLTOMA_FUSE_GETSCLASS, "get goal", |p| {
+                p.u32(inode).u8(0)
+            })
+            .await?;
+        let mut r = payload_or_status("get goal", answer)?;
+        let files = r.u8()?;
+        let dirs = r.u8()?;
+        if files as u16 + dirs as u16 == 0 {
+            return Err(ProtocolError::new("get goal: empty answer").into());
+        }
+        let goal = r.u8()?;
+        if goal == 0xFF {
+            return Err(MfsError::InvalidArgument(
+                "inode uses a named storage class, not a simple goal".into(),
+            ));
+        }
+        Ok(goal)
+    }
+
+    /// Sets how long deleted files stay in the trash (0 = freed at once).
+    pub async fn set_trash_time(&self, inode: u32, seconds: u32, recursive: bool) -> Result<()> {
+        let answer = self
+            .master
+            .request(msg::CLTOMA_FUSE_SETTRASHTIME, "set trash time", |p| {
+                p.u32(inode)
+                    .u32(self.cfg.uid)
+                    .u32(seconds)
+                    .u8(if recursive { 4 } else { 0 })
+            })
+            .await?;
+        payload_or_status("set trash time", answer)?;
+        Ok(())
+    }
+
+    /// Makes `dst_parent/dst_name` a lazy copy of `src` (metadata only).
+    pub async fn snapshot(
+        &self,
+        src: u32,
+        dst_parent: u32,
+        dst_name: &Name,
+        overwrite: bool,
+    ) -> Result<()> {
+        self.master
+            .request_status(msg::CLTOMA_FUSE_SNAPSHOT, "snapshot", |p| {
+                self.ugid(p.u32(src).u32(dst_parent).name(dst_name.as_bytes()))
+                    .u8(if overwrite { 1 } else { 0 })
+                    .u16(0o022)
+            })
+            .await
+            .map_err(|e| namespace_error(e, dst_name))
+    }
+
+    /// Appends every chunk of `src` to `dst` by reference (no data copied).
+    /// MooseFS places the appended chunks at `dst`'s next chunk boundary, so
+    /// `dst`'s length must be a multiple of 64 MiB for a plain concatenation;
+    /// anything else is refused here instead of leaving a hole.
+    pub async fn append_slice(&self, dst: u32, src: u32) -> Result<u64> {
+        let dst_len = self.getattr(dst).await?.length;
+        if dst_len % CHUNK_SIZE != 0 {
+            return Err(MfsError::InvalidArgument(format!(
+                "append slice needs the destination's length to be a multiple of 64 MiB, it is {dst_len}"
+            )));
+        }
+        self.master
+            .request_status(msg::CLTOMA_FUSE_APPEND_SLICE, "append slice", |p| {
+                self.ugid(p.u8(0).u32(dst).u32(src).u32(0).u32(0x8000_0000))
+            })
+            .await?;
+        Ok(self.getattr(dst).await?.length)
+    }
+
+    /// Current location of a chunk for reading (no lock taken).
+    pub async fn read_chunk(&self, inode: u32, index: u32) -> Result<ChunkLocation> {
+        let answer = self
+            .idempotent(msg::CLTOMA_FUSE_READ_CHUNK, "read chunk", |p| {
+                p.u32(inode).u32(index).u8(0)
+            })
+            .await?;
+        let mut r = payload_or_status("read chunk", answer)?;
+        Ok(ChunkLocation::parse(&mut r)?)
+    }
+
+    /// Low level: takes the write lock of a chunk (creating it if needed).
+    /// Every lock must be released with [`MfsClient::write_chunk_end`].
+    pub async fn write_chunk(&self, inode: u32, index: u32, flags: u8) -> Result<ChunkLocation> {
+        let answer = self
+            .master
+            .request(msg::CLTOMA_FUSE_WRITE_CHUNK, "write chunk", |p| {
+                p.u32(inode).u32(index).u8(flags)
+            })
+            .await?;
+        let mut r = payload_or_status("write chunk", answer)?;
+        Ok(ChunkLocation::parse(&mut r)?)
+    }
+
+    /// Low level: releases a write lock and grows the file to `file_length`
+    /// if that is longer (the master never shrinks a file here).
+    pub async fn write_chunk_end(
+        &self,
+        chunk_id: u64,
+        inode: u32,
+        index: u32,
+        file_length: u64,
+    ) -> Result<()> {
+        self.master
+            .request_status(msg::CLTOMA_FUSE_WRITE_CHUNK_END, "write chunk end", |p| {
+                p.u64(chunk_id).u32(inode).u32(index).u64(file_length).u8(0)
+            })
+            .await
+    }
+
+    /// The master's view of a chunk's copies: `(chunk id, version, [(server, state)])`.
+    pub async fn check_chunk(
+        &self,
+        inode: u32,
+        index: u32,
+    ) -> Result<(u64, u32, Vec<(SocketAddrV4, CopyState)>)> {
+        let answer = self
+            .idempotent(msg::CLTOMA_FUSE_CHECK, "check chunk", |p| {
+                p.u32(inode).u32(index)
+            })
+            .await?;
+        let mut r = payload_or_status("check chunk", answer)?;
+        let chunk_id = r.u64()?;
+        let version = r.u32()?;
+        let mut copies = Vec::new();
+        while r.remaining() > 0 {
+            let ip = std::net::Ipv4Addr::from(r.u32()?);
+            let port = r.u16()?;
+            let state = CopyState::from_code(r.u8()?);
+            copies.push((SocketAddrV4::new(ip, port), state));
+        }
+        Ok((chunk_id, version, copies))
+    }
+
+    /// Every copy of chunk `index` with its CRC table, read from each chunkserver.
+    pub async fn chunk_report(&self, inode: u32, index: u32) -> Result<ChunkReport> {
+        let (chunk_id, version, copies) = self.check_chunk(inode, index).await?;
+        let limit = self.cfg.chunkservers.read;
+        let connect = self.cfg.chunkservers.connect;
+        let tables = futures::future::join_all(copies.iter().map(|(server, _)| async move {
+            if chunk_id == 0 {
+                return Err("hole".to_string());
+            }
+            self.pool
+                .with_link(*server, connect, |link| {
+                    Box::pin(link.crc_table(chunk_id, version, limit))
+                })
+                .await
+                .map_err(|e| e.to_string())
+        }))
+        .await;
+        Ok(ChunkReport {
+            index,
+            chunk_id,
+            version,
+            copies: copies
+                .into_iter()
+                .zip(tables)
+                .map(|((server, state), table)| CopyReport {
+                    server,
+                    state,
+                    table,
+                })
+                .collect(),
+        })
+    }
+
+    /// [`MfsClient::chunk_report`] for every chunk of a file.
+    pub async fn replica_report(&self, inode: u32) -> Result<Vec<ChunkReport>> {
+        let length = self.getattr(inode).await?.length;
+        let chunks = length.div_ceil(CHUNK_SIZE) as u32;
+        let mut reports = Vec::with_capacity(chunks as usize);
+        for index in 0..chunks {
+            reports.push(self.chunk_report(inode, index).await?);
+        }
+        Ok(reports)
+    }
+}

@@ -1,0 +1,294 @@
+//! Where ingested bytes come from: `file://` URLs confined to configured
+//! roots, and `http(s)://` URLs read with Range requests. Parsing checks the
+//! scheme and confinement once; `size` and `open_range` do the I/O, each
+//! under a timeout.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
+
+/// Why a source cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("invalid source URL {url:?}: {reason}")]
+    Invalid { url: String, reason: String },
+    #[error("unsupported source URL scheme {0:?} (use file:// or http(s)://)")]
+    UnsupportedScheme(String),
+    #[error("source {0} is outside the allowed source roots")]
+    OutsideRoots(String),
+    #[error("source {0} does not exist")]
+    Missing(String),
+    #[error("source {0} is not a regular file")]
+    NotAFile(String),
+    #[error("source {url}: {detail}")]
+    Http { url: String, detail: String },
+    #[error("reading source {url}: {error}")]
+    Io { url: String, error: std::io::Error },
+    #[error("timed out after {0:?} reading the source")]
+    Timeout(Duration),
+}
+
+impl SourceError {
+    /// Whether trying again later may help (network trouble, server errors).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            SourceError::Http { .. } | SourceError::Timeout(_) | SourceError::Io { .. }
+        )
+    }
+}
+
+/// A validated source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    File(PathBuf),
+    Http(url::Url),
+}
+
+/// A byte stream of part of a source.
+pub type SourceReader = Pin<Box<dyn AsyncRead + Send>>;
+
+/// Shared settings for reading sources.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// `file://` sources must be inside one of these (canonical) directories.
+    pub allowed_roots: Vec<PathBuf>,
+    pub http: reqwest::Client,
+    pub timeout: Duration,
+}
+
+impl SourceConfig {
+    pub fn new(allowed_roots: Vec<PathBuf>) -> Self {
+        let timeout = Duration::from_secs(30);
+        SourceConfig {
+            allowed_roots: allowed_roots
+                .into_iter()
+                .map(|r| std::fs::canonicalize(&r).unwrap_or(r))
+                .collect(),
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .read_timeout(timeout)
+                .build()
+                .expect("HTTP client"),
+            timeout,
+        }
+    }
+}
+
+impl Source {
+    /// Parses and confines a source URL.
+    pub fn parse(raw: &str, cfg: &SourceConfig) -> Result<Source, SourceError> {
+        let url = url::Url::parse(raw).map_err(|e| SourceError::Invalid {
+            url: raw.to_string(),
+            reason: e.to_string(),
+        })?;
+        match url.scheme() {
+            "file" => {
+                let path = url.to_file_path().map_err(|_| SourceError::Invalid {
+                    url: raw.to_string(),
+                    reason: "not a local absolute path".into(),
+                })?;
+                // Confinement is checked before the filesystem is touched (no
+                // existence oracle outside the roots), then again after
+                // resolving symlinks.
+                let lexical = lexically_normal(&path);
+                let inside = |p: &Path| cfg.allowed_roots.iter().any(|root| p.starts_with(root));
+                if !inside(&lexical) {
+                    return Err(SourceError::OutsideRoots(path.display().to_string()));
+                }
+                let real = std::fs::canonicalize(&lexical)
+                    .map_err(|_| SourceError::Missing(path.display().to_string()))?;
+                if !inside(&real) {
+                    return Err(SourceError::OutsideRoots(path.display().to_string()));
+                }
+                Ok(Source::File(real))
+            }
+            "http" | "https" => {
+                if url.host_str().is_none() {
+                    return Err(SourceError::Invalid {
+                        url: raw.to_string(),
+                        reason: "no host".into(),
+                    });
+                }
+                Ok(Source::Http(url))
+            }
+            other => Err(SourceError::UnsupportedScheme(other.to_string())),
+        }
+    }
+
+    fn display(&self) -> String {
+        match self {
+            Source::File(p) => p.display().to_string(),
+            Source::Http(u) => masked(u),
+        }
+    }
+
+    /// The source's current size in bytes.
+    pub async fn size(&self, cfg: &SourceConfig) -> Result<u64, SourceError> {
+        match self {
+            Source::File(path) => file_size(path).await,
+            Source::Http(url) => {
+                let resp = tokio::time::timeout(cfg.timeout, cfg.http.head(url.clone()).send())
+                    .await
+                    .map_err(|_| SourceError::Timeout(cfg.timeout))?
+                    .map_err(|e| http_error(url, e.to_string()))?;
+                if resp.status() == reqwest::StatusCode::NOT_FOUND {
+                    return Err(SourceError::Missing(masked(url)));
+                }
+                if !resp.status().is_success() {
+                    return Err(http_error(url, format!("HEAD answered {}", resp.status())));
+                }
+                resp.headers()
+                    .get(reqwest::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| http_error(url, "no Content-Length".into()))
+            }
+        }
+    }
+
+    /// Reads `len` bytes at `offset`. The stream yields at most `len` bytes;
+    /// a source that has fewer yields fewer (the caller checks the count).
+    pub async fn open_range(
+        &self,
+        offset: u64,
+        len: u64,
+        cfg: &SourceConfig,
+    ) -> Result<SourceReader, SourceError> {
+        match self {
+            Source::File(path) => {
+                let io = |error| SourceError::Io {
+                    url: path.display().to_string(),
+                    error,
+                };
+                let mut file = tokio::fs::File::open(path).await.map_err(io)?;
+                file.seek(std::io::SeekFrom::Start(offset))
+                    .await
+                    .map_err(io)?;
+                Ok(Box::pin(file.take(len)))
+            }
+            Source::Http(url) => {
+                if len == 0 {
+                    return Ok(Box::pin(tokio::io::empty()));
+                }
+                let range = format!("bytes={}-{}", offset, offset + len - 1);
+                let resp = tokio::time::timeout(
+                    cfg.timeout,
+                    cfg.http
+                        .get(url.clone())
+                        .header(reqwest::header::RANGE, range)
+                        .send(),
+                )
+                .await
+                .map_err(|_| SourceError::Timeout(cfg.timeout))?
+                .map_err(|e| http_error(url, e.to_string()))?;
+                let status = resp.status();
+                if status == reqwest::StatusCode::NOT_FOUND {
+                    return Err(SourceError::Missing(masked(url)));
+                }
+                let whole_body = status == reqwest::StatusCode::OK && offset == 0;
+                if status != reqwest::StatusCode::PARTIAL_CONTENT && !whole_body {
+                    return Err(http_error(
+                        url,
+                        format!("range request answered {status} (the server must support Range)"),
+                    ));
+                }
+                let stream = resp
+                    .bytes_stream()
+                    .map_err(|e| std::io::Error::other(e.to_string()));
+                let reader = tokio_util::io::StreamReader::new(stream);
+                Ok(Box::pin(reader.take(len)))
+            }
+        }
+    }
+
+    /// Human-readable location for errors.
+    pub fn describe(&self) -> String {
+        self.display()
+    }
+}
+
+async fn file_size(path: &Path) -> Result<u64, SourceError> {
+    let meta = tokio::fs::metadata(path)
+        .await
+        .map_err(|_| SourceError::Missing(path.display().to_string()))?;
+    if !meta.is_file() {
+        return Err(SourceError::NotAFile(path.display().to_string()));
+    }
+    Ok(meta.len())
+}
+
+fn http_error(url: &url::Url, detail: String) -> SourceError {
+    SourceError::Http {
+        url: masked(url),
+        detail,
+    }
+}
+
+/// The URL without its password.
+fn masked(url: &url::Url) -> String {
+    let mut u = url.clone();
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
+    }
+    u.to_string()
+}
+
+/// Removes `.` and `..` components without touching the filesystem.
+fn lexically_normal(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_sources_are_confined_to_the_roots() {
+        let root = tempfile::tempdir().unwrap();
+        let inside = root.path().join("a.bin");
+        std::fs::write(&inside, b"x").unwrap();
+        let cfg = SourceConfig::new(vec![root.path().to_path_buf()]);
+        let ok = format!("file://{}", inside.display());
+        assert!(matches!(Source::parse(&ok, &cfg), Ok(Source::File(_))));
+        let escape = format!("file://{}/../etc/passwd", root.path().display());
+        assert!(matches!(
+            Source::parse(&escape, &cfg),
+            Err(SourceError::OutsideRoots(_))
+        ));
+        // No existence oracle outside the roots.
+        assert!(matches!(
+            Source::parse("file:///no/such/file", &cfg),
+            Err(SourceError::OutsideRoots(_))
+        ));
+        assert!(matches!(
+            Source::parse("file:///etc/hostname", &cfg),
+            Err(SourceError::OutsideRoots(_))
+        ));
+        assert!(matches!(
+            Source::parse(&format!("file://{}/missing", root.path().display()), &cfg),
+            Err(SourceError::Missing(_))
+        ));
+        assert!(matches!(
+            Source::parse("ftp://host/x", &cfg),
+            Err(SourceError::UnsupportedScheme(_))
+        ));
+        assert!(matches!(
+            Source::parse("not a url", &cfg),
+            Err(SourceError::Invalid { .. })
+        ));
+    }
+}

@@ -1,0 +1,763 @@
+//! PostgreSQL access: upload sessions, parts, abandoned staging inodes and the
+//! outbox. Every SQL statement of the system lives here. The transactions
+//! that make the design's invariants hold are whole functions:
+//! [`Store::create_session`], [`Store::commit_part`], and the locked
+//! completion transaction opened by [`Store::lock_session`].
+
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{FromRow, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::jobs::{Outgoing, PartJob, UploadEvent, PARTS_QUEUE};
+
+/// Database failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("PostgreSQL: {0}")]
+    Db(#[source] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot encode outbox payload: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    /// Every PostgreSQL failure passes here: counted in
+    /// `mfs_ingest_service_errors_total{service="postgres"}`.
+    fn from(e: sqlx::Error) -> Self {
+        crate::metrics::postgres_error(&e);
+        StoreError::Db(e)
+    }
+}
+
+/// The migrations in `migrations/`, embedded.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Every part of one session, in order.
+const PARTS_OF_SESSION: &str =
+    "SELECT session_id, part_number, part_offset, size, attempts, committed_token,
+        staging_inode, staging_path, md5, crc32c, worker
+   FROM upload_parts WHERE session_id = $1 ORDER BY part_number";
+
+/// Session states.
+pub mod state {
+    pub const OPEN: &str = "open";
+    pub const COMPLETING: &str = "completing";
+    pub const COMPLETED: &str = "completed";
+    pub const ABORTED: &str = "aborted";
+    pub const FAILED: &str = "failed";
+}
+
+/// An upload session row.
+#[derive(Debug, Clone, FromRow, Serialize)]
+pub struct Session {
+    pub id: Uuid,
+    pub request_id: String,
+    pub source: String,
+    pub dest: String,
+    pub size: i64,
+    pub part_size: i64,
+    pub part_count: i32,
+    pub goal: i16,
+    pub overwrite: bool,
+    pub state: String,
+    pub expected_md5: Option<String>,
+    pub expected_crc32c: Option<i64>,
+    pub md5: Option<String>,
+    pub crc32c: Option<i64>,
+    pub final_inode: Option<i64>,
+    pub error: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// A part row.
+#[derive(Debug, Clone, FromRow, Serialize)]
+pub struct Part {
+    pub session_id: Uuid,
+    pub part_number: i32,
+    pub part_offset: i64,
+    pub size: i64,
+    pub attempts: i32,
+    pub committed_token: Option<i32>,
+    pub staging_inode: Option<i64>,
+    pub staging_path: Option<String>,
+    pub md5: Option<String>,
+    pub crc32c: Option<i64>,
+    pub worker: Option<String>,
+}
+
+/// What a new session needs.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub request_id: String,
+    pub source: String,
+    pub dest: String,
+    pub size: u64,
+    pub part_size: u64,
+    pub goal: u8,
+    pub overwrite: bool,
+    pub expected_md5: Option<String>,
+    pub expected_crc32c: Option<u32>,
+}
+
+/// A part attempt that just started: its fencing token and what to write.
+#[derive(Debug, Clone, FromRow)]
+pub struct AttemptStart {
+    pub token: i32,
+    pub part_offset: i64,
+    pub size: i64,
+    pub source: String,
+    pub session_size: i64,
+    pub goal: i16,
+}
+
+/// A written staging file offered as a part.
+#[derive(Debug, Clone)]
+pub struct PartCommit<'a> {
+    pub session_id: Uuid,
+    pub part_number: i32,
+    pub token: i32,
+    pub staging_inode: u32,
+    pub staging_path: &'a str,
+    pub md5: &'a str,
+    pub crc32c: u32,
+    pub worker: &'a str,
+}
+
+/// How a part commit ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// The part is recorded; `all_committed` says whether it was the last one.
+    Committed { all_committed: bool },
+    /// A newer attempt had already committed: our inode is abandoned.
+    Superseded,
+    /// The session is no longer open: our inode is abandoned.
+    SessionClosed,
+}
+
+/// An abandoned staging inode waiting for deletion.
+#[derive(Debug, Clone, FromRow)]
+pub struct Abandoned {
+    pub id: i64,
+    pub inode: i64,
+    pub path: String,
+}
+
+/// An unsent outbox row.
+#[derive(Debug, Clone, FromRow)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub exchange: String,
+    pub routing_key: String,
+    pub payload: serde_json::Value,
+}
+
+/// Handle to the database.
+#[derive(Clone)]
+pub struct Store {
+    pub pool: PgPool,
+}
+
+pub type Tx = Transaction<'static, Postgres>;
+
+impl Store {
+    /// Connects (bounded) with a pool of `max_connections`.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(|_, _| {
+                Box::pin(async {
+                    crate::metrics::service_ok(crate::metrics::Service::Postgres);
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await?;
+        Ok(Store { pool })
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Creates a session with its parts and their job messages in one
+    /// transaction, or returns the existing session for a repeated request id.
+    /// The bool says whether it was created now.
+    pub async fn create_session(&self, new: &NewSession) -> Result<(Session, bool), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let part_count = new.size.div_ceil(new.part_size).max(1);
+        let created: Option<Session> = sqlx::query_as(
+            "INSERT INTO upload_sessions
+                (id, request_id, source, dest, size, part_size, part_count, goal, overwrite,
+                 expected_md5, expected_crc32c)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             ON CONFLICT (request_id) DO NOTHING
+             RETURNING *",
+        )
+        .bind(Uuid::new_v4())
+        .bind(&new.request_id)
+        .bind(&new.source)
+        .bind(&new.dest)
+        .bind(new.size as i64)
+        .bind(new.part_size as i64)
+        .bind(part_count as i32)
+        .bind(new.goal as i16)
+        .bind(new.overwrite)
+        .bind(&new.expected_md5)
+        .bind(new.expected_crc32c.map(i64::from))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(session) = created else {
+            tx.rollback().await?;
+            let existing: Session =
+                sqlx::query_as("SELECT * FROM upload_sessions WHERE request_id = $1")
+                    .bind(&new.request_id)
+                    .fetch_one(&self.pool)
+                    .await?;
+            return Ok((existing, false));
+        };
+        let numbers: Vec<i32> = (0..part_count as i32).collect();
+        let offsets: Vec<i64> = numbers
+            .iter()
+            .map(|n| *n as i64 * new.part_size as i64)
+            .collect();
+        let sizes: Vec<i64> = offsets
+            .iter()
+            .map(|o| (new.size as i64 - o).min(new.part_size as i64))
+            .collect();
+        sqlx::query(
+            "INSERT INTO upload_parts (session_id, part_number, part_offset, size)
+             SELECT $1, * FROM UNNEST($2::int[], $3::bigint[], $4::bigint[])",
+        )
+        .bind(session.id)
+        .bind(&numbers)
+        .bind(&offsets)
+        .bind(&sizes)
+        .execute(&mut *tx)
+        .await?;
+        let jobs: Vec<PartJob> = numbers
+            .iter()
+            .map(|n| PartJob {
+                session_id: session.id,
+                part_number: *n,
+            })
+            .collect();
+        enqueue_jobs(&mut tx, &jobs).await?;
+        tx.commit().await?;
+        Ok((session, true))
+    }
+
+    pub async fn session(&self, id: Uuid) -> Result<Option<Session>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT * FROM upload_sessions WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn session_by_request(
+        &self,
+        request_id: &str,
+    ) -> Result<Option<Session>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT * FROM upload_sessions WHERE request_id = $1")
+                .bind(request_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn parts(&self, id: Uuid) -> Result<Vec<Part>, StoreError> {
+        Ok(sqlx::query_as(PARTS_OF_SESSION)
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Starts an attempt of an uncommitted part of an open session: bumps the
+    /// attempt counter and returns it as the fencing token. `None` if the part
+    /// is committed already or the session is not open (nothing to do).
+    pub async fn start_attempt(
+        &self,
+        job: &PartJob,
+        worker: &str,
+    ) -> Result<Option<AttemptStart>, StoreError> {
+        Ok(sqlx::query_as(
+            "UPDATE upload_parts p
+                SET attempts = p.attempts + 1, worker = $3
+               FROM upload_sessions s
+              WHERE p.session_id = $1 AND p.part_number = $2
+                AND p.committed_token IS NULL
+                AND s.id = p.session_id AND s.state = 'open'
+             RETURNING p.attempts AS token, p.part_offset, p.size, s.source,
+                       s.size AS session_size, s.goal",
+        )
+        .bind(job.session_id)
+        .bind(job.part_number)
+        .bind(worker)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Records a written staging file as the part, in one transaction: the
+    /// session row is held `FOR SHARE` (completion takes it `FOR UPDATE`, so
+    /// the two never interleave); if the session is not open, or a newer
+    /// attempt already committed, the staging inode is recorded as abandoned;
+    /// a replaced older inode is recorded as abandoned.
+    pub async fn commit_part(&self, c: &PartCommit<'_>) -> Result<CommitOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM upload_sessions WHERE id = $1 FOR SHARE")
+                .bind(c.session_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let abandon_ours = |reason: &'static str| Abandon {
+            inode: c.staging_inode as i64,
+            path: c.staging_path.to_string(),
+            session_id: c.session_id,
+            part_number: c.part_number,
+            token: c.token,
+            reason,
+        };
+        if state.as_deref() != Some(state::OPEN) {
+            abandon(&mut tx, &abandon_ours("session no longer open")).await?;
+            tx.commit().await?;
+            return Ok(CommitOutcome::SessionClosed);
+        }
+        let current: (Option<i32>, Option<i64>, Option<String>) = sqlx::query_as(
+            "SELECT committed_token, staging_inode, staging_path FROM upload_parts
+              WHERE session_id = $1 AND part_number = $2 FOR UPDATE",
+        )
+        .bind(c.session_id)
+        .bind(c.part_number)
+        .fetch_one(&mut *tx)
+        .await?;
+        if current.0.is_some_and(|t| t >= c.token) {
+            abandon(&mut tx, &abandon_ours("a newer attempt committed first")).await?;
+            tx.commit().await?;
+            return Ok(CommitOutcome::Superseded);
+        }
+        if let (Some(old_token), Some(old_inode), Some(old_path)) = current {
+            abandon(
+                &mut tx,
+                &Abandon {
+                    inode: old_inode,
+                    path: old_path,
+                    session_id: c.session_id,
+                    part_number: c.part_number,
+                    token: old_token,
+                    reason: "replaced by a newer attempt",
+                },
+            )
+            .await?;
+        }
+        sqlx::query(
+            "UPDATE upload_parts
+                SET committed_token = $3, staging_inode = $4, staging_path = $5, md5 = $6,
+                    crc32c = $7, worker = $8, committed_at = now()
+              WHERE session_id = $1 AND part_number = $2",
+        )
+        .bind(c.session_id)
+        .bind(c.part_number)
+        .bind(c.token)
+        .bind(c.staging_inode as i64)
+        .bind(c.staging_path)
+        .bind(c.md5)
+        .bind(c.crc32c as i64)
+        .bind(c.worker)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        // Counted after the commit: two last parts committing at the same time
+        // each see the other's commit here, so at least one of them completes.
+        let remaining: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM upload_parts WHERE session_id = $1 AND committed_token IS NULL",
+        )
+        .bind(c.session_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(CommitOutcome::Committed {
+            all_committed: remaining == 0,
+        })
+    }
+
+    /// Records a staging inode that never made it to a commit (the attempt
+    /// failed after creating it) as abandoned.
+    pub async fn abandon_attempt(
+        &self,
+        session_id: Uuid,
+        part_number: i32,
+        token: i32,
+        inode: u32,
+        path: &str,
+        reason: &'static str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        abandon(
+            &mut tx,
+            &Abandon {
+                inode: inode as i64,
+                path: path.to_string(),
+                session_id,
+                part_number,
+                token,
+                reason,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Opens the completion transaction: the session row locked `FOR UPDATE`
+    /// until the transaction ends.
+    pub async fn lock_session(&self, id: Uuid) -> Result<(Tx, Option<Session>), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let session: Option<Session> =
+            sqlx::query_as("SELECT * FROM upload_sessions WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        Ok((tx, session))
+    }
+
+    /// The parts, read inside the completion transaction.
+    pub async fn parts_in(tx: &mut Tx, id: Uuid) -> Result<Vec<Part>, StoreError> {
+        Ok(sqlx::query_as(PARTS_OF_SESSION)
+            .bind(id)
+            .fetch_all(&mut **tx)
+            .await?)
+    }
+
+    /// Marks a locked session completed and queues its event.
+    pub async fn complete_in(
+        tx: &mut Tx,
+        session: &Session,
+        md5: Option<&str>,
+        crc32c: u32,
+        final_inode: u32,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE upload_sessions
+                SET state = 'completed', md5 = $2, crc32c = $3, final_inode = $4,
+                    updated_at = now(), finished_at = now()
+              WHERE id = $1",
+        )
+        .bind(session.id)
+        .bind(md5)
+        .bind(crc32c as i64)
+        .bind(final_inode as i64)
+        .execute(&mut **tx)
+        .await?;
+        let event = UploadEvent {
+            event: "upload.completed".into(),
+            session_id: session.id,
+            request_id: session.request_id.clone(),
+            dest: session.dest.clone(),
+            size: session.size as u64,
+            md5: md5.map(str::to_string),
+            crc32c: Some(crc32c),
+            error: None,
+        };
+        enqueue(tx, &Outgoing::event(&event)).await
+    }
+
+    /// Ends a locked session as failed or aborted and queues its event.
+    pub async fn end_in(
+        tx: &mut Tx,
+        session: &Session,
+        new_state: &'static str,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE upload_sessions SET state = $2, error = $3, updated_at = now(), finished_at = now()
+              WHERE id = $1",
+        )
+        .bind(session.id)
+        .bind(new_state)
+        .bind(error)
+        .execute(&mut **tx)
+        .await?;
+        let event = UploadEvent {
+            event: format!("upload.{new_state}"),
+            session_id: session.id,
+            request_id: session.request_id.clone(),
+            dest: session.dest.clone(),
+            size: session.size as u64,
+            md5: None,
+            crc32c: None,
+            error: Some(error.to_string()),
+        };
+        enqueue(tx, &Outgoing::event(&event)).await
+    }
+
+    /// Records the committed parts' staging inodes of a completed session as
+    /// abandoned (their chunks now belong to the final file), except `keep`.
+    pub async fn abandon_parts_in(
+        tx: &mut Tx,
+        id: Uuid,
+        keep: Option<u32>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO abandoned_inodes (inode, path, session_id, part_number, fencing_token, reason)
+             SELECT staging_inode, staging_path, session_id, part_number, committed_token,
+                    'part of a completed file'
+               FROM upload_parts
+              WHERE session_id = $1 AND staging_inode IS NOT NULL
+                AND staging_inode IS DISTINCT FROM $2",
+        )
+        .bind(id)
+        .bind(keep.map(i64::from))
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Claims up to `limit` unsent outbox rows (`FOR UPDATE SKIP LOCKED`, so
+    /// several relays can run); mark them sent with [`Store::mark_sent`] in the
+    /// same transaction after the broker confirmed them.
+    pub async fn claim_outbox(&self, limit: i64) -> Result<(Tx, Vec<OutboxRow>), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query_as(
+            "SELECT id, exchange, routing_key, payload FROM outbox
+              WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        Ok((tx, rows))
+    }
+
+    pub async fn mark_sent(tx: &mut Tx, ids: &[i64]) -> Result<(), StoreError> {
+        sqlx::query("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)")
+            .bind(ids)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Re-queues jobs of parts still uncommitted `older_than` after their last
+    /// publish (lost messages, crashed workers). Returns how many.
+    pub async fn republish_stale_parts(&self, older_than: Duration) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let stale: Vec<(Uuid, i32)> = sqlx::query_as(
+            "UPDATE upload_parts p SET published_at = now()
+               FROM (SELECT p2.session_id, p2.part_number
+                       FROM upload_parts p2 JOIN upload_sessions s ON s.id = p2.session_id
+                      WHERE p2.committed_token IS NULL AND s.state = 'open'
+                        AND p2.published_at < now() - make_interval(secs => $1)
+                      ORDER BY p2.published_at
+                      LIMIT 1000
+                      FOR UPDATE OF p2 SKIP LOCKED) stale
+              WHERE p.session_id = stale.session_id AND p.part_number = stale.part_number
+             RETURNING p.session_id, p.part_number",
+        )
+        .bind(older_than.as_secs_f64())
+        .fetch_all(&mut *tx)
+        .await?;
+        let jobs: Vec<PartJob> = stale
+            .iter()
+            .map(|(session_id, part_number)| PartJob {
+                session_id: *session_id,
+                part_number: *part_number,
+            })
+            .collect();
+        enqueue_jobs(&mut tx, &jobs).await?;
+        tx.commit().await?;
+        Ok(jobs.len() as u64)
+    }
+
+    /// Open sessions whose parts are all committed for `older_than` without
+    /// completing (e.g. the completing process died).
+    pub async fn sessions_awaiting_completion(
+        &self,
+        older_than: Duration,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT s.id FROM upload_sessions s
+              WHERE s.state = 'open'
+                AND NOT EXISTS (SELECT 1 FROM upload_parts p
+                                 WHERE p.session_id = s.id
+                                   AND (p.committed_token IS NULL
+                                        OR p.committed_at > now() - make_interval(secs => $1)))
+              LIMIT 100",
+        )
+        .bind(older_than.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Open sessions created more than `max_age` ago.
+    pub async fn expired_sessions(&self, max_age: Duration) -> Result<Vec<Uuid>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM upload_sessions
+              WHERE state = 'open' AND created_at < now() - make_interval(secs => $1)
+              LIMIT 100",
+        )
+        .bind(max_age.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Claims abandoned inodes that no part row and no completed file
+    /// references (`FOR UPDATE SKIP LOCKED`); mark them with
+    /// [`Store::mark_deleted`] in the same transaction.
+    pub async fn claim_abandoned(&self, limit: i64) -> Result<(Tx, Vec<Abandoned>), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query_as(
+            "SELECT a.id, a.inode, a.path FROM abandoned_inodes a
+              WHERE a.deleted_at IS NULL
+                AND NOT EXISTS (SELECT 1 FROM upload_parts p
+                                  JOIN upload_sessions s ON s.id = p.session_id
+                                 WHERE p.staging_inode = a.inode AND p.staging_path = a.path
+                                   AND s.state IN ('open', 'completing'))
+                AND NOT EXISTS (SELECT 1 FROM upload_sessions s
+                                 WHERE s.final_inode = a.inode AND s.state = 'completed')
+              ORDER BY a.id LIMIT $1
+              FOR UPDATE OF a SKIP LOCKED",
+        )
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        Ok((tx, rows))
+    }
+
+    pub async fn mark_deleted(tx: &mut Tx, ids: &[i64]) -> Result<(), StoreError> {
+        sqlx::query("UPDATE abandoned_inodes SET deleted_at = now() WHERE id = ANY($1)")
+            .bind(ids)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// The backlog gauges' values in one query (partial indexes keep it
+    /// cheap): pending parts of open sessions and the age of the oldest
+    /// (since its session was created), open sessions, unsent outbox rows,
+    /// abandoned inodes not deleted yet.
+    pub async fn backlog(&self) -> Result<crate::metrics::BacklogValues, StoreError> {
+        let row: (i64, f64, i64, f64, i64, f64, i64) = sqlx::query_as(
+            "SELECT
+               (SELECT count(*) FROM upload_parts p JOIN upload_sessions s ON s.id = p.session_id
+                 WHERE p.committed_token IS NULL AND s.state = 'open'),
+               (SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(s.created_at)), 0)::float8
+                  FROM upload_parts p JOIN upload_sessions s ON s.id = p.session_id
+                 WHERE p.committed_token IS NULL AND s.state = 'open'),
+               (SELECT count(*) FROM upload_sessions WHERE state IN ('open', 'completing')),
+               (SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
+                  FROM upload_sessions WHERE state IN ('open', 'completing')),
+               (SELECT count(*) FROM outbox WHERE sent_at IS NULL),
+               (SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
+                  FROM outbox WHERE sent_at IS NULL),
+               (SELECT count(*) FROM abandoned_inodes WHERE deleted_at IS NULL)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(crate::metrics::BacklogValues {
+            pending_parts: row.0,
+            oldest_pending_part_secs: row.1,
+            open_sessions: row.2,
+            oldest_open_session_secs: row.3,
+            outbox_pending: row.4,
+            oldest_outbox_secs: row.5,
+            gc_pending: row.6,
+        })
+    }
+
+    /// Abandoned inodes not deleted yet (for status and tests).
+    pub async fn pending_abandoned(&self) -> Result<Vec<Abandoned>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id, inode, path FROM abandoned_inodes WHERE deleted_at IS NULL ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Abandoned inodes of one session, deleted or not (for tests and status).
+    pub async fn abandoned_of(
+        &self,
+        session_id: Uuid,
+    ) -> Result<Vec<(i64, String, bool)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT inode, path, deleted_at IS NOT NULL FROM abandoned_inodes
+              WHERE session_id = $1 ORDER BY id",
+        )
+        .bind(session_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
+
+struct Abandon {
+    inode: i64,
+    path: String,
+    session_id: Uuid,
+    part_number: i32,
+    token: i32,
+    reason: &'static str,
+}
+
+async fn abandon(tx: &mut Tx, a: &Abandon) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO abandoned_inodes (inode, path, session_id, part_number, fencing_token, reason)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(a.inode)
+    .bind(&a.path)
+    .bind(a.session_id)
+    .bind(a.part_number)
+    .bind(a.token)
+    .bind(a.reason)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Queues one message in the outbox (inside the caller's transaction).
+pub async fn enqueue(tx: &mut Tx, m: &Outgoing) -> Result<(), StoreError> {
+    let payload: serde_json::Value = serde_json::from_slice(&m.payload)?;
+    sqlx::query("INSERT INTO outbox (exchange, routing_key, payload) VALUES ($1, $2, $3)")
+        .bind(&m.exchange)
+        .bind(&m.queue)
+        .bind(payload)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("SELECT pg_notify('outbox', '')")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn enqueue_jobs(tx: &mut Tx, jobs: &[PartJob]) -> Result<(), StoreError> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let payloads: Vec<serde_json::Value> = jobs
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<_, _>>()?;
+    sqlx::query(
+        "INSERT INTO outbox (exchange, routing_key, payload)
+         SELECT '', $1, * FROM UNNEST($2::jsonb[])",
+    )
+    .bind(PARTS_QUEUE)
+    .bind(&payloads)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("SELECT pg_notify('outbox', '')")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

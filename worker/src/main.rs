@@ -1,0 +1,69 @@
+//! The mfs-ingest worker binary: `worker run` consumes part jobs (the
+//! ingestion pipeline), `worker mfs …` is a MooseFS command line built on the
+//! same native client.
+
+mod bench;
+mod http;
+mod mfs_cli;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "worker",
+    version,
+    about = "mfs-ingest worker: streams part jobs into MooseFS; `mfs` is a MooseFS CLI"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume part jobs from RabbitMQ and write them to MooseFS.
+    Run(run::RunArgs),
+    /// MooseFS file operations over the native protocol (no FUSE mount).
+    Mfs(mfs_cli::MfsArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The CLI stays quiet; the service logs what it does.
+    let default_filter = match cli.command {
+        Command::Run(_) => "info,lapin=warn",
+        Command::Mfs(_) => "warn",
+    };
+    shared::process::init_logging(default_filter);
+    // The CLI moves data between sockets and hashes it: one thread does that
+    // with no cross-thread wake-ups; the service spreads parts over all cores.
+    let runtime = match &cli.command {
+        Command::Mfs(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Command::Run(_) => tokio::runtime::Runtime::new(),
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run::run(args).await,
+            Command::Mfs(args) => mfs_cli::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
