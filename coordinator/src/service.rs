@@ -215,7 +215,7 @@ pub async fn relay_once(store: &Store, publisher: &Publisher) -> Result<usize, S
         .await
         .map_err(|e| e.to_string())?;
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    Store::mark_sent(&mut tx, &ids)
+    Store::remove_sent(&mut tx, &ids)
         .await
         .map_err(|e| e.to_string())?;
     tx.commit().await.map_err(|e| {

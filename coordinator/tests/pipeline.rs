@@ -266,7 +266,11 @@ async fn stalled_attempt_that_commits_after_completion_is_abandoned_and_collecte
     let outcome = stale.await.unwrap().unwrap();
     assert_eq!(outcome, PartOutcome::Discarded);
     let abandoned = p.ingest.store.abandoned_of(session.id).await.unwrap();
-    let stale_path = format!("{}/p00001-t1", p.ingest.cfg.staging_dir(session.id));
+    let stale_path = p
+        .ingest
+        .cfg
+        .staging_file(session.goal as u8, session.id, 1, 1)
+        .to_string();
     assert!(
         abandoned.iter().any(|(_, path, _)| *path == stale_path),
         "stale attempt not recorded as abandoned: {abandoned:?}"

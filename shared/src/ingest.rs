@@ -37,9 +37,25 @@ impl IngestConfig {
             .join(&Name::parse("staging").expect("valid"))
     }
 
-    pub fn staging_dir(&self, session: Uuid) -> MfsPath {
+    /// Where the staging files of sessions with this goal live: a few fixed
+    /// directories, so a part costs no MKDIR, and no SETGOAL either (a new
+    /// inode inherits its directory's goal, set when the directory is made).
+    pub fn staging_dir(&self, goal: u8) -> MfsPath {
         self.staging_root()
-            .join(&Name::parse(&session.to_string()).expect("uuid is a valid name"))
+            .join(&Name::parse(&format!("goal-{goal}")).expect("valid name"))
+    }
+
+    /// A part attempt's staging file: `<session>-p<part>-t<token>`, unique per
+    /// attempt (the token is the attempt counter).
+    pub fn staging_file(&self, goal: u8, session: Uuid, part: i32, token: i32) -> MfsPath {
+        self.staging_dir(goal)
+            .join(&Name::parse(&format!("{session}-p{part:05}-t{token}")).expect("valid name"))
+    }
+
+    /// The file a multi-part session is assembled in before its rename.
+    pub fn assembly_file(&self, goal: u8, session: Uuid) -> MfsPath {
+        self.staging_dir(goal)
+            .join(&Name::parse(&format!("{session}-assembly")).expect("valid name"))
     }
 
     pub fn dest_path(&self, dest: &str) -> Result<MfsPath, MfsError> {
@@ -71,11 +87,25 @@ pub struct DirCache(Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>
 impl DirCache {
     /// The directory's inode, creating missing directories (`mkdir -p`).
     pub async fn ensure(&self, mfs: &MfsClient, path: &MfsPath) -> Result<u32, MfsError> {
+        self.ensure_with_goal(mfs, path, None).await
+    }
+
+    /// Like [`DirCache::ensure`], and sets the directory's goal (not
+    /// recursively) when it is not cached yet.
+    pub async fn ensure_with_goal(
+        &self,
+        mfs: &MfsClient,
+        path: &MfsPath,
+        goal: Option<u8>,
+    ) -> Result<u32, MfsError> {
         let key = path.to_string();
         if let Some(inode) = self.0.lock().expect("dir cache").get(&key) {
             return Ok(*inode);
         }
         let inode = mfs.mkdir_all(path).await?;
+        if let Some(goal) = goal {
+            mfs.set_goal(inode, goal, false).await?;
+        }
         self.0.lock().expect("dir cache").insert(key, inode);
         Ok(inode)
     }
@@ -313,12 +343,14 @@ impl Ingest {
             Err(e) => return Err(self.fail_session(job.session_id, &e.to_string()).await),
         }
 
-        let dir = self.cfg.staging_dir(job.session_id);
-        let dir_inode = self.dirs.ensure(&self.mfs, &dir).await.map_err(transient)?;
-        let name = Name::parse(&format!("p{:05}-t{}", job.part_number, start.token))
-            .expect("valid staging name");
-        let staging_path = dir.join(&name).to_string();
-        let file = match self.mfs.create(dir_inode, &name, 0o644).await {
+        let goal = start.goal as u8;
+        let dir_inode = self.staging_dir_inode(goal).await.map_err(transient)?;
+        let staging = self
+            .cfg
+            .staging_file(goal, job.session_id, job.part_number, start.token);
+        let name = staging.file_name().expect("staging file has a name");
+        let staging_path = staging.to_string();
+        let file = match self.mfs.create(dir_inode, name, 0o644).await {
             Ok(f) => f,
             Err(e @ MfsError::NotFound(_)) => {
                 self.dirs.forget();
@@ -329,10 +361,6 @@ impl Ingest {
             Err(e) => return Err(transient(e)),
         };
         let written = async {
-            self.mfs
-                .set_goal(file.inode, start.goal as u8, false)
-                .await
-                .map_err(transient)?;
             let reader = source
                 .open_range(
                     start.part_offset as u64,
@@ -398,30 +426,87 @@ impl Ingest {
             crc32c: outcome.crc32c,
             worker,
         };
-        let committed = self.store.commit_part(&commit).await.map_err(transient)?;
+        let (committed, completed) = if start.part_count == 1 {
+            self.commit_single_part(&commit).await?
+        } else {
+            self.commit_one_of_many(&commit).await?
+        };
         drop(file);
         let m = crate::metrics::metrics();
         match committed {
             CommitOutcome::Committed { .. } => {
                 m.parts_committed.inc();
                 m.part_size.observe(start.size as f64);
-            }
-            CommitOutcome::Superseded => m.parts_abandoned.with_label_values(&["superseded"]).inc(),
-            CommitOutcome::SessionClosed => m
-                .parts_abandoned
-                .with_label_values(&["session_closed"])
-                .inc(),
-        }
-        match committed {
-            CommitOutcome::Committed { all_committed } => {
-                let completed = all_committed
-                    && matches!(
-                        self.complete(job.session_id).await,
-                        Ok(Completion::Completed { .. })
-                    );
                 Ok(PartOutcome::Committed { completed })
             }
-            CommitOutcome::Superseded | CommitOutcome::SessionClosed => Ok(PartOutcome::Discarded),
+            CommitOutcome::Superseded => {
+                m.parts_abandoned.with_label_values(&["superseded"]).inc();
+                Ok(PartOutcome::Discarded)
+            }
+            CommitOutcome::SessionClosed => {
+                m.parts_abandoned
+                    .with_label_values(&["session_closed"])
+                    .inc();
+                Ok(PartOutcome::Discarded)
+            }
+        }
+    }
+
+    /// Commits a part of a multi-part session (its own transaction, the
+    /// session row shared with the other parts' commits), then completes the
+    /// session if it was the last part. The bool says whether it completed.
+    async fn commit_one_of_many(
+        &self,
+        commit: &PartCommit<'_>,
+    ) -> Result<(CommitOutcome, bool), PartError> {
+        let committed = self.store.commit_part(commit).await.map_err(transient)?;
+        let completed = matches!(
+            committed,
+            CommitOutcome::Committed {
+                all_committed: true
+            }
+        ) && matches!(
+            self.complete(commit.session_id).await,
+            Ok(Completion::Completed { .. })
+        );
+        Ok((committed, completed))
+    }
+
+    /// Commits the only part of a session and completes the session in ONE
+    /// transaction holding the session row `FOR UPDATE` (one transaction per
+    /// small file instead of two). If the completion cannot finish (MooseFS or
+    /// PostgreSQL trouble), that transaction rolls back and the part is
+    /// committed alone, as any part is: its completion is then retried by the
+    /// reconciler, and recognises a rename that already happened.
+    async fn commit_single_part(
+        &self,
+        commit: &PartCommit<'_>,
+    ) -> Result<(CommitOutcome, bool), PartError> {
+        let together = async {
+            let (mut tx, session) = self.store.lock_session(commit.session_id).await?;
+            let state = session.as_ref().map(|s| s.state.as_str());
+            let committed = Store::commit_part_in(&mut tx, commit, state).await?;
+            if !matches!(committed, CommitOutcome::Committed { .. }) {
+                tx.commit().await?;
+                return Ok((committed, false));
+            }
+            let completion = self.complete_locked(tx, session).await?;
+            let completed = matches!(completion, Completion::Completed { .. });
+            Ok::<_, CompletionError>((
+                CommitOutcome::Committed {
+                    all_committed: true,
+                },
+                completed,
+            ))
+        }
+        .await;
+        match together {
+            Ok(done) => Ok(done),
+            Err(e) => {
+                tracing::warn!(session = %commit.session_id, error = %e,
+                    "completing together with the commit failed; committing the part alone");
+                self.commit_one_of_many(commit).await
+            }
         }
     }
 
@@ -458,8 +543,20 @@ impl Ingest {
     /// says completed. The MooseFS work is idempotent (safe to re-run after a
     /// crash before the commit).
     pub async fn complete(&self, id: Uuid) -> Result<Completion, CompletionError> {
+        let (tx, session) = self.store.lock_session(id).await?;
+        self.complete_locked(tx, session).await
+    }
+
+    /// The completion inside a transaction that holds the session row
+    /// `FOR UPDATE` (`session` as read under that lock); it commits or rolls
+    /// back that transaction.
+    async fn complete_locked(
+        &self,
+        tx: crate::store::Tx,
+        session: Option<Session>,
+    ) -> Result<Completion, CompletionError> {
         let started = std::time::Instant::now();
-        let result = self.complete_unmeasured(id).await;
+        let result = self.complete_locked_unmeasured(tx, session).await;
         let m = crate::metrics::metrics();
         match &result {
             Ok(Completion::Completed { .. }) => m
@@ -475,8 +572,11 @@ impl Ingest {
         result
     }
 
-    async fn complete_unmeasured(&self, id: Uuid) -> Result<Completion, CompletionError> {
-        let (mut tx, session) = self.store.lock_session(id).await?;
+    async fn complete_locked_unmeasured(
+        &self,
+        mut tx: crate::store::Tx,
+        session: Option<Session>,
+    ) -> Result<Completion, CompletionError> {
         let Some(session) = session else {
             tx.rollback().await?;
             return Ok(Completion::AlreadyFinished);
@@ -485,6 +585,7 @@ impl Ingest {
             tx.rollback().await?;
             return Ok(Completion::AlreadyFinished);
         }
+        let id = session.id;
         let parts = Store::parts_in(&mut tx, id).await?;
         let mut inodes = Vec::with_capacity(parts.len());
         for p in &parts {
@@ -555,9 +656,7 @@ impl Ingest {
         let final_inode = if already_ours {
             existing.expect("checked").0
         } else if parts.len() == 1 {
-            let staging = self.cfg.staging_dir(id);
-            let staging_dir = self.dirs.ensure(&self.mfs, &staging).await?;
-            let name = staging_name(&parts[0].staging_path)?;
+            let (staging_dir, name) = self.staging_location(&parts[0].staging_path).await?;
             self.mfs
                 .rename(staging_dir, &name, parent, dest_name)
                 .await?;
@@ -581,8 +680,10 @@ impl Ingest {
             }
         }
         Store::complete_in(&mut tx, &session, md5.as_deref(), crc, final_inode).await?;
-        let keep = (parts.len() == 1).then_some(inodes[0]);
-        Store::abandon_parts_in(&mut tx, id, keep).await?;
+        // A single part IS the final file; the parts of an assembly are garbage.
+        if parts.len() > 1 {
+            Store::abandon_parts_in(&mut tx, id, None).await?;
+        }
         tx.commit().await?;
         crate::metrics::session_finished(state::COMPLETED, session.created_at);
         Ok(Completion::Completed { final_inode })
@@ -599,6 +700,29 @@ impl Ingest {
         tx.commit().await?;
         crate::metrics::session_finished(state::FAILED, session.created_at);
         Ok(Completion::Failed(why))
+    }
+
+    /// The (cached) inode of the staging directory for `goal`, made with that
+    /// goal if missing.
+    async fn staging_dir_inode(&self, goal: u8) -> Result<u32, MfsError> {
+        self.dirs
+            .ensure_with_goal(&self.mfs, &self.cfg.staging_dir(goal), Some(goal))
+            .await
+    }
+
+    /// The directory inode and name of a recorded staging path.
+    async fn staging_location(
+        &self,
+        path: &Option<String>,
+    ) -> Result<(u32, Name), CompletionError> {
+        let path = path.as_deref().ok_or_else(|| {
+            CompletionError::Internal("committed part without a staging path".into())
+        })?;
+        let path = MfsPath::parse(path)?;
+        let (dir, name) = path
+            .split_last()
+            .ok_or_else(|| CompletionError::Internal("empty staging path".into()))?;
+        Ok((self.dirs.ensure(&self.mfs, &dir).await?, name.clone()))
     }
 
     async fn same_first_chunk(&self, a: u32, b: u32) -> Result<bool, MfsError> {
@@ -622,17 +746,18 @@ impl Ingest {
         parent: u32,
         dest_name: &Name,
     ) -> Result<u32, CompletionError> {
-        let staging = self.cfg.staging_dir(session.id);
-        let staging_dir = self.dirs.ensure(&self.mfs, &staging).await?;
-        let name = Name::parse("assembly").expect("valid");
+        let goal = session.goal as u8;
+        let staging_dir = self.staging_dir_inode(goal).await?;
+        let assembly = self.cfg.assembly_file(goal, session.id);
+        let name = assembly
+            .file_name()
+            .expect("assembly file has a name")
+            .clone();
         match self.mfs.unlink(staging_dir, &name).await {
             Ok(()) | Err(MfsError::NotFound(_)) => {}
             Err(e) => return Err(e.into()),
         }
         let file = self.mfs.create(staging_dir, &name, 0o644).await?;
-        self.mfs
-            .set_goal(file.inode, session.goal as u8, false)
-            .await?;
         let zero_copy = parts[..parts.len() - 1]
             .iter()
             .all(|p| (p.size as u64).is_multiple_of(CHUNK_SIZE));
@@ -736,9 +861,12 @@ impl Ingest {
         Ok(done.len() as u64)
     }
 
-    /// Staging directories of sessions that ended more than `grace` ago:
-    /// files in them no transaction recorded (attempts that crashed before
-    /// committing) are recorded as abandoned; empty directories are removed.
+    /// Staging files of sessions that ended more than `grace` ago that no
+    /// transaction recorded (attempts that crashed between creating the file
+    /// and recording it) are recorded as abandoned, for the collector. The
+    /// staging directories hold only in-flight and abandoned files (a
+    /// completed single-part file was renamed away), so a round is one
+    /// READDIR per goal directory and one query per non-empty directory.
     pub async fn sweep_staging(&self, grace: Duration) -> Result<u64, CompletionError> {
         let root = self.cfg.staging_root();
         let (root_inode, _) = match self.mfs.resolve(&root).await {
@@ -748,57 +876,30 @@ impl Ingest {
         };
         let mut recorded = 0;
         for dir in self.mfs.readdir(root_inode).await? {
-            let Ok(session_id) = dir.name.parse::<Uuid>() else {
-                continue;
-            };
-            let ended = match self.store.session(session_id).await? {
-                None => true,
-                Some(s) => {
-                    s.state != state::OPEN
-                        && s.state != state::COMPLETING
-                        && s.finished_at.is_some_and(|t| {
-                            chrono::Utc::now() - t
-                                > chrono::Duration::from_std(grace).unwrap_or_default()
-                        })
-                }
-            };
-            if !ended {
-                continue;
-            }
-            let entries = self.mfs.readdir(dir.inode).await?;
-            if entries.is_empty() {
-                let name = Name::parse(&dir.name)?;
-                let _ = self.mfs.rmdir(root_inode, &name).await;
-                continue;
-            }
-            let known = self.store.abandoned_of(session_id).await?;
-            for e in entries {
-                let path = self
-                    .cfg
-                    .staging_dir(session_id)
-                    .join(&Name::parse(&e.name)?)
-                    .to_string();
-                if known
-                    .iter()
-                    .any(|(inode, p, _)| *inode == e.inode as i64 && *p == path)
-                {
-                    continue;
-                }
-                self.store
-                    .abandon_attempt(
-                        session_id,
-                        -1,
-                        0,
-                        e.inode,
-                        &path,
-                        "left by an attempt that never committed",
-                    )
-                    .await?;
-                recorded += 1;
+            let dir_path = root.join(&Name::parse(&dir.name)?);
+            let leftovers: Vec<(Uuid, i64, String)> = self
+                .mfs
+                .readdir(dir.inode)
+                .await?
+                .into_iter()
+                .filter_map(|e| {
+                    let session = staging_file_session(&e.name)?;
+                    let path = dir_path.join(&Name::parse(&e.name).ok()?).to_string();
+                    Some((session, e.inode as i64, path))
+                })
+                .collect();
+            if !leftovers.is_empty() {
+                recorded += self.store.record_leftovers(&leftovers, grace).await?;
             }
         }
         Ok(recorded)
     }
+}
+
+/// The session a staging file name (`<session uuid>-…`) belongs to.
+fn staging_file_session(name: &str) -> Option<Uuid> {
+    let (id, rest) = name.split_at_checked(36)?;
+    rest.starts_with('-').then(|| id.parse().ok()).flatten()
 }
 
 /// An `AsyncWrite` that hands every buffer to a function.
@@ -825,17 +926,6 @@ impl<F: FnMut(&[u8]) + Unpin> tokio::io::AsyncWrite for DigestSink<F> {
     ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
-}
-
-/// The last component of a recorded staging path.
-fn staging_name(path: &Option<String>) -> Result<Name, CompletionError> {
-    let path = path
-        .as_deref()
-        .ok_or_else(|| CompletionError::Internal("committed part without a staging path".into()))?;
-    let p = MfsPath::parse(path)?;
-    p.file_name()
-        .cloned()
-        .ok_or_else(|| CompletionError::Internal("empty staging path".into()))
 }
 
 /// Why a completion could not run (it is retried later; nothing was committed).

@@ -1,7 +1,7 @@
 //! PostgreSQL access: upload sessions, parts, abandoned staging inodes and the
 //! outbox. Every SQL statement of the system lives here. The transactions
 //! that make the design's invariants hold are whole functions:
-//! [`Store::create_session`], [`Store::commit_part`], and the locked
+//! [`Store::create_session`], [`Store::commit_part`] / [`Store::commit_part_in`], and the locked
 //! completion transaction opened by [`Store::lock_session`].
 
 use std::time::Duration;
@@ -114,6 +114,7 @@ pub struct AttemptStart {
     pub source: String,
     pub session_size: i64,
     pub goal: i16,
+    pub part_count: i32,
 }
 
 /// A written staging file offered as a part.
@@ -303,7 +304,7 @@ impl Store {
                 AND p.committed_token IS NULL
                 AND s.id = p.session_id AND s.state = 'open'
              RETURNING p.attempts AS token, p.part_offset, p.size, s.source,
-                       s.size AS session_size, s.goal",
+                       s.size AS session_size, s.goal, s.part_count",
         )
         .bind(job.session_id)
         .bind(job.part_number)
@@ -314,9 +315,7 @@ impl Store {
 
     /// Records a written staging file as the part, in one transaction: the
     /// session row is held `FOR SHARE` (completion takes it `FOR UPDATE`, so
-    /// the two never interleave); if the session is not open, or a newer
-    /// attempt already committed, the staging inode is recorded as abandoned;
-    /// a replaced older inode is recorded as abandoned.
+    /// the two never interleave); see [`Store::commit_part_in`].
     pub async fn commit_part(&self, c: &PartCommit<'_>) -> Result<CommitOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
         let state: Option<String> =
@@ -324,6 +323,37 @@ impl Store {
                 .bind(c.session_id)
                 .fetch_optional(&mut *tx)
                 .await?;
+        let outcome = Self::commit_part_in(&mut tx, c, state.as_deref()).await?;
+        tx.commit().await?;
+        if !matches!(outcome, CommitOutcome::Committed { .. }) {
+            return Ok(outcome);
+        }
+        // Counted after the commit: two last parts committing at the same time
+        // each see the other's commit here, so at least one of them completes.
+        // (The primary key, not the partial index of all pending parts.)
+        let remaining: i64 = sqlx::query_scalar(
+            "SELECT count(*) FILTER (WHERE committed_token IS NULL)
+               FROM upload_parts WHERE session_id = $1",
+        )
+        .bind(c.session_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(CommitOutcome::Committed {
+            all_committed: remaining == 0,
+        })
+    }
+
+    /// Records the part inside a transaction that holds its session row
+    /// locked (`session_state` as read under that lock; `None` if there is no
+    /// such session): if the session is not open, or a newer attempt already
+    /// committed, the staging inode is recorded as abandoned; a replaced older
+    /// inode is recorded as abandoned. `Committed` carries
+    /// `all_committed: false`: the caller counts the parts itself.
+    pub async fn commit_part_in(
+        tx: &mut Tx,
+        c: &PartCommit<'_>,
+        session_state: Option<&str>,
+    ) -> Result<CommitOutcome, StoreError> {
         let abandon_ours = |reason: &'static str| Abandon {
             inode: c.staging_inode as i64,
             path: c.staging_path.to_string(),
@@ -332,9 +362,8 @@ impl Store {
             token: c.token,
             reason,
         };
-        if state.as_deref() != Some(state::OPEN) {
-            abandon(&mut tx, &abandon_ours("session no longer open")).await?;
-            tx.commit().await?;
+        if session_state != Some(state::OPEN) {
+            abandon(tx, &abandon_ours("session no longer open")).await?;
             return Ok(CommitOutcome::SessionClosed);
         }
         let current: (Option<i32>, Option<i64>, Option<String>) = sqlx::query_as(
@@ -343,16 +372,15 @@ impl Store {
         )
         .bind(c.session_id)
         .bind(c.part_number)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **tx)
         .await?;
         if current.0.is_some_and(|t| t >= c.token) {
-            abandon(&mut tx, &abandon_ours("a newer attempt committed first")).await?;
-            tx.commit().await?;
+            abandon(tx, &abandon_ours("a newer attempt committed first")).await?;
             return Ok(CommitOutcome::Superseded);
         }
         if let (Some(old_token), Some(old_inode), Some(old_path)) = current {
             abandon(
-                &mut tx,
+                tx,
                 &Abandon {
                     inode: old_inode,
                     path: old_path,
@@ -367,7 +395,7 @@ impl Store {
         sqlx::query(
             "UPDATE upload_parts
                 SET committed_token = $3, staging_inode = $4, staging_path = $5, md5 = $6,
-                    crc32c = $7, worker = $8, committed_at = now()
+                    crc32c = $7, worker = $8, committed_at = clock_timestamp()
               WHERE session_id = $1 AND part_number = $2",
         )
         .bind(c.session_id)
@@ -378,19 +406,10 @@ impl Store {
         .bind(c.md5)
         .bind(c.crc32c as i64)
         .bind(c.worker)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        // Counted after the commit: two last parts committing at the same time
-        // each see the other's commit here, so at least one of them completes.
-        let remaining: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM upload_parts WHERE session_id = $1 AND committed_token IS NULL",
-        )
-        .bind(c.session_id)
-        .fetch_one(&self.pool)
+        .execute(&mut **tx)
         .await?;
         Ok(CommitOutcome::Committed {
-            all_committed: remaining == 0,
+            all_committed: false,
         })
     }
 
@@ -453,7 +472,7 @@ impl Store {
         sqlx::query(
             "UPDATE upload_sessions
                 SET state = 'completed', md5 = $2, crc32c = $3, final_inode = $4,
-                    updated_at = now(), finished_at = now()
+                    updated_at = now(), finished_at = clock_timestamp()
               WHERE id = $1",
         )
         .bind(session.id)
@@ -483,7 +502,8 @@ impl Store {
         error: &str,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE upload_sessions SET state = $2, error = $3, updated_at = now(), finished_at = now()
+            "UPDATE upload_sessions SET state = $2, error = $3, updated_at = now(),
+                    finished_at = clock_timestamp()
               WHERE id = $1",
         )
         .bind(session.id)
@@ -527,13 +547,13 @@ impl Store {
     }
 
     /// Claims up to `limit` unsent outbox rows (`FOR UPDATE SKIP LOCKED`, so
-    /// several relays can run); mark them sent with [`Store::mark_sent`] in the
+    /// several relays can run); remove them with [`Store::remove_sent`] in the
     /// same transaction after the broker confirmed them.
     pub async fn claim_outbox(&self, limit: i64) -> Result<(Tx, Vec<OutboxRow>), StoreError> {
         let mut tx = self.pool.begin().await?;
         let rows = sqlx::query_as(
             "SELECT id, exchange, routing_key, payload FROM outbox
-              WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+              ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(limit)
         .fetch_all(&mut *tx)
@@ -541,8 +561,9 @@ impl Store {
         Ok((tx, rows))
     }
 
-    pub async fn mark_sent(tx: &mut Tx, ids: &[i64]) -> Result<(), StoreError> {
-        sqlx::query("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)")
+    /// Deletes published rows (the outbox holds only what is still to send).
+    pub async fn remove_sent(tx: &mut Tx, ids: &[i64]) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
             .bind(ids)
             .execute(&mut **tx)
             .await?;
@@ -658,9 +679,9 @@ impl Store {
                (SELECT count(*) FROM upload_sessions WHERE state IN ('open', 'completing')),
                (SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
                   FROM upload_sessions WHERE state IN ('open', 'completing')),
-               (SELECT count(*) FROM outbox WHERE sent_at IS NULL),
+               (SELECT count(*) FROM outbox),
                (SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
-                  FROM outbox WHERE sent_at IS NULL),
+                  FROM outbox),
                (SELECT count(*) FROM abandoned_inodes WHERE deleted_at IS NULL)",
         )
         .fetch_one(&self.pool)
@@ -674,6 +695,38 @@ impl Store {
             oldest_outbox_secs: row.5,
             gc_pending: row.6,
         })
+    }
+
+    /// Records staging files (session, inode, path) found in MooseFS as
+    /// abandoned when their session ended more than `grace` ago (or does not
+    /// exist) and no row records them yet. Returns how many it recorded.
+    pub async fn record_leftovers(
+        &self,
+        files: &[(Uuid, i64, String)],
+        grace: Duration,
+    ) -> Result<u64, StoreError> {
+        let sessions: Vec<Uuid> = files.iter().map(|f| f.0).collect();
+        let inodes: Vec<i64> = files.iter().map(|f| f.1).collect();
+        let paths: Vec<&str> = files.iter().map(|f| f.2.as_str()).collect();
+        let done = sqlx::query(
+            "INSERT INTO abandoned_inodes (inode, path, session_id, part_number, fencing_token, reason)
+             SELECT f.inode, f.path, f.session_id, -1, 0, 'left by an attempt that never committed'
+               FROM UNNEST($1::uuid[], $2::bigint[], $3::text[]) AS f(session_id, inode, path)
+               LEFT JOIN upload_sessions s ON s.id = f.session_id
+              WHERE (s.id IS NULL
+                     OR (s.state NOT IN ('open', 'completing')
+                         AND s.finished_at < now() - make_interval(secs => $4)))
+                AND NOT EXISTS (SELECT 1 FROM abandoned_inodes a
+                                 WHERE a.session_id = f.session_id
+                                   AND a.inode = f.inode AND a.path = f.path)",
+        )
+        .bind(&sessions)
+        .bind(&inodes)
+        .bind(&paths)
+        .bind(grace.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     /// Abandoned inodes not deleted yet (for status and tests).
@@ -725,16 +778,14 @@ async fn abandon(tx: &mut Tx, a: &Abandon) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Queues one message in the outbox (inside the caller's transaction).
+/// Queues one message in the outbox (inside the caller's transaction; a
+/// trigger wakes the relay).
 pub async fn enqueue(tx: &mut Tx, m: &Outgoing) -> Result<(), StoreError> {
     let payload: serde_json::Value = serde_json::from_slice(&m.payload)?;
     sqlx::query("INSERT INTO outbox (exchange, routing_key, payload) VALUES ($1, $2, $3)")
         .bind(&m.exchange)
         .bind(&m.queue)
         .bind(payload)
-        .execute(&mut **tx)
-        .await?;
-    sqlx::query("SELECT pg_notify('outbox', '')")
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -756,8 +807,5 @@ async fn enqueue_jobs(tx: &mut Tx, jobs: &[PartJob]) -> Result<(), StoreError> {
     .bind(&payloads)
     .execute(&mut **tx)
     .await?;
-    sqlx::query("SELECT pg_notify('outbox', '')")
-        .execute(&mut **tx)
-        .await?;
     Ok(())
 }
