@@ -141,7 +141,7 @@ async fn finish(delivery: &Delivery, recorded: bool) {
 }
 
 /// Publishes outbox rows until `shutdown`: woken by `NOTIFY outbox`, and at
-/// least every second. A row is marked sent only after the broker confirmed it.
+/// least every second. A row is deleted only after the broker confirmed it.
 pub async fn run_outbox_relay(
     store: Store,
     publisher: Arc<Publisher>,
@@ -161,11 +161,11 @@ pub async fn run_outbox_relay(
             }
         }
         match relay_once(&store, &publisher).await {
-            Ok(n) if n > 0 => {
+            Ok(n) if n >= RELAY_BATCH => {
                 delay = Duration::from_millis(100);
-                continue; // there may be more
+                continue; // there is more
             }
-            Ok(_) => {}
+            Ok(_) => delay = Duration::from_millis(100),
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "outbox relay failed");
                 tokio::select! {
@@ -181,7 +181,14 @@ pub async fn run_outbox_relay(
                 Some(l) => {
                     if l.recv().await.is_err() {
                         listener = None;
+                        return;
                     }
+                    // One pass publishes every row committed so far: let a few
+                    // more commits land, then drop the notifications they
+                    // sent (each insert statement sends one), so that a burst
+                    // costs a few passes rather than one empty pass per row.
+                    tokio::time::sleep(RELAY_GATHER).await;
+                    while l.next_buffered().is_some() {}
                 }
                 None => tokio::time::sleep(Duration::from_secs(1)).await,
             }
@@ -193,9 +200,18 @@ pub async fn run_outbox_relay(
     }
 }
 
+/// Rows one relay pass claims at most.
+const RELAY_BATCH: usize = 500;
+
+/// How long the relay lets notifications gather after the first one.
+const RELAY_GATHER: Duration = Duration::from_millis(2);
+
 /// Publishes one batch of unsent rows; returns how many.
 pub async fn relay_once(store: &Store, publisher: &Publisher) -> Result<usize, String> {
-    let (mut tx, rows) = store.claim_outbox(500).await.map_err(|e| e.to_string())?;
+    let (mut tx, rows) = store
+        .claim_outbox(RELAY_BATCH as i64)
+        .await
+        .map_err(|e| e.to_string())?;
     if rows.is_empty() {
         let _ = tx.rollback().await;
         return Ok(0);

@@ -553,3 +553,101 @@ async fn delayed_retries_come_back_to_the_work_queue_after_their_own_delay() {
     let got: PartJob = serde_json::from_slice(&back.delivery.data).unwrap();
     assert_eq!(got, job);
 }
+
+/// A single-part session commits its part and completes in one transaction.
+/// When the completion fails (here: a non-empty directory sits where the file
+/// goes), that transaction rolls back but the part is still committed on its
+/// own, and a later completion finishes the file. Staging files take the
+/// session's goal from their goal directory (no per-file SETGOAL), and so do
+/// assembled files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn single_part_commit_survives_a_failed_completion_and_files_keep_their_goal() {
+    let p = Pipeline::new("onetx").await;
+    let (url, md5) = p.source("one.bin", 100_000, 7);
+    let mut req = p.request("onetx-single", &url, "blocked/one.bin");
+    req.goal = Some(2);
+    req.overwrite = true;
+    let (session, _) = p.ingest.submit(&req).await.unwrap();
+    assert_eq!(session.part_count, 1);
+    let blocker = p.mount_path("blocked/one.bin/inside");
+    std::fs::create_dir_all(&blocker).unwrap();
+
+    let job = PartJob {
+        session_id: session.id,
+        part_number: 0,
+    };
+    let out = p
+        .ingest
+        .run_part(&job, "onetx-worker", &AttemptHooks::default())
+        .await
+        .unwrap();
+    assert_eq!(out, PartOutcome::Committed { completed: false });
+    let open = p.ingest.store.session(session.id).await.unwrap().unwrap();
+    assert_eq!(open.state, "open");
+    let parts = p.ingest.store.parts(session.id).await.unwrap();
+    assert_eq!(
+        parts[0].committed_token,
+        Some(1),
+        "the part stays committed"
+    );
+    let staging_inode = parts[0].staging_inode.unwrap() as u32;
+    assert_eq!(
+        parts[0].staging_path.as_deref(),
+        Some(
+            p.ingest
+                .cfg
+                .staging_file(2, session.id, 0, 1)
+                .to_string()
+                .as_str()
+        )
+    );
+    assert_eq!(p.ingest.mfs.get_goal(staging_inode).await.unwrap(), 2);
+
+    std::fs::remove_dir_all(p.mount_path("blocked/one.bin")).unwrap();
+    assert_eq!(
+        p.ingest.complete(session.id).await.unwrap(),
+        Completion::Completed {
+            final_inode: staging_inode
+        }
+    );
+    assert_eq!(md5_file(&p.mount_path("blocked/one.bin")), md5);
+    let done = p.ingest.store.session(session.id).await.unwrap().unwrap();
+    assert_eq!(done.state, "completed");
+    assert_eq!(done.md5.as_deref(), Some(md5.as_str()));
+    assert!(p
+        .ingest
+        .store
+        .abandoned_of(session.id)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Three parts of 64 KiB at goal 1: assembled by copying, in the goal-1 directory.
+    let (url, md5) = p.source("three.bin", 150_000, 8);
+    let mut req = p.request("onetx-multi", &url, "three.bin");
+    req.goal = Some(1);
+    req.part_size = Some(65536);
+    let (session, _) = p.ingest.submit(&req).await.unwrap();
+    assert_eq!(session.part_count, 3);
+    for part in 0..3 {
+        let job = PartJob {
+            session_id: session.id,
+            part_number: part,
+        };
+        p.ingest
+            .run_part(&job, "onetx-worker", &AttemptHooks::default())
+            .await
+            .unwrap();
+    }
+    let done = p.ingest.store.session(session.id).await.unwrap().unwrap();
+    assert_eq!(done.state, "completed", "{:?}", done.error);
+    assert_eq!(md5_file(&p.mount_path("three.bin")), md5);
+    let final_inode = done.final_inode.unwrap() as u32;
+    assert_eq!(p.ingest.mfs.get_goal(final_inode).await.unwrap(), 1);
+    while p.ingest.collect_garbage(100).await.unwrap() > 0 {}
+    assert!(
+        p.staging_files().await.is_empty(),
+        "{:?}",
+        p.staging_files().await
+    );
+}

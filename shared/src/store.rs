@@ -610,6 +610,10 @@ impl Store {
         Ok(sqlx::query_scalar(
             "SELECT s.id FROM upload_sessions s
               WHERE s.state = 'open'
+                -- its parts were committed after it was created: this bounds
+                -- the scan to sessions old enough (the partial index on
+                -- created_at), not every open session of a busy backlog
+                AND s.created_at < now() - make_interval(secs => $1)
                 AND NOT EXISTS (SELECT 1 FROM upload_parts p
                                  WHERE p.session_id = s.id
                                    AND (p.committed_token IS NULL
