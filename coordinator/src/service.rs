@@ -45,7 +45,7 @@ impl Default for Intervals {
 }
 
 /// Handles one message of `ingest.requests`: each item becomes (or finds) a
-/// session; an item that is refused goes to the dead-letter queue with the
+/// session (all new sessions of the message in one transaction); an item that is refused goes to the dead-letter queue with the
 /// reason and a `request.rejected` event; a message that is not a request at
 /// all is dead-lettered whole. Acked only after everything is committed.
 pub async fn handle_request(ingest: &Ingest, publisher: &Publisher, delivery: Delivery) {
@@ -73,8 +73,10 @@ pub async fn handle_request(ingest: &Ingest, publisher: &Publisher, delivery: De
         }
     };
     let mut rejected = Vec::new();
-    for item in message.into_items() {
-        match ingest.submit(&item).await {
+    let items = message.into_items();
+    let results = ingest.submit_batch(&items).await;
+    for (item, result) in items.into_iter().zip(results) {
+        match result {
             Ok((session, created)) => {
                 tracing::info!(request_id = %item.request_id, session = %session.id, created, "ingest request accepted");
             }

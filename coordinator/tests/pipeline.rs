@@ -651,3 +651,84 @@ async fn single_part_commit_survives_a_failed_completion_and_files_keep_their_go
         p.staging_files().await
     );
 }
+
+/// A batch message's requests are answered one by one but created together:
+/// a request id seen before, the same new request id twice, a refused item,
+/// an existing destination and a conflicting reuse of a request id, in one
+/// batch. Only the two new sessions (and their part rows) appear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_creates_its_sessions_together_and_answers_each_item() {
+    use shared::ingest::RequestError;
+    let p = Pipeline::new("batch").await;
+    let (a, _) = p.source("a.bin", 1000, 1);
+    let (b, _) = p.source("b.bin", 200_000, 2);
+    let earlier = p.request("b-earlier", &a, "b/earlier.bin");
+    let (first, created) = p.ingest.submit(&earlier).await.unwrap();
+    assert!(created);
+    std::fs::create_dir_all(p.mount_path("b")).unwrap();
+    std::fs::write(p.mount_path("b/taken.bin"), b"x").unwrap();
+
+    let mut twice = p.request("b-twice", &b, "b/twice.bin");
+    twice.part_size = Some(65536);
+    let new_one = p.request("b-new", &a, "b/new.bin");
+    let mut bad_goal = p.request("b-bad-goal", &a, "b/bad.bin");
+    bad_goal.goal = Some(12);
+    let taken = p.request("b-taken", &a, "b/taken.bin");
+    let mut reused = earlier.clone();
+    reused.dest = "b/elsewhere.bin".into();
+    let batch = vec![
+        earlier.clone(),
+        twice.clone(),
+        new_one,
+        twice,
+        bad_goal,
+        taken,
+        reused,
+    ];
+    let results = p.ingest.submit_batch(&batch).await;
+    assert_eq!(results.len(), batch.len());
+    let ok = |i: usize| results[i].as_ref().map_err(|e| e.to_string()).unwrap();
+    assert_eq!(ok(0).0.id, first.id);
+    assert!(!ok(0).1, "a request seen before is not created again");
+    assert!(ok(1).1);
+    assert_eq!(ok(1).0.part_count, 4);
+    assert!(ok(2).1);
+    assert_eq!(
+        ok(3).0.id,
+        ok(1).0.id,
+        "the same request twice is one session"
+    );
+    assert!(!ok(3).1);
+    assert!(
+        matches!(results[4], Err(RequestError::BadGoal)),
+        "{:?}",
+        results[4]
+    );
+    assert!(
+        matches!(results[5], Err(RequestError::DestExists(_))),
+        "{:?}",
+        results[5]
+    );
+    assert!(
+        matches!(results[6], Err(RequestError::Conflict(id)) if id == first.id),
+        "{:?}",
+        results[6]
+    );
+    for (i, parts) in [(1, 4), (2, 1)] {
+        let session = &ok(i).0;
+        let rows = p.ingest.store.parts(session.id).await.unwrap();
+        assert_eq!(rows.len(), parts, "part rows of item {i}");
+    }
+    for id in ["b-bad-goal", "b-taken"] {
+        let rid = format!("{}/{id}", p.tag);
+        assert!(
+            p.ingest
+                .store
+                .session_by_request(&rid)
+                .await
+                .unwrap()
+                .is_none(),
+            "{id} changed nothing"
+        );
+    }
+}

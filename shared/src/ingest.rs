@@ -110,9 +110,53 @@ impl DirCache {
         Ok(inode)
     }
 
+    /// The inode of an existing directory (nothing is created): cached
+    /// after the first lookup. `NotDirectory` if the path names a file.
+    pub async fn existing(&self, mfs: &MfsClient, path: &MfsPath) -> Result<u32, MfsError> {
+        let key = path.to_string();
+        if let Some(inode) = self.0.lock().expect("dir cache").get(&key) {
+            return Ok(*inode);
+        }
+        let (inode, attr) = mfs.resolve(path).await?;
+        if !attr.is_dir() {
+            return Err(MfsError::NotDirectory(key));
+        }
+        self.0.lock().expect("dir cache").insert(key, inode);
+        Ok(inode)
+    }
+
     pub fn forget(&self) {
         self.0.lock().expect("dir cache").clear();
     }
+}
+
+/// Requests of one batch checked against their sources and MooseFS at once.
+const SUBMIT_CHECKS_AT_ONCE: usize = 16;
+
+/// The request id and destination of a request (checked before anything else).
+fn parse_request_head(req: &IngestRequest) -> Result<MfsPath, RequestError> {
+    let id = req.request_id.trim();
+    if id.is_empty() || id.len() > 200 || id.chars().any(|c| c.is_control()) {
+        return Err(RequestError::BadRequestId);
+    }
+    MfsPath::parse(&req.dest).map_err(|e| RequestError::BadDest(e.to_string()))
+}
+
+/// A destination as sessions record it (relative to the root, no leading slash).
+fn normalized_dest(dest: &MfsPath) -> String {
+    dest.to_string().trim_start_matches('/').to_string()
+}
+
+/// Whether a repeated request asks for what its session already is.
+fn same_request(existing: &Session, req: &IngestRequest, dest: &MfsPath) -> bool {
+    existing.dest == normalized_dest(dest)
+        && existing.source == req.source
+        && existing.overwrite == req.overwrite
+        && req.size.is_none_or(|s| s == existing.size as u64)
+        && req.goal.is_none_or(|g| g as i16 == existing.goal)
+        && req.part_size.is_none_or(|p| p == existing.part_size as u64)
+        && req.md5.as_ref().map(|m| m.to_ascii_lowercase()) == existing.expected_md5
+        && req.crc32c.map(i64::from) == existing.expected_crc32c
 }
 
 /// Why a request was refused. Nothing was changed.
@@ -199,47 +243,145 @@ impl Ingest {
     /// Validates a request against the source and MooseFS and creates (or
     /// finds) its session. A repeated `request_id` returns the existing session.
     pub async fn submit(&self, req: &IngestRequest) -> Result<(Session, bool), RequestError> {
-        let started = std::time::Instant::now();
-        let result = self.submit_unmeasured(req).await;
-        let m = crate::metrics::metrics();
-        m.request_duration.observe(started.elapsed().as_secs_f64());
-        let outcome = match &result {
-            Ok((_, true)) => {
-                m.sessions_created.inc();
-                "created"
-            }
-            Ok((_, false)) => "duplicate",
-            Err(e) if e.is_client_error() => "rejected",
-            Err(_) => "error",
-        };
-        m.requests.with_label_values(&[outcome]).inc();
-        result
+        self.submit_batch(std::slice::from_ref(req))
+            .await
+            .pop()
+            .expect("one result per request")
     }
 
-    async fn submit_unmeasured(
+    /// [`Ingest::submit`] for many requests at once (a batch message): one
+    /// query finds the request ids seen before, the sources and destinations
+    /// are checked concurrently (destination parents looked up once, then
+    /// cached), and every new session is created in ONE transaction. One
+    /// result per request, in order; a refused request changes nothing.
+    pub async fn submit_batch(
+        &self,
+        reqs: &[IngestRequest],
+    ) -> Vec<Result<(Session, bool), RequestError>> {
+        let started = std::time::Instant::now();
+        let results = self.submit_batch_unmeasured(reqs).await;
+        let m = crate::metrics::metrics();
+        let per_request = started.elapsed().as_secs_f64() / reqs.len().max(1) as f64;
+        for result in &results {
+            m.request_duration.observe(per_request);
+            let outcome = match result {
+                Ok((_, true)) => {
+                    m.sessions_created.inc();
+                    "created"
+                }
+                Ok((_, false)) => "duplicate",
+                Err(e) if e.is_client_error() => "rejected",
+                Err(_) => "error",
+            };
+            m.requests.with_label_values(&[outcome]).inc();
+        }
+        results
+    }
+
+    async fn submit_batch_unmeasured(
+        &self,
+        reqs: &[IngestRequest],
+    ) -> Vec<Result<(Session, bool), RequestError>> {
+        use futures::StreamExt;
+        // Request ids and destinations first: a repeated request is answered
+        // from its session before anything else is looked at.
+        let mut results: Vec<Option<Result<(Session, bool), RequestError>>> =
+            reqs.iter().map(|_| None).collect();
+        let mut dests = Vec::with_capacity(reqs.len());
+        for (slot, req) in results.iter_mut().zip(reqs) {
+            match parse_request_head(req) {
+                Ok(dest) => dests.push(Some(dest)),
+                Err(e) => {
+                    *slot = Some(Err(e));
+                    dests.push(None);
+                }
+            }
+        }
+        let ids: Vec<&str> = reqs.iter().map(|r| r.request_id.as_str()).collect();
+        let existing = match self.store.sessions_by_request(&ids).await {
+            Ok(found) => found,
+            Err(e) => {
+                return e
+                    .for_each(reqs.len())
+                    .into_iter()
+                    .map(|e| Err(e.into()))
+                    .collect()
+            }
+        };
+        for ((slot, req), dest) in results.iter_mut().zip(reqs).zip(&dests) {
+            if let (None, Some(dest), Some(session)) = (&slot, dest, existing.get(&req.request_id))
+            {
+                *slot = Some(if same_request(session, req, dest) {
+                    Ok((session.clone(), false))
+                } else {
+                    Err(RequestError::Conflict(session.id))
+                });
+            }
+        }
+        // The rest against their sources and MooseFS, a few at a time.
+        let checks: Vec<(usize, MfsPath)> = results
+            .iter()
+            .zip(dests)
+            .enumerate()
+            .filter(|(_, (slot, _))| slot.is_none())
+            .filter_map(|(i, (_, dest))| Some((i, dest?)))
+            .collect();
+        let checked: Vec<(usize, Result<NewSession, RequestError>)> = futures::stream::iter(checks)
+            .map(|(i, dest)| async move { (i, self.check_new_request(&reqs[i], dest).await) })
+            .buffered(SUBMIT_CHECKS_AT_ONCE)
+            .collect()
+            .await;
+        let mut new_sessions = Vec::new();
+        let mut new_slots = Vec::new();
+        for (i, checked) in checked {
+            match checked {
+                Ok(new) => {
+                    new_sessions.push(new);
+                    new_slots.push(i);
+                }
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        if !new_sessions.is_empty() {
+            match self.store.create_sessions(&new_sessions).await {
+                Ok(created) => {
+                    for ((i, new), (session, was_created)) in
+                        new_slots.into_iter().zip(&new_sessions).zip(created)
+                    {
+                        // The same request id came twice (in this batch, or
+                        // from another coordinator meanwhile).
+                        results[i] = Some(
+                            if !was_created
+                                && (session.dest != new.dest || session.source != new.source)
+                            {
+                                Err(RequestError::Conflict(session.id))
+                            } else {
+                                Ok((session, was_created))
+                            },
+                        );
+                    }
+                }
+                Err(e) => {
+                    for (i, e) in new_slots.iter().zip(e.for_each(new_slots.len())) {
+                        results[*i] = Some(Err(e.into()));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every request has a result"))
+            .collect()
+    }
+
+    /// The checks of a request seen for the first time: fields, the source
+    /// (its size), and that the destination does not exist unless it may be
+    /// overwritten.
+    async fn check_new_request(
         &self,
         req: &IngestRequest,
-    ) -> Result<(Session, bool), RequestError> {
-        let id = req.request_id.trim();
-        if id.is_empty() || id.len() > 200 || id.chars().any(|c| c.is_control()) {
-            return Err(RequestError::BadRequestId);
-        }
-        let dest = MfsPath::parse(&req.dest).map_err(|e| RequestError::BadDest(e.to_string()))?;
-        let normalized_dest = dest.to_string().trim_start_matches('/').to_string();
-        if let Some(existing) = self.store.session_by_request(&req.request_id).await? {
-            let same = existing.dest == normalized_dest
-                && existing.source == req.source
-                && existing.overwrite == req.overwrite
-                && req.size.is_none_or(|s| s == existing.size as u64)
-                && req.goal.is_none_or(|g| g as i16 == existing.goal)
-                && req.part_size.is_none_or(|p| p == existing.part_size as u64)
-                && req.md5.as_ref().map(|m| m.to_ascii_lowercase()) == existing.expected_md5
-                && req.crc32c.map(i64::from) == existing.expected_crc32c;
-            if !same {
-                return Err(RequestError::Conflict(existing.id));
-            }
-            return Ok((existing, false));
-        }
+        dest: MfsPath,
+    ) -> Result<NewSession, RequestError> {
         if dest.is_root() {
             return Err(RequestError::BadDest("dest is the root directory".into()));
         }
@@ -270,36 +412,47 @@ impl Ingest {
             return Err(RequestError::TooLarge(actual));
         }
         let full_dest = self.cfg.dest_path(&req.dest)?;
-        if !req.overwrite {
-            match self.mfs.resolve(&full_dest).await {
-                Ok(_) => return Err(RequestError::DestExists(req.dest.clone())),
-                Err(MfsError::NotFound(_)) => {}
-                // A file where a directory should be: the completion reports it.
-                Err(MfsError::NotDirectory(_)) => {
-                    return Err(RequestError::BadDest(format!(
-                        "a parent of {} is a file",
-                        req.dest
-                    )))
-                }
-                Err(e) => return Err(e.into()),
-            }
+        if !req.overwrite && self.dest_exists(&full_dest, &req.dest).await? {
+            return Err(RequestError::DestExists(req.dest.clone()));
         }
-        let new = NewSession {
+        Ok(NewSession {
             request_id: req.request_id.clone(),
             source: req.source.clone(),
-            dest: normalized_dest,
+            dest: normalized_dest(&dest),
             size: actual,
             part_size,
             goal,
             overwrite: req.overwrite,
             expected_md5: req.md5.as_ref().map(|m| m.to_ascii_lowercase()),
             expected_crc32c: req.crc32c,
+        })
+    }
+
+    /// Whether something exists at a destination: its parent directory from
+    /// the cache (one LOOKUP per component the first time), then one LOOKUP.
+    /// A stale cached parent (removed meanwhile) reads as "does not exist";
+    /// the completion checks again under its lock.
+    async fn dest_exists(&self, full_dest: &MfsPath, dest: &str) -> Result<bool, RequestError> {
+        let (parent_path, name) = full_dest.split_last().expect("dest is not the root");
+        let parent = match self.dirs.existing(&self.mfs, &parent_path).await {
+            Ok(inode) => inode,
+            Err(MfsError::NotFound(_)) => return Ok(false),
+            // A file where a directory should be.
+            Err(MfsError::NotDirectory(_)) => {
+                return Err(RequestError::BadDest(format!(
+                    "a parent of {dest} is a file"
+                )))
+            }
+            Err(e) => return Err(e.into()),
         };
-        let (session, created) = self.store.create_session(&new).await?;
-        if !created && (session.dest != new.dest || session.source != new.source) {
-            return Err(RequestError::Conflict(session.id));
+        match self.mfs.lookup(parent, name).await {
+            Ok(_) => Ok(true),
+            Err(MfsError::NotFound(_)) => Ok(false),
+            Err(e) => {
+                self.dirs.forget();
+                Err(e.into())
+            }
         }
-        Ok((session, created))
     }
 
     /// Runs one attempt of a part: fencing token from PostgreSQL, a fresh

@@ -22,6 +22,21 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("cannot encode outbox payload: {0}")]
     Encode(#[from] serde_json::Error),
+    /// The failure of a statement that served several requests, reported
+    /// for each of them after the first (which gets the error itself).
+    #[error("{0}")]
+    SameBatch(String),
+}
+
+impl StoreError {
+    /// One error per request of a batch that failed together.
+    pub fn for_each(self, n: usize) -> Vec<StoreError> {
+        let again = self.to_string();
+        let mut all = vec![self];
+        all.extend((1..n).map(|_| StoreError::SameBatch(again.clone())));
+        all.truncate(n);
+        all
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -197,67 +212,136 @@ impl Store {
     /// transaction, or returns the existing session for a repeated request id.
     /// The bool says whether it was created now.
     pub async fn create_session(&self, new: &NewSession) -> Result<(Session, bool), StoreError> {
+        Ok(self
+            .create_sessions(std::slice::from_ref(new))
+            .await?
+            .pop()
+            .expect("one session per request"))
+    }
+
+    /// Creates many sessions, their parts and their job messages in ONE
+    /// transaction (three statements whatever the count); a request id that
+    /// exists already (or twice in `news`) gets the existing session. One
+    /// `(session, created now)` per entry, in order.
+    pub async fn create_sessions(
+        &self,
+        news: &[NewSession],
+    ) -> Result<Vec<(Session, bool)>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let part_count = new.size.div_ceil(new.part_size).max(1);
-        let created: Option<Session> = sqlx::query_as(
+        let ids: Vec<Uuid> = news.iter().map(|_| Uuid::new_v4()).collect();
+        let part_counts: Vec<i32> = news
+            .iter()
+            .map(|n| n.size.div_ceil(n.part_size).max(1) as i32)
+            .collect();
+        let created: Vec<Session> = sqlx::query_as(
             "INSERT INTO upload_sessions
                 (id, request_id, source, dest, size, part_size, part_count, goal, overwrite,
                  expected_md5, expected_crc32c)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[],
+                                  $6::bigint[], $7::int[], $8::smallint[], $9::bool[],
+                                  $10::text[], $11::bigint[])
              ON CONFLICT (request_id) DO NOTHING
              RETURNING *",
         )
-        .bind(Uuid::new_v4())
-        .bind(&new.request_id)
-        .bind(&new.source)
-        .bind(&new.dest)
-        .bind(new.size as i64)
-        .bind(new.part_size as i64)
-        .bind(part_count as i32)
-        .bind(new.goal as i16)
-        .bind(new.overwrite)
-        .bind(&new.expected_md5)
-        .bind(new.expected_crc32c.map(i64::from))
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(session) = created else {
-            tx.rollback().await?;
-            let existing: Session =
-                sqlx::query_as("SELECT * FROM upload_sessions WHERE request_id = $1")
-                    .bind(&new.request_id)
-                    .fetch_one(&self.pool)
-                    .await?;
-            return Ok((existing, false));
-        };
-        let numbers: Vec<i32> = (0..part_count as i32).collect();
-        let offsets: Vec<i64> = numbers
-            .iter()
-            .map(|n| *n as i64 * new.part_size as i64)
-            .collect();
-        let sizes: Vec<i64> = offsets
-            .iter()
-            .map(|o| (new.size as i64 - o).min(new.part_size as i64))
-            .collect();
-        sqlx::query(
-            "INSERT INTO upload_parts (session_id, part_number, part_offset, size)
-             SELECT $1, * FROM UNNEST($2::int[], $3::bigint[], $4::bigint[])",
+        .bind(&ids)
+        .bind(
+            news.iter()
+                .map(|n| n.request_id.as_str())
+                .collect::<Vec<_>>(),
         )
-        .bind(session.id)
-        .bind(&numbers)
-        .bind(&offsets)
-        .bind(&sizes)
-        .execute(&mut *tx)
+        .bind(news.iter().map(|n| n.source.as_str()).collect::<Vec<_>>())
+        .bind(news.iter().map(|n| n.dest.as_str()).collect::<Vec<_>>())
+        .bind(news.iter().map(|n| n.size as i64).collect::<Vec<_>>())
+        .bind(news.iter().map(|n| n.part_size as i64).collect::<Vec<_>>())
+        .bind(&part_counts)
+        .bind(news.iter().map(|n| n.goal as i16).collect::<Vec<_>>())
+        .bind(news.iter().map(|n| n.overwrite).collect::<Vec<_>>())
+        .bind(
+            news.iter()
+                .map(|n| n.expected_md5.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            news.iter()
+                .map(|n| n.expected_crc32c.map(i64::from))
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&mut *tx)
         .await?;
-        let jobs: Vec<PartJob> = numbers
-            .iter()
-            .map(|n| PartJob {
-                session_id: session.id,
-                part_number: *n,
-            })
+
+        let (mut part_sessions, mut numbers, mut offsets, mut sizes) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut jobs = Vec::new();
+        for session in &created {
+            for n in 0..session.part_count {
+                let offset = n as i64 * session.part_size;
+                part_sessions.push(session.id);
+                numbers.push(n);
+                offsets.push(offset);
+                sizes.push((session.size - offset).min(session.part_size));
+                jobs.push(PartJob {
+                    session_id: session.id,
+                    part_number: n,
+                });
+            }
+        }
+        if !created.is_empty() {
+            sqlx::query(
+                "INSERT INTO upload_parts (session_id, part_number, part_offset, size)
+                 SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::bigint[], $4::bigint[])",
+            )
+            .bind(&part_sessions)
+            .bind(&numbers)
+            .bind(&offsets)
+            .bind(&sizes)
+            .execute(&mut *tx)
+            .await?;
+            enqueue_jobs(&mut tx, &jobs).await?;
+        }
+        let mut by_request: std::collections::HashMap<String, Session> = created
+            .into_iter()
+            .map(|s| (s.request_id.clone(), s))
             .collect();
-        enqueue_jobs(&mut tx, &jobs).await?;
+        let missing: Vec<&str> = news
+            .iter()
+            .map(|n| n.request_id.as_str())
+            .filter(|r| !by_request.contains_key(*r))
+            .collect();
+        if !missing.is_empty() {
+            let existing: Vec<Session> =
+                sqlx::query_as("SELECT * FROM upload_sessions WHERE request_id = ANY($1)")
+                    .bind(&missing)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            by_request.extend(existing.into_iter().map(|s| (s.request_id.clone(), s)));
+        }
         tx.commit().await?;
-        Ok((session, true))
+        news.iter()
+            .zip(&ids)
+            .map(|(n, id)| {
+                let session = by_request.get(&n.request_id).cloned().ok_or_else(|| {
+                    StoreError::SameBatch(format!("session of {} vanished", n.request_id))
+                })?;
+                let created = session.id == *id;
+                Ok((session, created))
+            })
+            .collect()
+    }
+
+    /// The sessions of these request ids that exist, by request id.
+    pub async fn sessions_by_request(
+        &self,
+        request_ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, Session>, StoreError> {
+        let found: Vec<Session> =
+            sqlx::query_as("SELECT * FROM upload_sessions WHERE request_id = ANY($1)")
+                .bind(request_ids)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(found
+            .into_iter()
+            .map(|s| (s.request_id.clone(), s))
+            .collect())
     }
 
     pub async fn session(&self, id: Uuid) -> Result<Option<Session>, StoreError> {
