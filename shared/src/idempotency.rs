@@ -1,6 +1,7 @@
 //! Redis as an accelerator, never as the truth: part leases ("someone is on
-//! it", `SET NX PX`, released by compare-and-delete), "done" markers that let
-//! duplicate deliveries skip the database, and request de-duplication. Every
+//! it", `SET NX PX`, released by compare-and-delete) and "done" markers that
+//! let duplicate deliveries skip the database, each checked and set in one
+//! round trip per part (a Lua script before, one after). Every
 //! call is bounded by a short timeout, and when Redis is unreachable the
 //! answers fall back to "unknown", so the PostgreSQL checks decide.
 
@@ -14,14 +15,39 @@ const CALL_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long "done" markers are kept.
 const DONE_TTL_SECS: u64 = 24 * 3600;
 
-/// Compare-and-delete: releases a lease only if we still hold it.
-const RELEASE_SCRIPT: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-else
-  return 0
+/// One round trip before a part: the "done" marker (KEYS[1]) answers first;
+/// otherwise `SET lease owner NX PX ttl` (KEYS[2], ARGV[1], ARGV[2]).
+const CLAIM_SCRIPT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 'done'
 end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 'acquired'
+end
+return 'held'
 "#;
+
+/// One round trip after a part: marks it done (KEYS[1], kept ARGV[3] s) if
+/// ARGV[2] is '1', and releases the lease (KEYS[2]) only if we (ARGV[1])
+/// still hold it: compare-and-delete, never someone else's lease.
+const FINISH_SCRIPT: &str = r#"
+if ARGV[2] == '1' then
+  redis.call('SET', KEYS[1], '1', 'EX', ARGV[3])
+end
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  return redis.call('DEL', KEYS[2])
+end
+return 0
+"#;
+
+/// What Redis says before a part attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartClaim {
+    /// Marked done: a duplicate delivery.
+    Done,
+    /// Not marked done; the lease outcome.
+    Lease(Lease),
+}
 
 /// Outcome of asking for a lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,49 +142,62 @@ impl Idempotency {
         self.call::<String>(redis::cmd("PING")).await.is_some()
     }
 
-    /// `SET key owner NX PX ttl`.
-    pub async fn acquire(&self, key: &str, owner: &str, ttl: Duration) -> Lease {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(key)
+    /// Before a part attempt, in one round trip: is the part marked done,
+    /// and if not, `SET lease owner NX PX ttl`.
+    pub async fn claim_part(
+        &self,
+        done_key: &str,
+        lease_key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> PartClaim {
+        let script = redis::Script::new(CLAIM_SCRIPT);
+        let mut invocation = script.key(done_key);
+        invocation
+            .key(lease_key)
             .arg(owner)
-            .arg("NX")
-            .arg("PX")
             .arg(ttl.as_millis() as u64);
-        match self.call::<Option<String>>(cmd).await {
-            Some(Some(_)) => Lease::Acquired,
-            Some(None) => Lease::Held,
-            None => Lease::Unknown,
+        match self.run_script::<String>(&invocation).await.as_deref() {
+            Some("done") => PartClaim::Done,
+            Some("acquired") => PartClaim::Lease(Lease::Acquired),
+            Some(_) => PartClaim::Lease(Lease::Held),
+            None => PartClaim::Lease(Lease::Unknown),
         }
     }
 
-    /// Releases a lease we hold (never someone else's).
-    pub async fn release(&self, key: &str, owner: &str) {
-        let Some(mut conn) = self.connection().await else {
-            return;
-        };
-        let script = redis::Script::new(RELEASE_SCRIPT);
-        let mut invocation = script.key(key);
-        invocation.arg(owner);
-        let fut = invocation.invoke_async::<i64>(&mut conn);
-        if matches!(tokio::time::timeout(CALL_TIMEOUT, fut).await, Ok(Ok(_))) {
-            self.succeeded();
-        } else {
-            self.failed();
+    /// After a part attempt, in one round trip: marks it done (kept a day)
+    /// if `done`, and releases the lease if we still hold it.
+    pub async fn finish_part(&self, done_key: &str, lease_key: &str, owner: &str, done: bool) {
+        let script = redis::Script::new(FINISH_SCRIPT);
+        let mut invocation = script.key(done_key);
+        invocation
+            .key(lease_key)
+            .arg(owner)
+            .arg(if done { "1" } else { "0" })
+            .arg(DONE_TTL_SECS);
+        let _ = self.run_script::<i64>(&invocation).await;
+    }
+
+    async fn run_script<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Option<T> {
+        let mut conn = self.connection().await?;
+        match tokio::time::timeout(CALL_TIMEOUT, invocation.invoke_async::<T>(&mut conn)).await {
+            Ok(Ok(v)) => {
+                self.succeeded();
+                Some(v)
+            }
+            Ok(Err(e)) => {
+                self.failed();
+                tracing::debug!(error = %e, "redis script failed");
+                None
+            }
+            Err(_) => {
+                self.failed();
+                None
+            }
         }
-    }
-
-    /// Marks `key` done (kept a day).
-    pub async fn mark_done(&self, key: &str) {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(key).arg("1").arg("EX").arg(DONE_TTL_SECS);
-        let _ = self.call::<Option<String>>(cmd).await;
-    }
-
-    /// `Some(true)` if marked done, `None` if Redis did not answer.
-    pub async fn is_done(&self, key: &str) -> Option<bool> {
-        let mut cmd = redis::cmd("EXISTS");
-        cmd.arg(key);
-        self.call::<i64>(cmd).await.map(|n| n > 0)
     }
 }
 

@@ -110,18 +110,47 @@ impl DirCache {
         Ok(inode)
     }
 
-    /// The inode of an existing directory (nothing is created): cached
-    /// after the first lookup. `NotDirectory` if the path names a file.
+    /// The inode of an existing directory (nothing is created). Walks from
+    /// the deepest cached ancestor and caches every directory it finds, so a
+    /// directory that does not exist yet costs one LOOKUP (of its first
+    /// missing component), not one per component. `NotDirectory` if a
+    /// component is a file.
     pub async fn existing(&self, mfs: &MfsClient, path: &MfsPath) -> Result<u32, MfsError> {
-        let key = path.to_string();
-        if let Some(inode) = self.0.lock().expect("dir cache").get(&key) {
-            return Ok(*inode);
+        let components = path.components();
+        let (mut depth, mut inode) = {
+            let cache = self.0.lock().expect("dir cache");
+            let mut prefix = MfsPath::root();
+            let mut known = (0, crate::moosefs::proto::ROOT_INODE);
+            for (i, name) in components.iter().enumerate() {
+                prefix = prefix.join(name);
+                match cache.get(&prefix.to_string()) {
+                    Some(inode) => known = (i + 1, *inode),
+                    None => break,
+                }
+            }
+            known
+        };
+        let mut prefix = MfsPath::root();
+        for name in &components[..depth] {
+            prefix = prefix.join(name);
         }
-        let (inode, attr) = mfs.resolve(path).await?;
-        if !attr.is_dir() {
-            return Err(MfsError::NotDirectory(key));
+        while depth < components.len() {
+            let name = &components[depth];
+            prefix = prefix.join(name);
+            let (child, attr) = mfs.lookup(inode, name).await.map_err(|e| match e {
+                MfsError::NotFound(_) => MfsError::NotFound(path.to_string()),
+                other => other,
+            })?;
+            if !attr.is_dir() {
+                return Err(MfsError::NotDirectory(prefix.to_string()));
+            }
+            self.0
+                .lock()
+                .expect("dir cache")
+                .insert(prefix.to_string(), child);
+            inode = child;
+            depth += 1;
         }
-        self.0.lock().expect("dir cache").insert(key, inode);
         Ok(inode)
     }
 
@@ -528,7 +557,7 @@ impl Ingest {
             };
             let outcome = self
                 .mfs
-                .write_stream(file.inode, 0, reader, &opts)
+                .write_new_file(&file, reader, &opts)
                 .await
                 .map_err(transient)?;
             if outcome.length != start.size as u64 {

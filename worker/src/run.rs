@@ -18,7 +18,7 @@ use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use lapin::types::AMQPValue;
 use shared::config::ServiceArgs;
-use shared::idempotency::{part_done_key, part_lease_key, Idempotency, Lease};
+use shared::idempotency::{part_done_key, part_lease_key, Idempotency, Lease, PartClaim};
 use shared::ingest::{AttemptHooks, Ingest, PartError, PartOutcome};
 use shared::jobs::{
     header_i64, Outgoing, PartJob, Publisher, ATTEMPT_HEADER, PARTS_QUEUE, PARTS_RETRY_QUEUE,
@@ -200,17 +200,20 @@ async fn handle(ctx: &WorkerCtx, delivery: Delivery) {
     };
     let attempt = header_i64(&delivery.properties, ATTEMPT_HEADER).unwrap_or(0);
     let done_key = part_done_key(job.session_id, job.part_number);
-    if ctx.idempotency.is_done(&done_key).await == Some(true) {
-        tracing::debug!(?job, "duplicate job suppressed");
-        metrics().duplicate_jobs.with_label_values(&["redis"]).inc();
-        ack(&delivery).await;
-        return;
-    }
     let lease_key = part_lease_key(job.session_id, job.part_number);
-    let lease = ctx
+    let lease = match ctx
         .idempotency
-        .acquire(&lease_key, &ctx.worker_id, ctx.lease_ttl)
-        .await;
+        .claim_part(&done_key, &lease_key, &ctx.worker_id, ctx.lease_ttl)
+        .await
+    {
+        PartClaim::Done => {
+            tracing::debug!(?job, "duplicate job suppressed");
+            metrics().duplicate_jobs.with_label_values(&["redis"]).inc();
+            ack(&delivery).await;
+            return;
+        }
+        PartClaim::Lease(lease) => lease,
+    };
     if lease == Lease::Held {
         // Someone is writing this part; look again later (bounded like any retry).
         if attempt + 1 >= ctx.max_attempts * 4 {
@@ -239,10 +242,12 @@ async fn handle(ctx: &WorkerCtx, delivery: Delivery) {
         Ok(outcome) => {
             tracing::info!(session = %job.session_id, part = job.part_number, ?outcome,
                 elapsed_ms = started.elapsed().as_millis() as u64, "part done");
-            if !matches!(outcome, PartOutcome::Discarded) {
-                ctx.idempotency.mark_done(&done_key).await;
-            }
+            let done = !matches!(outcome, PartOutcome::Discarded);
+            ctx.idempotency
+                .finish_part(&done_key, &lease_key, &ctx.worker_id, done)
+                .await;
             ack(&delivery).await;
+            return;
         }
         Err(PartError::SessionFailed(why)) => {
             tracing::warn!(session = %job.session_id, part = job.part_number, %why, "session failed");
@@ -265,6 +270,8 @@ async fn handle(ctx: &WorkerCtx, delivery: Delivery) {
         }
     }
     if lease == Lease::Acquired {
-        ctx.idempotency.release(&lease_key, &ctx.worker_id).await;
+        ctx.idempotency
+            .finish_part(&done_key, &lease_key, &ctx.worker_id, false)
+            .await;
     }
 }

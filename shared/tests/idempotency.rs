@@ -1,0 +1,76 @@
+//! The Redis claim/finish scripts against the real Redis (`REDIS_URL`,
+//! default redis://127.0.0.1:6379/): one round trip before a part (done
+//! marker, else lease) and one after (mark done, release only our lease);
+//! an unreachable Redis answers "unknown" instead of failing.
+
+use std::time::Duration;
+
+use shared::idempotency::{part_done_key, part_lease_key, Idempotency, Lease, PartClaim};
+
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+}
+
+#[tokio::test]
+async fn claim_and_finish_keep_leases_and_done_markers_straight() {
+    let redis = Idempotency::new(&redis_url());
+    // A fresh part per run: keys never collide with other tests or runs.
+    let session = uuid::Uuid::new_v4();
+    let (done, lease) = (part_done_key(session, 3), part_lease_key(session, 3));
+    let ttl = Duration::from_secs(30);
+
+    assert_eq!(
+        redis.claim_part(&done, &lease, "worker-a", ttl).await,
+        PartClaim::Lease(Lease::Acquired)
+    );
+    assert_eq!(
+        redis.claim_part(&done, &lease, "worker-b", ttl).await,
+        PartClaim::Lease(Lease::Held)
+    );
+    // Someone else's finish neither marks nor releases our lease.
+    redis.finish_part(&done, &lease, "worker-b", false).await;
+    assert_eq!(
+        redis.claim_part(&done, &lease, "worker-b", ttl).await,
+        PartClaim::Lease(Lease::Held)
+    );
+    // A finish without "done" releases: the next claim gets the lease.
+    redis.finish_part(&done, &lease, "worker-a", false).await;
+    assert_eq!(
+        redis.claim_part(&done, &lease, "worker-b", ttl).await,
+        PartClaim::Lease(Lease::Acquired)
+    );
+    // Done: marked and released; every later claim sees the marker.
+    redis.finish_part(&done, &lease, "worker-b", true).await;
+    assert_eq!(
+        redis.claim_part(&done, &lease, "worker-c", ttl).await,
+        PartClaim::Done
+    );
+    assert_eq!(redis.error_count(), 0);
+
+    // Clean up what this test wrote.
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let removed: i64 = redis::cmd("DEL")
+        .arg(&done)
+        .arg(&lease)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1, "only the done marker was left");
+}
+
+#[tokio::test]
+async fn unreachable_redis_answers_unknown() {
+    // Port 1 on loopback: nothing listens there.
+    let redis = Idempotency::new("redis://127.0.0.1:1/");
+    let session = uuid::Uuid::new_v4();
+    let (done, lease) = (part_done_key(session, 0), part_lease_key(session, 0));
+    assert_eq!(
+        redis
+            .claim_part(&done, &lease, "w", Duration::from_secs(5))
+            .await,
+        PartClaim::Lease(Lease::Unknown)
+    );
+    redis.finish_part(&done, &lease, "w", true).await;
+    assert!(redis.error_count() >= 2);
+}
