@@ -896,6 +896,7 @@ async fn service_failures_are_503_without_internals() {
         store: up.ingest.store.clone(),
         mfs: closed,
         dirs: Default::default(),
+        write_budget: Default::default(),
     };
     let sources = tempfile::Builder::new()
         .prefix("api-")
@@ -951,6 +952,7 @@ async fn service_failures_are_503_without_internals() {
         store: Store { pool },
         mfs: up.ingest.mfs.clone(),
         dirs: Default::default(),
+        write_budget: Default::default(),
     };
     let sources = tempfile::Builder::new()
         .prefix("api-")

@@ -122,6 +122,7 @@ impl ServiceArgs {
             store,
             mfs,
             dirs: Default::default(),
+            write_budget: Default::default(),
         })
     }
 }

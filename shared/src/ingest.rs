@@ -77,6 +77,33 @@ pub struct Ingest {
     /// Inodes of directories this process created or found (staging and
     /// destination parents), so each part does not walk every path again.
     pub dirs: DirCache,
+    /// Bytes of parts being written at once (see [`WriteBudget`]).
+    pub write_budget: WriteBudget,
+}
+
+/// A bound on the bytes of parts a process writes at the same time, so that
+/// many small parts run side by side while big parts take turns (parallel
+/// 64 MiB chunk writes only make the chunkservers' one disk and CPUs thrash).
+/// Counted in MiB; a part bigger than the whole budget takes all of it.
+/// The default is unbounded.
+#[derive(Clone, Default)]
+pub struct WriteBudget(Option<(Arc<tokio::sync::Semaphore>, u32)>);
+
+impl WriteBudget {
+    pub fn mib(limit: u32) -> WriteBudget {
+        let limit = limit.max(1);
+        WriteBudget(Some((
+            Arc::new(tokio::sync::Semaphore::new(limit as usize)),
+            limit,
+        )))
+    }
+
+    /// Waits until `bytes` fit; the permit gives them back when dropped.
+    pub async fn reserve(&self, bytes: u64) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let (sem, limit) = self.0.as_ref()?;
+        let mib = (bytes.div_ceil(1 << 20) as u32).clamp(1, *limit);
+        sem.clone().acquire_many_owned(mib).await.ok()
+    }
 }
 
 /// Directory path → inode, forgotten whenever an operation under a cached
@@ -525,6 +552,7 @@ impl Ingest {
             Err(e) => return Err(self.fail_session(job.session_id, &e.to_string()).await),
         }
 
+        let _budget = self.write_budget.reserve(start.size as u64).await;
         let goal = start.goal as u8;
         let dir_inode = self.staging_dir_inode(goal).await.map_err(transient)?;
         let staging = self
@@ -553,6 +581,9 @@ impl Ingest {
                 .map_err(transient)?;
             let opts = WriteOptions {
                 required_copies: Some(start.goal as u8),
+                // Only a single part's MD5 is the file's; a multi-part file's
+                // MD5 is computed at completion, and only if it was asked for.
+                compute_md5: start.part_count == 1,
                 ..self.mfs.config().write.clone()
             };
             let outcome = self
@@ -597,14 +628,14 @@ impl Ingest {
         if let Some(hook) = &hooks.before_commit {
             hook().await;
         }
-        let md5 = outcome.md5_hex().unwrap_or_default();
+        let md5 = outcome.md5_hex();
         let commit = PartCommit {
             session_id: job.session_id,
             part_number: job.part_number,
             token: start.token,
             staging_inode: file.inode,
             staging_path: &staging_path,
-            md5: &md5,
+            md5: md5.as_deref(),
             crc32c: outcome.crc32c,
             worker,
         };
@@ -1124,5 +1155,43 @@ pub enum CompletionError {
 impl From<sqlx::Error> for CompletionError {
     fn from(e: sqlx::Error) -> Self {
         CompletionError::Store(StoreError::from(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn write_budget_lets_small_parts_share_and_big_parts_take_turns() {
+        let budget = WriteBudget::mib(128);
+        let big_a = budget.reserve(64 << 20).await.expect("bounded");
+        let big_b = budget.reserve(64 << 20).await.expect("bounded");
+        // A third big part waits for one of the first two.
+        let third = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.reserve(64 << 20).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!third.is_finished(), "a third 64 MiB part must wait");
+        drop(big_a);
+        let big_c = tokio::time::timeout(Duration::from_secs(5), third)
+            .await
+            .expect("released budget is handed on")
+            .unwrap();
+        drop((big_b, big_c));
+        // Small parts count one MiB each; a part over the limit takes all of it.
+        let smalls: Vec<_> =
+            futures::future::join_all((0..128).map(|_| budget.reserve(65536))).await;
+        assert!(smalls.iter().all(Option::is_some));
+        drop(smalls);
+        let huge = tokio::time::timeout(Duration::from_secs(5), budget.reserve(1 << 40))
+            .await
+            .expect("a part over the limit still runs");
+        assert!(huge.is_some());
+        assert!(
+            WriteBudget::default().reserve(1 << 40).await.is_none(),
+            "unbounded"
+        );
     }
 }

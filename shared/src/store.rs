@@ -140,7 +140,9 @@ pub struct PartCommit<'a> {
     pub token: i32,
     pub staging_inode: u32,
     pub staging_path: &'a str,
-    pub md5: &'a str,
+    /// The part's MD5, computed only for the only part of a session (the
+    /// file's MD5 then); `None` for parts of multi-part files.
+    pub md5: Option<&'a str>,
     pub crc32c: u32,
     pub worker: &'a str,
 }

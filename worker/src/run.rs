@@ -19,7 +19,7 @@ use lapin::options::BasicAckOptions;
 use lapin::types::AMQPValue;
 use shared::config::ServiceArgs;
 use shared::idempotency::{part_done_key, part_lease_key, Idempotency, Lease, PartClaim};
-use shared::ingest::{AttemptHooks, Ingest, PartError, PartOutcome};
+use shared::ingest::{AttemptHooks, Ingest, PartError, PartOutcome, WriteBudget};
 use shared::jobs::{
     header_i64, Outgoing, PartJob, Publisher, ATTEMPT_HEADER, PARTS_QUEUE, PARTS_RETRY_QUEUE,
 };
@@ -29,9 +29,17 @@ use shared::metrics::{metrics, InFlight};
 pub struct RunArgs {
     #[command(flatten)]
     services: ServiceArgs,
-    /// Parts written at the same time (also the RabbitMQ prefetch).
-    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    /// Parts handled at the same time (also the RabbitMQ prefetch).
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     concurrency: u16,
+    /// MiB of parts written at the same time: small parts all run at once,
+    /// 64 MiB parts two at a time (0 = no bound beyond --concurrency).
+    #[arg(long, env = "WORKER_MAX_IN_FLIGHT_MIB", default_value_t = 128)]
+    max_in_flight_mib: u32,
+    /// Runtime threads: 1 runs every part on one thread (least CPU per
+    /// part); more spread hashing over cores.
+    #[arg(long, env = "WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: u16,
     /// Metrics and health listener.
     #[arg(long, env = "WORKER_HTTP_ADDR", default_value = "127.0.0.1:9101")]
     http_addr: SocketAddr,
@@ -79,7 +87,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     m.worker_in_flight
         .with_label_values(&[worker_id.as_str()])
         .set(0);
-    let ingest = args
+    let mut ingest = args
         .services
         .ingest(
             &format!("mfs-ingest worker {worker_id}"),
@@ -87,6 +95,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
         )
         .await
         .context("starting the worker")?;
+    if args.max_in_flight_mib > 0 {
+        ingest.write_budget = WriteBudget::mib(args.max_in_flight_mib);
+    }
     let ctx = Arc::new(WorkerCtx {
         idempotency: Idempotency::new(&args.services.redis_url),
         publisher: Publisher::new(

@@ -145,6 +145,7 @@ impl Pipeline {
             store,
             mfs,
             dirs: Default::default(),
+            write_budget: Default::default(),
         };
         Pipeline {
             publisher: Arc::new(Publisher::new(&amqp_url, &format!("test {tag}"))),
