@@ -205,9 +205,24 @@ impl CsLink {
         version: u32,
         limit: Duration,
     ) -> Result<ReplicaCrcTable> {
-        let ask = |kind| Packet::new(kind, 12).u64(chunk_id).u32(version).finish();
-        self.send(&ask(msg::ANTOCS_GET_CHUNK_CHECKSUM_TAB), limit)
-            .await?;
+        let crcs = self.checksum_tab(chunk_id, version, limit).await?;
+        let blocks = self.block_count(chunk_id, version, limit).await?;
+        Ok(ReplicaCrcTable { blocks, crcs })
+    }
+
+    /// The replica's 1024 block CRCs (entries past its block count are not
+    /// data): `ANTOCS_GET_CHUNK_CHECKSUM_TAB`.
+    pub async fn checksum_tab(
+        &mut self,
+        chunk_id: u64,
+        version: u32,
+        limit: Duration,
+    ) -> Result<Vec<u32>> {
+        let ask = Packet::new(msg::ANTOCS_GET_CHUNK_CHECKSUM_TAB, 12)
+            .u64(chunk_id)
+            .u32(version)
+            .finish();
+        self.send(&ask, limit).await?;
         let frame = self.recv(limit, "checksum table").await?;
         if frame.kind != msg::CSTOAN_CHUNK_CHECKSUM_TAB {
             return Err(cs_error(
@@ -227,8 +242,22 @@ impl CsLink {
             crcs.push(r.u32()?);
         }
         r.finish("CHUNK_CHECKSUM_TAB")?;
+        Ok(crcs)
+    }
 
-        self.send(&ask(msg::ANTOCS_GET_CHUNK_BLOCKS), limit).await?;
+    /// The number of blocks in the replica's chunk file:
+    /// `ANTOCS_GET_CHUNK_BLOCKS`.
+    pub async fn block_count(
+        &mut self,
+        chunk_id: u64,
+        version: u32,
+        limit: Duration,
+    ) -> Result<u16> {
+        let ask = Packet::new(msg::ANTOCS_GET_CHUNK_BLOCKS, 12)
+            .u64(chunk_id)
+            .u32(version)
+            .finish();
+        self.send(&ask, limit).await?;
         let frame = self.recv(limit, "block count").await?;
         if frame.kind != msg::CSTOAN_CHUNK_BLOCKS {
             return Err(cs_error(
@@ -244,7 +273,7 @@ impl CsLink {
         if status != Status::OK {
             return Err(cs_error(self.server, format!("block count: {status}")));
         }
-        Ok(ReplicaCrcTable { blocks, crcs })
+        Ok(blocks)
     }
 }
 

@@ -410,6 +410,37 @@ impl MfsClient {
         };
         // Every server of the chain that acknowledged the data.
         let (connect, limit) = (self.cfg.chunkservers.connect, self.cfg.chunkservers.read);
+        if job.old_length <= job.index as u64 * CHUNK_SIZE {
+            // The chunk held no data before this write (every chunk of a new
+            // file): each replica's CRC of every block written must be the
+            // CRC sent. One question per replica, not two.
+            let answers = futures::future::join_all(written.servers.iter().map(|server| {
+                self.pool.with_link(*server, connect, move |link| {
+                    Box::pin(link.checksum_tab(chunk_id, written.version, limit))
+                })
+            }))
+            .await;
+            let mut tables = Vec::with_capacity(answers.len());
+            for (server, answer) in written.servers.iter().zip(answers) {
+                match answer {
+                    Ok(crcs) => tables.push((*server, crcs)),
+                    Err(e) => return Err(mismatch(format!("replica on {server} unreadable: {e}"))),
+                }
+            }
+            if tables.len() < job.required_copies {
+                return Err(mismatch(format!(
+                    "{} copies, {} required",
+                    tables.len(),
+                    job.required_copies
+                )));
+            }
+            let acked = session.acked.lock().expect("acked");
+            fresh_replicas_hold(&tables, &acked, job).map_err(mismatch)?;
+            ClientStats::add(&self.stats.chunks_verified, 1);
+            return Ok(());
+        }
+        // A chunk with earlier data: the replicas must agree on every block,
+        // and hold what was sent where it was written.
         let answers = futures::future::join_all(written.servers.iter().map(|server| {
             self.pool.with_link(*server, connect, move |link| {
                 Box::pin(link.crc_table(chunk_id, written.version, limit))
@@ -476,6 +507,31 @@ fn end_offset(blocks: &[AckedBlock]) -> u64 {
 /// The CRC a replica must store for a block we wrote, when it is knowable: a
 /// full block's CRC is what we sent; a partial block wholly beyond the file's
 /// old end holds zeros around our data.
+/// Whether every replica's CRC table (`(server, 1024 CRCs)`) of a chunk that
+/// held no data before holds, for every block written, the CRC sent.
+fn fresh_replicas_hold(
+    tables: &[(SocketAddrV4, Vec<u32>)],
+    acked: &[AckedBlock],
+    job: ChunkJob,
+) -> std::result::Result<(), String> {
+    for (server, crcs) in tables {
+        for b in acked {
+            let Some(expected) = expected_block_crc(b, job) else {
+                continue;
+            };
+            let stored = crcs.get(b.block as usize).copied();
+            if stored != Some(expected) {
+                return Err(format!(
+                    "replica {server} block {}: stores CRC {}, the client sent {expected:08x}",
+                    b.block,
+                    stored.map_or("nothing".into(), |c| format!("{c:08x}"))
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn expected_block_crc(b: &AckedBlock, job: ChunkJob) -> Option<u32> {
     if b.size == BLOCK_SIZE {
         return Some(b.crc);
@@ -490,5 +546,50 @@ fn flatten(done: std::result::Result<Result<()>, tokio::task::JoinError>) -> Res
         Err(e) => Err(MfsError::InvalidArgument(format!(
             "chunk writer task failed: {e}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(n: u16, crc: u32) -> AckedBlock {
+        AckedBlock {
+            block: n,
+            offset: 0,
+            size: BLOCK_SIZE,
+            crc,
+            zero_padded_crc: crc,
+        }
+    }
+
+    #[test]
+    fn fresh_chunk_check_finds_a_replica_with_other_data() {
+        let job = ChunkJob {
+            inode: 7,
+            index: 0,
+            required_copies: 3,
+            old_length: 0,
+        };
+        let acked = [block(0, 0xAAAA_0000), block(1, 0xBBBB_1111)];
+        let mut crcs = vec![0u32; 1024];
+        crcs[0] = 0xAAAA_0000;
+        crcs[1] = 0xBBBB_1111;
+        let server = |n: u8| SocketAddrV4::new(std::net::Ipv4Addr::new(10, 0, 0, n), 9422);
+        let good: Vec<_> = (1..=3).map(|n| (server(n), crcs.clone())).collect();
+        assert_eq!(fresh_replicas_hold(&good, &acked, job), Ok(()));
+
+        let mut bad = good.clone();
+        bad[2].1[1] = 0xDEAD_BEEF;
+        let why = fresh_replicas_hold(&bad, &acked, job).unwrap_err();
+        assert!(why.contains("10.0.0.3:9422 block 1"), "{why}");
+        assert!(
+            why.contains("deadbeef") && why.contains("bbbb1111"),
+            "{why}"
+        );
+
+        let short: Vec<_> = vec![(server(1), vec![0xAAAA_0000])];
+        let why = fresh_replicas_hold(&short, &acked, job).unwrap_err();
+        assert!(why.contains("stores CRC nothing"), "{why}");
     }
 }
