@@ -698,12 +698,16 @@ impl Ingest {
         let together = async {
             let (mut tx, session) = self.store.lock_session(commit.session_id).await?;
             let state = session.as_ref().map(|s| s.state.as_str());
-            let committed = Store::commit_part_in(&mut tx, commit, state).await?;
+            let (committed, part) = Store::commit_part_in(&mut tx, commit, state).await?;
             if !matches!(committed, CommitOutcome::Committed { .. }) {
                 tx.commit().await?;
                 return Ok((committed, false));
             }
-            let completion = self.complete_locked(tx, session).await?;
+            // The session's only part is the row just committed, in this
+            // very transaction: no second read of the part list.
+            let completion = self
+                .complete_locked(tx, session, part.map(|p| vec![p]))
+                .await?;
             let completed = matches!(completion, Completion::Completed { .. });
             Ok::<_, CompletionError>((
                 CommitOutcome::Committed {
@@ -757,19 +761,21 @@ impl Ingest {
     /// crash before the commit).
     pub async fn complete(&self, id: Uuid) -> Result<Completion, CompletionError> {
         let (tx, session) = self.store.lock_session(id).await?;
-        self.complete_locked(tx, session).await
+        self.complete_locked(tx, session, None).await
     }
 
     /// The completion inside a transaction that holds the session row
     /// `FOR UPDATE` (`session` as read under that lock); it commits or rolls
-    /// back that transaction.
+    /// back that transaction. `parts`: the session's parts if this
+    /// transaction already read (or wrote) all of them.
     async fn complete_locked(
         &self,
         tx: crate::store::Tx,
         session: Option<Session>,
+        parts: Option<Vec<crate::store::Part>>,
     ) -> Result<Completion, CompletionError> {
         let started = std::time::Instant::now();
-        let result = self.complete_locked_unmeasured(tx, session).await;
+        let result = self.complete_locked_unmeasured(tx, session, parts).await;
         let m = crate::metrics::metrics();
         match &result {
             Ok(Completion::Completed { .. }) => m
@@ -789,6 +795,7 @@ impl Ingest {
         &self,
         mut tx: crate::store::Tx,
         session: Option<Session>,
+        known_parts: Option<Vec<crate::store::Part>>,
     ) -> Result<Completion, CompletionError> {
         let Some(session) = session else {
             tx.rollback().await?;
@@ -799,7 +806,10 @@ impl Ingest {
             return Ok(Completion::AlreadyFinished);
         }
         let id = session.id;
-        let parts = Store::parts_in(&mut tx, id).await?;
+        let parts = match known_parts {
+            Some(parts) if parts.len() == session.part_count as usize => parts,
+            _ => Store::parts_in(&mut tx, id).await?,
+        };
         let mut inodes = Vec::with_capacity(parts.len());
         for p in &parts {
             match (p.committed_token, p.staging_inode) {

@@ -409,7 +409,7 @@ impl Store {
                 .bind(c.session_id)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let outcome = Self::commit_part_in(&mut tx, c, state.as_deref()).await?;
+        let (outcome, _) = Self::commit_part_in(&mut tx, c, state.as_deref()).await?;
         tx.commit().await?;
         if !matches!(outcome, CommitOutcome::Committed { .. }) {
             return Ok(outcome);
@@ -434,12 +434,13 @@ impl Store {
     /// such session): if the session is not open, or a newer attempt already
     /// committed, the staging inode is recorded as abandoned; a replaced older
     /// inode is recorded as abandoned. `Committed` carries
-    /// `all_committed: false`: the caller counts the parts itself.
+    /// `all_committed: false`: the caller counts the parts itself; it comes
+    /// with the part row as committed (read inside the transaction).
     pub async fn commit_part_in(
         tx: &mut Tx,
         c: &PartCommit<'_>,
         session_state: Option<&str>,
-    ) -> Result<CommitOutcome, StoreError> {
+    ) -> Result<(CommitOutcome, Option<Part>), StoreError> {
         let abandon_ours = |reason: &'static str| Abandon {
             inode: c.staging_inode as i64,
             path: c.staging_path.to_string(),
@@ -450,7 +451,7 @@ impl Store {
         };
         if session_state != Some(state::OPEN) {
             abandon(tx, &abandon_ours("session no longer open")).await?;
-            return Ok(CommitOutcome::SessionClosed);
+            return Ok((CommitOutcome::SessionClosed, None));
         }
         let current: (Option<i32>, Option<i64>, Option<String>) = sqlx::query_as(
             "SELECT committed_token, staging_inode, staging_path FROM upload_parts
@@ -462,7 +463,7 @@ impl Store {
         .await?;
         if current.0.is_some_and(|t| t >= c.token) {
             abandon(tx, &abandon_ours("a newer attempt committed first")).await?;
-            return Ok(CommitOutcome::Superseded);
+            return Ok((CommitOutcome::Superseded, None));
         }
         if let (Some(old_token), Some(old_inode), Some(old_path)) = current {
             abandon(
@@ -478,11 +479,13 @@ impl Store {
             )
             .await?;
         }
-        sqlx::query(
+        let part: Part = sqlx::query_as(
             "UPDATE upload_parts
                 SET committed_token = $3, staging_inode = $4, staging_path = $5, md5 = $6,
                     crc32c = $7, worker = $8, committed_at = clock_timestamp()
-              WHERE session_id = $1 AND part_number = $2",
+              WHERE session_id = $1 AND part_number = $2
+             RETURNING session_id, part_number, part_offset, size, attempts, committed_token,
+                       staging_inode, staging_path, md5, crc32c, worker",
         )
         .bind(c.session_id)
         .bind(c.part_number)
@@ -492,11 +495,14 @@ impl Store {
         .bind(c.md5)
         .bind(c.crc32c as i64)
         .bind(c.worker)
-        .execute(&mut **tx)
+        .fetch_one(&mut **tx)
         .await?;
-        Ok(CommitOutcome::Committed {
-            all_committed: false,
-        })
+        Ok((
+            CommitOutcome::Committed {
+                all_committed: false,
+            },
+            Some(part),
+        ))
     }
 
     /// Records a staging inode that never made it to a commit (the attempt
@@ -547,7 +553,8 @@ impl Store {
             .await?)
     }
 
-    /// Marks a locked session completed and queues its event.
+    /// Marks a locked session completed and queues its event (one
+    /// statement: the event row is inserted from the updated session row).
     pub async fn complete_in(
         tx: &mut Tx,
         session: &Session,
@@ -555,18 +562,6 @@ impl Store {
         crc32c: u32,
         final_inode: u32,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE upload_sessions
-                SET state = 'completed', md5 = $2, crc32c = $3, final_inode = $4,
-                    updated_at = now(), finished_at = clock_timestamp()
-              WHERE id = $1",
-        )
-        .bind(session.id)
-        .bind(md5)
-        .bind(crc32c as i64)
-        .bind(final_inode as i64)
-        .execute(&mut **tx)
-        .await?;
         let event = UploadEvent {
             event: "upload.completed".into(),
             session_id: session.id,
@@ -577,7 +572,28 @@ impl Store {
             crc32c: Some(crc32c),
             error: None,
         };
-        enqueue(tx, &Outgoing::event(&event)).await
+        let out = Outgoing::event(&event);
+        let payload: serde_json::Value = serde_json::from_slice(&out.payload)?;
+        sqlx::query(
+            "WITH completed AS (
+                 UPDATE upload_sessions
+                    SET state = 'completed', md5 = $2, crc32c = $3, final_inode = $4,
+                        updated_at = now(), finished_at = clock_timestamp()
+                  WHERE id = $1
+                 RETURNING id)
+             INSERT INTO outbox (exchange, routing_key, payload)
+             SELECT $5, $6, $7 FROM completed",
+        )
+        .bind(session.id)
+        .bind(md5)
+        .bind(crc32c as i64)
+        .bind(final_inode as i64)
+        .bind(&out.exchange)
+        .bind(&out.queue)
+        .bind(payload)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
     }
 
     /// Ends a locked session as failed or aborted and queues its event.
