@@ -33,8 +33,8 @@ pub struct RunArgs {
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     concurrency: u16,
     /// MiB of parts written at the same time: small parts all run at once,
-    /// 64 MiB parts two at a time (0 = no bound beyond --concurrency).
-    #[arg(long, env = "WORKER_MAX_IN_FLIGHT_MIB", default_value_t = 128)]
+    /// 64 MiB parts one at a time (0 = no bound beyond --concurrency).
+    #[arg(long, env = "WORKER_MAX_IN_FLIGHT_MIB", default_value_t = 64)]
     max_in_flight_mib: u32,
     /// Runtime threads: 1 runs every part on one thread (least CPU per
     /// part); more spread hashing over cores.
