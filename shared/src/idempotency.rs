@@ -121,7 +121,15 @@ impl Idempotency {
 
     async fn call<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Option<T> {
         let mut conn = self.connection().await?;
-        match tokio::time::timeout(CALL_TIMEOUT, cmd.query_async::<T>(&mut conn)).await {
+        self.bounded(cmd.query_async::<T>(&mut conn)).await
+    }
+
+    /// A Redis call under [`CALL_TIMEOUT`], counted as a success or failure.
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Option<T> {
+        match tokio::time::timeout(CALL_TIMEOUT, call).await {
             Ok(Ok(v)) => {
                 self.succeeded();
                 Some(v)
@@ -183,21 +191,7 @@ impl Idempotency {
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Option<T> {
         let mut conn = self.connection().await?;
-        match tokio::time::timeout(CALL_TIMEOUT, invocation.invoke_async::<T>(&mut conn)).await {
-            Ok(Ok(v)) => {
-                self.succeeded();
-                Some(v)
-            }
-            Ok(Err(e)) => {
-                self.failed();
-                tracing::debug!(error = %e, "redis script failed");
-                None
-            }
-            Err(_) => {
-                self.failed();
-                None
-            }
-        }
+        self.bounded(invocation.invoke_async::<T>(&mut conn)).await
     }
 }
 

@@ -390,6 +390,42 @@ impl MfsClient {
         }
     }
 
+    /// One question to every server of the chain that acknowledged a chunk
+    /// (in parallel, on pooled links): their answers, or why there are not
+    /// enough of them (an unreadable replica, fewer than `required`).
+    async fn ask_replicas<T, F>(
+        &self,
+        written: &WrittenChunk,
+        required: usize,
+        ask: F,
+    ) -> std::result::Result<Vec<(SocketAddrV4, T)>, String>
+    where
+        F: for<'a> Fn(
+                &'a mut super::chunkserver::CsLink,
+            ) -> futures::future::BoxFuture<'a, Result<T>>
+            + Copy,
+    {
+        let connect = self.cfg.chunkservers.connect;
+        let answers = futures::future::join_all(
+            written
+                .servers
+                .iter()
+                .map(|server| self.pool.with_link(*server, connect, ask)),
+        )
+        .await;
+        let mut tables = Vec::with_capacity(answers.len());
+        for (server, answer) in written.servers.iter().zip(answers) {
+            match answer {
+                Ok(t) => tables.push((*server, t)),
+                Err(e) => return Err(format!("replica on {server} unreadable: {e}")),
+            }
+        }
+        if tables.len() < required {
+            return Err(format!("{} copies, {required} required", tables.len()));
+        }
+        Ok(tables)
+    }
+
     /// Checks every replica of a chunk just written against the CRCs sent.
     async fn verify_chunk(
         &self,
@@ -408,32 +444,17 @@ impl MfsClient {
                 detail,
             }
         };
-        // Every server of the chain that acknowledged the data.
-        let (connect, limit) = (self.cfg.chunkservers.connect, self.cfg.chunkservers.read);
+        let (version, limit) = (written.version, self.cfg.chunkservers.read);
         if job.old_length <= job.index as u64 * CHUNK_SIZE {
             // The chunk held no data before this write (every chunk of a new
             // file): each replica's CRC of every block written must be the
             // CRC sent. One question per replica, not two.
-            let answers = futures::future::join_all(written.servers.iter().map(|server| {
-                self.pool.with_link(*server, connect, move |link| {
-                    Box::pin(link.checksum_tab(chunk_id, written.version, limit))
+            let tables = self
+                .ask_replicas(written, job.required_copies, |link| {
+                    Box::pin(link.checksum_tab(chunk_id, version, limit))
                 })
-            }))
-            .await;
-            let mut tables = Vec::with_capacity(answers.len());
-            for (server, answer) in written.servers.iter().zip(answers) {
-                match answer {
-                    Ok(crcs) => tables.push((*server, crcs)),
-                    Err(e) => return Err(mismatch(format!("replica on {server} unreadable: {e}"))),
-                }
-            }
-            if tables.len() < job.required_copies {
-                return Err(mismatch(format!(
-                    "{} copies, {} required",
-                    tables.len(),
-                    job.required_copies
-                )));
-            }
+                .await
+                .map_err(mismatch)?;
             let acked = session.acked.lock().expect("acked");
             fresh_replicas_hold(&tables, &acked, job).map_err(mismatch)?;
             ClientStats::add(&self.stats.chunks_verified, 1);
@@ -441,26 +462,12 @@ impl MfsClient {
         }
         // A chunk with earlier data: the replicas must agree on every block,
         // and hold what was sent where it was written.
-        let answers = futures::future::join_all(written.servers.iter().map(|server| {
-            self.pool.with_link(*server, connect, move |link| {
-                Box::pin(link.crc_table(chunk_id, written.version, limit))
+        let tables = self
+            .ask_replicas(written, job.required_copies, |link| {
+                Box::pin(link.crc_table(chunk_id, version, limit))
             })
-        }))
-        .await;
-        let mut tables = Vec::with_capacity(answers.len());
-        for (server, answer) in written.servers.iter().zip(answers) {
-            match answer {
-                Ok(t) => tables.push((*server, t)),
-                Err(e) => return Err(mismatch(format!("replica on {server} unreadable: {e}"))),
-            }
-        }
-        if tables.len() < job.required_copies {
-            return Err(mismatch(format!(
-                "{} copies, {} required",
-                tables.len(),
-                job.required_copies
-            )));
-        }
+            .await
+            .map_err(mismatch)?;
         let tables: Vec<(SocketAddrV4, &super::chunkserver::ReplicaCrcTable)> =
             tables.iter().map(|(s, t)| (*s, t)).collect();
         let (first_server, first) = tables[0];
