@@ -47,6 +47,10 @@ pub struct ServiceArgs {
         default_value = "/var/tmp/mfs-ingest/sources"
     )]
     pub source_roots: Vec<PathBuf>,
+    /// Hosts `http(s)://` sources may name (comma-separated; unset or empty:
+    /// any host the workers can reach).
+    #[arg(long, env = "INGEST_HTTP_SOURCE_HOSTS", value_delimiter = ',')]
+    pub http_source_hosts: Vec<String>,
     /// Goal for uploads that do not ask for one.
     #[arg(long, env = "INGEST_DEFAULT_GOAL", default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=9))]
     pub default_goal: u8,
@@ -71,13 +75,18 @@ impl ServiceArgs {
     /// One line per setting, secrets masked.
     pub fn describe(&self) -> String {
         format!(
-            "database_url={} amqp_url={} redis_url={} mfs_master={} mfs_root={} source_roots={:?} default_goal={} part_size={}",
+            "database_url={} amqp_url={} redis_url={} mfs_master={} mfs_root={} source_roots={:?} http_source_hosts={} default_goal={} part_size={}",
             mask_url(&self.database_url),
             mask_url(&self.amqp_url),
             mask_url(&self.redis_url),
             self.mfs_master,
             self.mfs_root,
             self.source_roots,
+            if self.http_source_hosts.is_empty() {
+                "any".to_string()
+            } else {
+                self.http_source_hosts.join(",")
+            },
             self.default_goal,
             self.part_size
         )
@@ -95,7 +104,8 @@ impl ServiceArgs {
             root,
             default_goal: self.default_goal,
             default_part_size: self.part_size,
-            sources: SourceConfig::new(self.source_roots.clone()),
+            sources: SourceConfig::new(self.source_roots.clone())
+                .with_http_hosts(&self.http_source_hosts),
         })
     }
 

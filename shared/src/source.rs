@@ -19,6 +19,8 @@ pub enum SourceError {
     UnsupportedScheme(String),
     #[error("source {0} is outside the allowed source roots")]
     OutsideRoots(String),
+    #[error("source host {0} is not in the allowed HTTP source hosts")]
+    HostNotAllowed(String),
     #[error("source {0} does not exist")]
     Missing(String),
     #[error("source {0} is not a regular file")]
@@ -56,6 +58,9 @@ pub type SourceReader = Pin<Box<dyn AsyncRead + Send>>;
 pub struct SourceConfig {
     /// `file://` sources must be inside one of these (canonical) directories.
     pub allowed_roots: Vec<PathBuf>,
+    /// `http(s)://` sources must name one of these hosts (lower case, no
+    /// port); `None` allows any host.
+    pub allowed_http_hosts: Option<Vec<String>>,
     pub http: reqwest::Client,
     pub timeout: Duration,
 }
@@ -68,6 +73,7 @@ impl SourceConfig {
                 .into_iter()
                 .map(|r| std::fs::canonicalize(&r).unwrap_or(r))
                 .collect(),
+            allowed_http_hosts: None,
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(10))
                 .read_timeout(timeout)
@@ -75,6 +81,19 @@ impl SourceConfig {
                 .expect("HTTP client"),
             timeout,
         }
+    }
+
+    /// Only these hosts may be named by `http(s)://` sources (so a request
+    /// cannot make the workers fetch from anywhere they can reach); an empty
+    /// list allows any host.
+    pub fn with_http_hosts(mut self, hosts: &[String]) -> Self {
+        let hosts: Vec<String> = hosts
+            .iter()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect();
+        self.allowed_http_hosts = (!hosts.is_empty()).then_some(hosts);
+        self
     }
 }
 
@@ -107,11 +126,18 @@ impl Source {
                 Ok(Source::File(real))
             }
             "http" | "https" => {
-                if url.host_str().is_none() {
+                let Some(host) = url.host_str() else {
                     return Err(SourceError::Invalid {
                         url: raw.to_string(),
                         reason: "no host".into(),
                     });
+                };
+                if let Some(allowed) = &cfg.allowed_http_hosts {
+                    // The URL parser lower-cases and normalises host names
+                    // (and IP literals), so this compares like with like.
+                    if !allowed.iter().any(|a| a == host) {
+                        return Err(SourceError::HostNotAllowed(host.to_string()));
+                    }
                 }
                 Ok(Source::Http(url))
             }
@@ -290,5 +316,43 @@ mod tests {
             Source::parse("not a url", &cfg),
             Err(SourceError::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn http_sources_can_be_limited_to_named_hosts() {
+        let any = SourceConfig::new(Vec::new());
+        assert!(Source::parse("http://files.example:8000/a.bin", &any).is_ok());
+        let cfg = SourceConfig::new(Vec::new())
+            .with_http_hosts(&["Files.Example".into(), " 127.0.0.1 ".into()]);
+        for ok in [
+            "http://files.example:8000/a.bin",
+            "https://FILES.example/b.bin",
+            "http://127.0.0.1:9000/c.bin",
+        ] {
+            assert!(
+                matches!(Source::parse(ok, &cfg), Ok(Source::Http(_))),
+                "{ok}"
+            );
+        }
+        for refused in [
+            "http://169.254.169.254/latest/meta-data",
+            "http://files.example.evil.test/a.bin",
+            "http://user@other.example/a.bin",
+            "http://[::1]:8000/a.bin",
+        ] {
+            let e = Source::parse(refused, &cfg).unwrap_err();
+            assert!(
+                matches!(e, SourceError::HostNotAllowed(_)),
+                "{refused}: {e}"
+            );
+            assert!(!e.is_transient());
+        }
+        assert!(
+            SourceConfig::new(Vec::new())
+                .with_http_hosts(&[String::new()])
+                .allowed_http_hosts
+                .is_none(),
+            "an empty list allows any host"
+        );
     }
 }
