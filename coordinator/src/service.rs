@@ -45,9 +45,10 @@ impl Default for Intervals {
 }
 
 /// Handles one message of `ingest.requests`: each item becomes (or finds) a
-/// session (all new sessions of the message in one transaction); an item that is refused goes to the dead-letter queue with the
-/// reason and a `request.rejected` event; a message that is not a request at
-/// all is dead-lettered whole. Acked only after everything is committed.
+/// session (all new sessions of the message in one transaction); an item
+/// that is refused goes to the dead-letter queue with the reason and a
+/// `request.rejected` event; a message that is not a request at all is
+/// dead-lettered whole. Acked only after everything is committed.
 pub async fn handle_request(ingest: &Ingest, publisher: &Publisher, delivery: Delivery) {
     let message: RequestMessage = match serde_json::from_slice(&delivery.data) {
         Ok(m) => m,

@@ -144,25 +144,20 @@ impl DirCache {
     /// component is a file.
     pub async fn existing(&self, mfs: &MfsClient, path: &MfsPath) -> Result<u32, MfsError> {
         let components = path.components();
-        let (mut depth, mut inode) = {
-            let cache = self.0.lock().expect("dir cache");
-            let mut prefix = MfsPath::root();
-            let mut known = (0, crate::moosefs::proto::ROOT_INODE);
-            for (i, name) in components.iter().enumerate() {
-                prefix = prefix.join(name);
-                match cache.get(&prefix.to_string()) {
-                    Some(inode) => known = (i + 1, *inode),
-                    None => break,
-                }
-            }
-            known
-        };
         let mut prefix = MfsPath::root();
-        for name in &components[..depth] {
-            prefix = prefix.join(name);
+        let mut inode = crate::moosefs::proto::ROOT_INODE;
+        let mut depth = 0;
+        {
+            let cache = self.0.lock().expect("dir cache");
+            for name in components {
+                let next = prefix.join(name);
+                let Some(cached) = cache.get(&next.to_string()) else {
+                    break;
+                };
+                (prefix, inode, depth) = (next, *cached, depth + 1);
+            }
         }
-        while depth < components.len() {
-            let name = &components[depth];
+        for name in &components[depth..] {
             prefix = prefix.join(name);
             let (child, attr) = mfs.lookup(inode, name).await.map_err(|e| match e {
                 MfsError::NotFound(_) => MfsError::NotFound(path.to_string()),
@@ -176,7 +171,6 @@ impl DirCache {
                 .expect("dir cache")
                 .insert(prefix.to_string(), child);
             inode = child;
-            depth += 1;
         }
         Ok(inode)
     }
@@ -749,7 +743,7 @@ impl Ingest {
             return Ok(false);
         };
         Store::end_in(&mut tx, &session, new_state, why).await?;
-        Store::abandon_parts_in(&mut tx, id, None).await?;
+        Store::abandon_parts_in(&mut tx, id).await?;
         tx.commit().await?;
         crate::metrics::session_finished(new_state, session.created_at);
         Ok(true)
@@ -905,7 +899,7 @@ impl Ingest {
         Store::complete_in(&mut tx, &session, md5.as_deref(), crc, final_inode).await?;
         // A single part IS the final file; the parts of an assembly are garbage.
         if parts.len() > 1 {
-            Store::abandon_parts_in(&mut tx, id, None).await?;
+            Store::abandon_parts_in(&mut tx, id).await?;
         }
         tx.commit().await?;
         crate::metrics::session_finished(state::COMPLETED, session.created_at);
@@ -919,7 +913,7 @@ impl Ingest {
         why: String,
     ) -> Result<Completion, CompletionError> {
         Store::end_in(&mut tx, session, state::FAILED, &why).await?;
-        Store::abandon_parts_in(&mut tx, session.id, None).await?;
+        Store::abandon_parts_in(&mut tx, session.id).await?;
         tx.commit().await?;
         crate::metrics::session_finished(state::FAILED, session.created_at);
         Ok(Completion::Failed(why))

@@ -1,8 +1,9 @@
 //! PostgreSQL access: upload sessions, parts, abandoned staging inodes and the
 //! outbox. Every SQL statement of the system lives here. The transactions
 //! that make the design's invariants hold are whole functions:
-//! [`Store::create_session`], [`Store::commit_part`] / [`Store::commit_part_in`], and the locked
-//! completion transaction opened by [`Store::lock_session`].
+//! [`Store::create_sessions`], [`Store::commit_part`] /
+//! [`Store::commit_part_in`], and the locked completion transaction opened by
+//! [`Store::lock_session`].
 
 use std::time::Duration;
 
@@ -208,17 +209,6 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
-    }
-
-    /// Creates a session with its parts and their job messages in one
-    /// transaction, or returns the existing session for a repeated request id.
-    /// The bool says whether it was created now.
-    pub async fn create_session(&self, new: &NewSession) -> Result<(Session, bool), StoreError> {
-        Ok(self
-            .create_sessions(std::slice::from_ref(new))
-            .await?
-            .pop()
-            .expect("one session per request"))
     }
 
     /// Creates many sessions, their parts and their job messages in ONE
@@ -573,7 +563,7 @@ impl Store {
             error: None,
         };
         let out = Outgoing::event(&event);
-        let payload: serde_json::Value = serde_json::from_slice(&out.payload)?;
+        let payload = outbox_payload(&out)?;
         sqlx::query(
             "WITH completed AS (
                  UPDATE upload_sessions
@@ -628,21 +618,15 @@ impl Store {
 
     /// Records the committed parts' staging inodes of a completed session as
     /// abandoned (their chunks now belong to the final file), except `keep`.
-    pub async fn abandon_parts_in(
-        tx: &mut Tx,
-        id: Uuid,
-        keep: Option<u32>,
-    ) -> Result<(), StoreError> {
+    pub async fn abandon_parts_in(tx: &mut Tx, id: Uuid) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO abandoned_inodes (inode, path, session_id, part_number, fencing_token, reason)
              SELECT staging_inode, staging_path, session_id, part_number, committed_token,
                     'part of a completed file'
                FROM upload_parts
-              WHERE session_id = $1 AND staging_inode IS NOT NULL
-                AND staging_inode IS DISTINCT FROM $2",
+              WHERE session_id = $1 AND staging_inode IS NOT NULL",
         )
         .bind(id)
-        .bind(keep.map(i64::from))
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -884,10 +868,15 @@ async fn abandon(tx: &mut Tx, a: &Abandon) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// An outgoing message's body as the outbox's jsonb column holds it.
+fn outbox_payload(m: &Outgoing) -> Result<serde_json::Value, StoreError> {
+    Ok(serde_json::from_slice(&m.payload)?)
+}
+
 /// Queues one message in the outbox (inside the caller's transaction; a
 /// trigger wakes the relay).
 pub async fn enqueue(tx: &mut Tx, m: &Outgoing) -> Result<(), StoreError> {
-    let payload: serde_json::Value = serde_json::from_slice(&m.payload)?;
+    let payload = outbox_payload(m)?;
     sqlx::query("INSERT INTO outbox (exchange, routing_key, payload) VALUES ($1, $2, $3)")
         .bind(&m.exchange)
         .bind(&m.queue)
