@@ -6,6 +6,7 @@
 //! answers fall back to "unknown", so the PostgreSQL checks decide.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -39,6 +40,11 @@ if redis.call('GET', KEYS[2]) == ARGV[1] then
 end
 return 0
 "#;
+
+/// The scripts, hashed once: `EVALSHA` sends the hash, so building a
+/// `Script` (which computes the SHA-1) per part would only repeat that work.
+static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(CLAIM_SCRIPT));
+static FINISH: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(FINISH_SCRIPT));
 
 /// What Redis says before a part attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,8 +165,7 @@ impl Idempotency {
         owner: &str,
         ttl: Duration,
     ) -> PartClaim {
-        let script = redis::Script::new(CLAIM_SCRIPT);
-        let mut invocation = script.key(done_key);
+        let mut invocation = CLAIM.key(done_key);
         invocation
             .key(lease_key)
             .arg(owner)
@@ -176,8 +181,7 @@ impl Idempotency {
     /// After a part attempt, in one round trip: marks it done (kept a day)
     /// if `done`, and releases the lease if we still hold it.
     pub async fn finish_part(&self, done_key: &str, lease_key: &str, owner: &str, done: bool) {
-        let script = redis::Script::new(FINISH_SCRIPT);
-        let mut invocation = script.key(done_key);
+        let mut invocation = FINISH.key(done_key);
         invocation
             .key(lease_key)
             .arg(owner)
