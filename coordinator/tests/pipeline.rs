@@ -12,7 +12,9 @@ use std::time::Duration;
 use lapin::options::BasicGetOptions;
 use pipeline_support::*;
 use shared::ingest::{AttemptHooks, Completion, PartOutcome};
-use shared::jobs::{Outgoing, PartJob, PARTS_QUEUE, REQUESTS_QUEUE};
+use shared::jobs::{
+    Outgoing, PartGroup, PartJob, PartMessage, PARTS_QUEUE, PART_GROUP_MAX_JOBS, REQUESTS_QUEUE,
+};
 use shared::moosefs::{MfsPath, CHUNK_SIZE};
 
 const MIB: usize = 1 << 20;
@@ -177,6 +179,18 @@ async fn every_part_job_delivered_two_or_three_times_commits_once() {
             }
         }
     }
+    // And the small files' jobs once more, as one group (the coordinator
+    // already published them grouped once).
+    let small: Vec<PartJob> = sessions
+        .iter()
+        .filter(|s| s.part_count == 1)
+        .map(|s| PartJob {
+            session_id: s.id,
+            part_number: 0,
+        })
+        .collect();
+    assert!(small.len() > 1);
+    dupes.push(Outgoing::json(PARTS_QUEUE, &PartGroup { jobs: small }).unwrap());
     p.publisher.publish_all(&dupes).await.unwrap();
     p.spawn_worker("w1", &[("WORKER_CONCURRENCY", "6")]);
     p.spawn_worker("w2", &[("WORKER_CONCURRENCY", "6")]);
@@ -359,13 +373,19 @@ async fn malformed_queue_messages_are_dead_lettered_with_the_reason() {
     // A well-formed request that validation refuses (source outside the roots).
     let refused = p.request("refused", "file:///etc/hostname", "refused.bin");
     out.push(Outgoing::json(REQUESTS_QUEUE, &refused).unwrap());
-    out.push(Outgoing {
-        exchange: String::new(),
-        queue: PARTS_QUEUE.into(),
-        payload: b"[garbage part job]".to_vec(),
-        headers: vec![],
-        expiration: None,
-    });
+    for garbage in [
+        &b"[garbage part job]"[..],
+        br#"{"jobs":[]}"#,
+        br#"{"jobs":[{"session_id":"00000000-0000-0000-0000-000000000001","part_number":"x"}]}"#,
+    ] {
+        out.push(Outgoing {
+            exchange: String::new(),
+            queue: PARTS_QUEUE.into(),
+            payload: garbage.to_vec(),
+            headers: vec![],
+            expiration: None,
+        });
+    }
     p.publisher.publish_all(&out).await.unwrap();
 
     let conn = shared::jobs::connect(&p.amqp_url, "test dead letters")
@@ -402,8 +422,12 @@ async fn malformed_queue_messages_are_dead_lettered_with_the_reason() {
             .any(|r| r.contains("outside the allowed source roots")),
         "{reasons:?}"
     );
-    assert!(
-        reasons.iter().any(|r| r.starts_with("malformed part job")),
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| r.starts_with("malformed part job"))
+            .count(),
+        3,
         "{reasons:?}"
     );
     let sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM upload_sessions")
@@ -731,4 +755,154 @@ async fn a_batch_creates_its_sessions_together_and_answers_each_item() {
             "{id} changed nothing"
         );
     }
+}
+
+/// Small single-part files are queued in groups; a group's files are
+/// written side by side and committed in ONE transaction, yet each file
+/// ends on its own: a source that changed fails only its session, a
+/// destination taken by a directory fails only its session, the rest
+/// complete with the right bytes; a second delivery of the group finds
+/// nothing to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_group_of_small_files_commits_together_and_each_ends_on_its_own() {
+    let p = Pipeline::new("group").await;
+    let mut requests = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..20usize {
+        let (url, md5) = p.source(&format!("g{i}.bin"), 1 + i * 9_973, 500 + i as u64);
+        requests.push(p.request(&format!("g{i}"), &url, &format!("g/{i}.bin")));
+        expected.push((format!("g/{i}.bin"), md5));
+    }
+    let (changing, _) = p.source("changing.bin", 5000, 1);
+    requests.push(p.request("g-changing", &changing, "g/changing.bin"));
+    let (blocked, _) = p.source("blocked.bin", 5000, 2);
+    requests.push(p.request("g-blocked", &blocked, "g/blocked.bin"));
+    // A 70 MiB file has two parts: never grouped.
+    let (big, big_md5) = p.source("big.bin", 70 * MIB, 3);
+    requests.push(p.request("g-big", &big, "g/big.bin"));
+    let sessions: Vec<shared::store::Session> = p
+        .ingest
+        .submit_batch(&requests)
+        .await
+        .into_iter()
+        .map(|r| r.map_err(|e| e.to_string()).unwrap().0)
+        .collect();
+
+    // No coordinator runs: the part messages wait in the outbox.
+    let payloads: Vec<serde_json::Value> =
+        sqlx::query_scalar("SELECT payload FROM outbox WHERE routing_key = $1 ORDER BY id")
+            .bind(PARTS_QUEUE)
+            .fetch_all(&p.ingest.store.pool)
+            .await
+            .unwrap();
+    let messages: Vec<PartMessage> = payloads
+        .iter()
+        .map(|v| PartMessage::parse(&serde_json::to_vec(v).unwrap()).unwrap())
+        .collect();
+    let groups: Vec<&PartMessage> = messages
+        .iter()
+        .filter(|m| matches!(m, PartMessage::Group(_)))
+        .collect();
+    let sizes: Vec<usize> = groups.iter().map(|g| g.jobs().len()).collect();
+    assert_eq!(sizes, vec![PART_GROUP_MAX_JOBS, 22 - PART_GROUP_MAX_JOBS]);
+    assert_eq!(
+        messages.len(),
+        2 + 2,
+        "the big file's two parts travel alone"
+    );
+
+    // Now break two of them, then run the groups.
+    std::fs::write(p.src_dir.join("changing.bin"), b"shorter").unwrap();
+    std::fs::create_dir_all(p.mount_path("g/blocked.bin")).unwrap();
+    let mut outcomes = std::collections::HashMap::new();
+    for group in &groups {
+        let results = p.ingest.run_parts_together(group.jobs(), "w-group").await;
+        assert_eq!(results.len(), group.jobs().len());
+        for (job, result) in group.jobs().iter().zip(results) {
+            outcomes.insert(job.session_id, result);
+        }
+    }
+    let by_request = |id: &str| {
+        let rid = format!("{}/{id}", p.tag);
+        sessions.iter().find(|s| s.request_id == rid).unwrap().id
+    };
+    for i in 0..20 {
+        let outcome = &outcomes[&by_request(&format!("g{i}"))];
+        assert!(
+            matches!(outcome, Ok(PartOutcome::Committed { completed: true })),
+            "g{i}: {outcome:?}"
+        );
+    }
+    assert!(
+        matches!(&outcomes[&by_request("g-changing")],
+            Err(shared::ingest::PartError::SessionFailed(why)) if why.contains("changed size")),
+        "{:?}",
+        outcomes[&by_request("g-changing")]
+    );
+    assert!(
+        matches!(
+            &outcomes[&by_request("g-blocked")],
+            Ok(PartOutcome::Committed { completed: false })
+        ),
+        "{:?}",
+        outcomes[&by_request("g-blocked")]
+    );
+    let store = &p.ingest.store;
+    let changing = store
+        .session(by_request("g-changing"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(changing.state, "failed");
+    let blocked = store
+        .session(by_request("g-blocked"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(blocked.state, "failed");
+    assert!(
+        blocked.error.as_deref().unwrap_or("").contains("exists"),
+        "{blocked:?}"
+    );
+
+    // The same group delivered again: nothing left to do, nothing changes.
+    for group in &groups {
+        for result in p.ingest.run_parts_together(group.jobs(), "w-again").await {
+            assert!(matches!(result, Ok(PartOutcome::AlreadyDone)), "{result:?}");
+        }
+    }
+    // The big file's parts, the usual way.
+    for message in &messages {
+        if let PartMessage::Single(job) = message {
+            p.ingest
+                .run_part(job, "w-single", &AttemptHooks::default())
+                .await
+                .unwrap();
+        }
+    }
+    expected.push(("g/big.bin".into(), big_md5));
+    check_files(&p, &expected).await;
+    for (dest, _) in &expected {
+        let id = sessions
+            .iter()
+            .find(|s| &s.dest == dest || s.dest.ends_with(&format!("/{dest}")))
+            .unwrap()
+            .id;
+        let session = store.session(id).await.unwrap().unwrap();
+        assert_eq!(session.state, "completed", "{dest}");
+    }
+    // One event per ended session waits in the outbox.
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE routing_key <> $1")
+        .bind(PARTS_QUEUE)
+        .fetch_one(&p.ingest.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 23);
+    // The failed sessions' staging files are garbage; GC leaves nothing.
+    p.ingest.collect_garbage(100).await.unwrap();
+    assert!(
+        p.staging_files().await.is_empty(),
+        "{:?}",
+        p.staging_files().await
+    );
 }

@@ -11,9 +11,13 @@ use md5::Digest;
 use uuid::Uuid;
 
 use crate::jobs::{IngestRequest, PartJob};
-use crate::moosefs::{MfsClient, MfsError, MfsPath, Name, ReplicaChoice, WriteOptions, CHUNK_SIZE};
+use crate::moosefs::{
+    CreatedFile, MfsClient, MfsError, MfsPath, Name, ReplicaChoice, WriteOptions, CHUNK_SIZE,
+};
 use crate::source::{Source, SourceConfig, SourceError};
-use crate::store::{state, CommitOutcome, NewSession, PartCommit, Session, Store, StoreError};
+use crate::store::{
+    state, AttemptStart, CommitOutcome, NewSession, PartCommit, Session, Store, StoreError,
+};
 
 /// Name of the system's own directory under the MooseFS root.
 pub const SYSTEM_DIR: &str = ".mfs-ingest";
@@ -277,6 +281,17 @@ pub enum Completion {
     Failed(String),
 }
 
+impl Completion {
+    /// The session state this completion ends in, if it ends the session.
+    fn final_state(&self) -> Option<&'static str> {
+        match self {
+            Completion::Completed { .. } => Some(state::COMPLETED),
+            Completion::Failed(_) => Some(state::FAILED),
+            Completion::NotReady | Completion::AlreadyFinished => None,
+        }
+    }
+}
+
 /// Test hooks into a part attempt.
 #[derive(Clone, Default)]
 pub struct AttemptHooks {
@@ -287,6 +302,63 @@ pub struct AttemptHooks {
 
 fn transient(e: impl std::fmt::Display) -> PartError {
     PartError::Transient(e.to_string())
+}
+
+/// A job found nothing to do (committed already, or its session is not open).
+fn already_done() -> PartOutcome {
+    crate::metrics::metrics()
+        .duplicate_jobs
+        .with_label_values(&["postgres"])
+        .inc();
+    PartOutcome::AlreadyDone
+}
+
+/// A part attempt whose staging file is written and verified, waiting for
+/// its commit. Holds the created file open (see [`CreatedFile`]) until then.
+struct WrittenPart {
+    job: PartJob,
+    start: AttemptStart,
+    file: CreatedFile,
+    staging_path: String,
+    md5: Option<String>,
+    crc32c: u32,
+}
+
+impl WrittenPart {
+    fn commit<'a>(&'a self, worker: &'a str) -> PartCommit<'a> {
+        PartCommit {
+            session_id: self.job.session_id,
+            part_number: self.job.part_number,
+            token: self.start.token,
+            staging_inode: self.file.inode,
+            staging_path: &self.staging_path,
+            md5: self.md5.as_deref(),
+            crc32c: self.crc32c,
+            worker,
+        }
+    }
+
+    /// What the commit made of it (counted in the part metrics).
+    fn outcome(&self, (committed, completed): (CommitOutcome, bool)) -> PartOutcome {
+        let m = crate::metrics::metrics();
+        match committed {
+            CommitOutcome::Committed { .. } => {
+                m.parts_committed.inc();
+                m.part_size.observe(self.start.size as f64);
+                PartOutcome::Committed { completed }
+            }
+            CommitOutcome::Superseded => {
+                m.parts_abandoned.with_label_values(&["superseded"]).inc();
+                PartOutcome::Discarded
+            }
+            CommitOutcome::SessionClosed => {
+                m.parts_abandoned
+                    .with_label_values(&["session_closed"])
+                    .inc();
+                PartOutcome::Discarded
+            }
+        }
+    }
 }
 
 impl Ingest {
@@ -521,12 +593,93 @@ impl Ingest {
             .await
             .map_err(transient)?
         else {
-            crate::metrics::metrics()
-                .duplicate_jobs
-                .with_label_values(&["postgres"])
-                .inc();
-            return Ok(PartOutcome::AlreadyDone);
+            return Ok(already_done());
         };
+        let written = self.write_attempt(*job, start).await?;
+        if let Some(hook) = &hooks.before_commit {
+            hook().await;
+        }
+        let commit = written.commit(worker);
+        let committed = if written.start.part_count == 1 {
+            self.commit_single_part(&commit).await?
+        } else {
+            self.commit_one_of_many(&commit).await?
+        };
+        Ok(written.outcome(committed))
+    }
+
+    /// Runs one attempt of each of several parts of single-part files (a
+    /// [`crate::jobs::PartGroup`]): their fencing tokens in one statement,
+    /// the writes side by side, then ONE transaction that commits and
+    /// completes every file written (each still completes or fails alone;
+    /// if that transaction cannot finish, each is committed on its own).
+    /// One result per job, in order.
+    pub async fn run_parts_together(
+        &self,
+        jobs: &[PartJob],
+        worker: &str,
+    ) -> Vec<Result<PartOutcome, PartError>> {
+        let starts = match self.store.start_attempts(jobs, worker).await {
+            Ok(starts) => starts,
+            Err(e) => return jobs.iter().map(|_| Err(transient(&e))).collect(),
+        };
+        let writes =
+            futures::future::join_all(jobs.iter().zip(starts).map(|(job, start)| async move {
+                match start {
+                    Some(start) => self.write_attempt(*job, start).await.map(Some),
+                    None => Ok(None),
+                }
+            }))
+            .await;
+        let mut results: Vec<Option<Result<PartOutcome, PartError>>> = Vec::new();
+        let mut together: Vec<(usize, WrittenPart)> = Vec::new();
+        for (i, write) in writes.into_iter().enumerate() {
+            match write {
+                Ok(Some(w)) if w.start.part_count == 1 => {
+                    results.push(None);
+                    together.push((i, w));
+                }
+                Ok(Some(w)) => {
+                    // Not a single-part file: committed the usual way.
+                    let commit = w.commit(worker);
+                    results.push(Some(
+                        self.commit_one_of_many(&commit).await.map(|c| w.outcome(c)),
+                    ));
+                }
+                Ok(None) => results.push(Some(Ok(already_done()))),
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        let commits: Vec<PartCommit<'_>> = together.iter().map(|(_, w)| w.commit(worker)).collect();
+        let committed = match self.commit_single_parts(&commits).await {
+            Ok(all) => all.into_iter().map(Ok).collect(),
+            Err(e) => {
+                tracing::warn!(parts = commits.len(), error = %e,
+                    "committing the group together failed; committing each part alone");
+                let mut each = Vec::with_capacity(commits.len());
+                for commit in &commits {
+                    each.push(self.commit_single_part(commit).await);
+                }
+                each
+            }
+        };
+        for ((i, w), c) in together.iter().zip(committed) {
+            results[*i] = Some(c.map(|c| w.outcome(c)));
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every job has a result"))
+            .collect()
+    }
+
+    /// The attempt up to its commit: the source checked, a fresh staging
+    /// inode written (every replica acknowledged and verified). A failed
+    /// write's inode is recorded as abandoned.
+    async fn write_attempt(
+        &self,
+        job: PartJob,
+        start: AttemptStart,
+    ) -> Result<WrittenPart, PartError> {
         crate::metrics::metrics().parts_started.inc();
         let source = match Source::parse(&start.source, &self.cfg.sources) {
             Ok(s) => s,
@@ -594,8 +747,15 @@ impl Ingest {
             Ok(outcome)
         }
         .await;
-        let outcome = match written {
-            Ok(o) => o,
+        match written {
+            Ok(outcome) => Ok(WrittenPart {
+                job,
+                md5: outcome.md5_hex(),
+                crc32c: outcome.crc32c,
+                start,
+                file,
+                staging_path,
+            }),
             Err(e) => {
                 // The staging inode is nobody's: record it for the collector.
                 let _ = self
@@ -613,48 +773,10 @@ impl Ingest {
                     .parts_abandoned
                     .with_label_values(&["attempt_failed"])
                     .inc();
-                return Err(match e {
+                Err(match e {
                     PartError::SessionFailed(why) => self.fail_session(job.session_id, &why).await,
                     other => other,
-                });
-            }
-        };
-        if let Some(hook) = &hooks.before_commit {
-            hook().await;
-        }
-        let md5 = outcome.md5_hex();
-        let commit = PartCommit {
-            session_id: job.session_id,
-            part_number: job.part_number,
-            token: start.token,
-            staging_inode: file.inode,
-            staging_path: &staging_path,
-            md5: md5.as_deref(),
-            crc32c: outcome.crc32c,
-            worker,
-        };
-        let (committed, completed) = if start.part_count == 1 {
-            self.commit_single_part(&commit).await?
-        } else {
-            self.commit_one_of_many(&commit).await?
-        };
-        drop(file);
-        let m = crate::metrics::metrics();
-        match committed {
-            CommitOutcome::Committed { .. } => {
-                m.parts_committed.inc();
-                m.part_size.observe(start.size as f64);
-                Ok(PartOutcome::Committed { completed })
-            }
-            CommitOutcome::Superseded => {
-                m.parts_abandoned.with_label_values(&["superseded"]).inc();
-                Ok(PartOutcome::Discarded)
-            }
-            CommitOutcome::SessionClosed => {
-                m.parts_abandoned
-                    .with_label_values(&["session_closed"])
-                    .inc();
-                Ok(PartOutcome::Discarded)
+                })
             }
         }
     }
@@ -721,6 +843,62 @@ impl Ingest {
         }
     }
 
+    /// Commits the only parts of several sessions and completes them, all in
+    /// ONE transaction holding every session row `FOR UPDATE` (locked in id
+    /// order, so two groups never wait on each other in a cycle). Each file
+    /// still completes or fails on its own; any error rolls back the whole
+    /// transaction (the caller then commits each part alone). One result per
+    /// commit, in order.
+    async fn commit_single_parts(
+        &self,
+        commits: &[PartCommit<'_>],
+    ) -> Result<Vec<(CommitOutcome, bool)>, CompletionError> {
+        if commits.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = commits.iter().map(|c| c.session_id).collect();
+        let (mut tx, sessions) = self.store.lock_sessions(&ids).await?;
+        let mut results = Vec::with_capacity(commits.len());
+        let mut finished = Vec::new();
+        for commit in commits {
+            let session = sessions.get(&commit.session_id).cloned();
+            let state = session.as_ref().map(|s| s.state.as_str());
+            let (committed, part) = Store::commit_part_in(&mut tx, commit, state).await?;
+            if !matches!(committed, CommitOutcome::Committed { .. }) {
+                results.push((committed, false));
+                continue;
+            }
+            let created_at = session.as_ref().map(|s| s.created_at);
+            let completing = std::time::Instant::now();
+            let completion = self
+                .complete_in_tx(&mut tx, session, part.map(|p| vec![p]))
+                .await
+                .inspect_err(|_| self.completion_failed())?;
+            if let (Some(state), Some(created_at)) = (completion.final_state(), created_at) {
+                finished.push((state, created_at, completing.elapsed()));
+            }
+            results.push((
+                CommitOutcome::Committed {
+                    all_committed: true,
+                },
+                matches!(completion, Completion::Completed { .. }),
+            ));
+        }
+        let committing = std::time::Instant::now();
+        tx.commit().await?;
+        let commit_time = committing.elapsed();
+        let m = crate::metrics::metrics();
+        for (state, created_at, own_time) in finished {
+            if state == state::COMPLETED {
+                // Its own work plus the commit that made it visible.
+                m.completion_duration
+                    .observe((own_time + commit_time).as_secs_f64());
+            }
+            crate::metrics::session_finished(state, created_at);
+        }
+        Ok(results)
+    }
+
     /// Marks a session failed (if still open) and returns the error to report.
     pub async fn fail_session(&self, id: Uuid, why: &str) -> PartError {
         match self.end_session(id, state::FAILED, why).await {
@@ -764,54 +942,66 @@ impl Ingest {
     /// transaction already read (or wrote) all of them.
     async fn complete_locked(
         &self,
-        tx: crate::store::Tx,
+        mut tx: crate::store::Tx,
         session: Option<Session>,
         parts: Option<Vec<crate::store::Part>>,
     ) -> Result<Completion, CompletionError> {
         let started = std::time::Instant::now();
-        let result = self.complete_locked_unmeasured(tx, session, parts).await;
-        let m = crate::metrics::metrics();
-        match &result {
-            Ok(Completion::Completed { .. }) => m
-                .completion_duration
-                .observe(started.elapsed().as_secs_f64()),
-            Err(_) => {
-                m.completion_errors.inc();
-                // A cached directory may be gone: look paths up afresh next time.
-                self.dirs.forget();
+        let created_at = session.as_ref().map(|s| s.created_at);
+        let completion = match self.complete_in_tx(&mut tx, session, parts).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.completion_failed();
+                return Err(e);
             }
-            Ok(_) => {}
+        };
+        match (completion.final_state(), created_at) {
+            (Some(state), Some(created_at)) => {
+                tx.commit().await?;
+                if state == state::COMPLETED {
+                    crate::metrics::metrics()
+                        .completion_duration
+                        .observe(started.elapsed().as_secs_f64());
+                }
+                crate::metrics::session_finished(state, created_at);
+            }
+            _ => tx.rollback().await?,
         }
-        result
+        Ok(completion)
     }
 
-    async fn complete_locked_unmeasured(
+    /// Counts a completion that failed (it is retried).
+    fn completion_failed(&self) {
+        crate::metrics::metrics().completion_errors.inc();
+        // A cached directory may be gone: look paths up afresh next time.
+        self.dirs.forget();
+    }
+
+    /// The completion's work inside a transaction that holds the session
+    /// row `FOR UPDATE`; the caller commits it (`Completed`, `Failed`) or
+    /// rolls it back (`NotReady`, `AlreadyFinished`: nothing was written).
+    async fn complete_in_tx(
         &self,
-        mut tx: crate::store::Tx,
+        tx: &mut crate::store::Tx,
         session: Option<Session>,
         known_parts: Option<Vec<crate::store::Part>>,
     ) -> Result<Completion, CompletionError> {
         let Some(session) = session else {
-            tx.rollback().await?;
             return Ok(Completion::AlreadyFinished);
         };
         if session.state != state::OPEN {
-            tx.rollback().await?;
             return Ok(Completion::AlreadyFinished);
         }
         let id = session.id;
         let parts = match known_parts {
             Some(parts) if parts.len() == session.part_count as usize => parts,
-            _ => Store::parts_in(&mut tx, id).await?,
+            _ => Store::parts_in(tx, id).await?,
         };
         let mut inodes = Vec::with_capacity(parts.len());
         for p in &parts {
             match (p.committed_token, p.staging_inode) {
                 (Some(_), Some(inode)) => inodes.push(inode as u32),
-                _ => {
-                    tx.rollback().await?;
-                    return Ok(Completion::NotReady);
-                }
+                _ => return Ok(Completion::NotReady),
             }
         }
         let dest = self.cfg.dest_path(&session.dest)?;
@@ -896,26 +1086,22 @@ impl Ingest {
                 return self.finish_failed(tx, &session, why).await;
             }
         }
-        Store::complete_in(&mut tx, &session, md5.as_deref(), crc, final_inode).await?;
+        Store::complete_in(tx, &session, md5.as_deref(), crc, final_inode).await?;
         // A single part IS the final file; the parts of an assembly are garbage.
         if parts.len() > 1 {
-            Store::abandon_parts_in(&mut tx, id).await?;
+            Store::abandon_parts_in(tx, id).await?;
         }
-        tx.commit().await?;
-        crate::metrics::session_finished(state::COMPLETED, session.created_at);
         Ok(Completion::Completed { final_inode })
     }
 
     async fn finish_failed(
         &self,
-        mut tx: crate::store::Tx,
+        tx: &mut crate::store::Tx,
         session: &Session,
         why: String,
     ) -> Result<Completion, CompletionError> {
-        Store::end_in(&mut tx, session, state::FAILED, &why).await?;
-        Store::abandon_parts_in(&mut tx, session.id).await?;
-        tx.commit().await?;
-        crate::metrics::session_finished(state::FAILED, session.created_at);
+        Store::end_in(tx, session, state::FAILED, &why).await?;
+        Store::abandon_parts_in(tx, session.id).await?;
         Ok(Completion::Failed(why))
     }
 

@@ -107,11 +107,71 @@ impl RequestMessage {
 }
 
 /// One part to write. Everything else is read from PostgreSQL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PartJob {
     pub session_id: Uuid,
     pub part_number: i32,
+}
+
+/// Most single-part files whose jobs share one message (see [`PartMessage`]).
+pub const PART_GROUP_MAX_JOBS: usize = 16;
+/// Largest single-part file whose job is grouped with others; bigger files
+/// get a message of their own, so that workers share them out.
+pub const PART_GROUP_MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The part jobs of several single-part files, in one message: one delivery,
+/// one PostgreSQL statement to start their attempts and one transaction to
+/// commit and complete them all (each file still succeeds or fails alone).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartGroup {
+    pub jobs: Vec<PartJob>,
+}
+
+/// What arrives on [`PARTS_QUEUE`]: one part job, or a group of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartMessage {
+    Single(PartJob),
+    Group(PartGroup),
+}
+
+impl PartMessage {
+    /// Parses a message body; the error (the dead letter's reason) says
+    /// what is wrong with it.
+    pub fn parse(body: &[u8]) -> Result<PartMessage, String> {
+        let value: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|e| format!("malformed part job: not JSON: {e}"))?;
+        if value.get("jobs").is_none() {
+            return serde_json::from_value(value)
+                .map(PartMessage::Single)
+                .map_err(|e| format!("malformed part job: {e}"));
+        }
+        let group: PartGroup =
+            serde_json::from_value(value).map_err(|e| format!("malformed part job group: {e}"))?;
+        if group.jobs.is_empty() || group.jobs.len() > PART_GROUP_MAX_JOBS {
+            return Err(format!(
+                "malformed part job group: {} jobs, expected 1 to {PART_GROUP_MAX_JOBS}",
+                group.jobs.len()
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(twice) = group.jobs.iter().find(|j| !seen.insert(**j)) {
+            return Err(format!(
+                "malformed part job group: part {} of session {} is listed twice",
+                twice.part_number, twice.session_id
+            ));
+        }
+        Ok(PartMessage::Group(group))
+    }
+
+    /// The jobs it carries.
+    pub fn jobs(&self) -> &[PartJob] {
+        match self {
+            PartMessage::Single(job) => std::slice::from_ref(job),
+            PartMessage::Group(group) => &group.jobs,
+        }
+    }
 }
 
 /// Published on [`EVENTS_QUEUE`] when a session ends.
@@ -551,6 +611,45 @@ mod tests {
                 serde_json::from_str::<RequestMessage>(bad).is_err(),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn part_messages_are_single_jobs_or_groups() {
+        let a = r#"{"session_id":"00000000-0000-0000-0000-000000000001","part_number":0}"#;
+        let b = r#"{"session_id":"00000000-0000-0000-0000-000000000002","part_number":0}"#;
+        match PartMessage::parse(a.as_bytes()).unwrap() {
+            PartMessage::Single(job) => assert_eq!(job.part_number, 0),
+            other => panic!("{other:?}"),
+        }
+        let group = PartMessage::parse(format!(r#"{{"jobs":[{a},{b}]}}"#).as_bytes()).unwrap();
+        assert_eq!(group.jobs().len(), 2);
+        // What the coordinator publishes parses back to the same jobs.
+        let body = serde_json::to_vec(&PartGroup {
+            jobs: group.jobs().to_vec(),
+        })
+        .unwrap();
+        assert_eq!(PartMessage::parse(&body).unwrap(), group);
+    }
+
+    #[test]
+    fn bad_part_messages_say_what_is_wrong() {
+        let a = r#"{"session_id":"00000000-0000-0000-0000-000000000001","part_number":0}"#;
+        let too_many = format!(r#"{{"jobs":[{}]}}"#, vec![a; 17].join(","));
+        for (bad, says) in [
+            ("[garbage".to_string(), "not JSON"),
+            (
+                r#"{"session_id":"nope","part_number":0}"#.into(),
+                "malformed part job: ",
+            ),
+            (format!(r#"{{"jobs":[{a}],"colour":1}}"#), "unknown field"),
+            (r#"{"jobs":[]}"#.into(), "0 jobs"),
+            (too_many, "17 jobs"),
+            (format!(r#"{{"jobs":[{a},{a}]}}"#), "listed twice"),
+        ] {
+            let err = PartMessage::parse(bad.as_bytes()).unwrap_err();
+            assert!(err.starts_with("malformed part job"), "{bad}: {err}");
+            assert!(err.contains(says), "{bad}: {err}");
         }
     }
 }

@@ -12,7 +12,10 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{FromRow, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::jobs::{Outgoing, PartJob, UploadEvent, PARTS_QUEUE};
+use crate::jobs::{
+    Outgoing, PartGroup, PartJob, UploadEvent, PARTS_QUEUE, PART_GROUP_MAX_FILE_BYTES,
+    PART_GROUP_MAX_JOBS,
+};
 
 /// Database failures.
 #[derive(Debug, thiserror::Error)]
@@ -264,17 +267,26 @@ impl Store {
         let (mut part_sessions, mut numbers, mut offsets, mut sizes) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut jobs = Vec::new();
+        let mut grouped = Vec::new();
         for session in &created {
+            if session.part_count == 1 && session.size as u64 <= PART_GROUP_MAX_FILE_BYTES {
+                grouped.push(PartJob {
+                    session_id: session.id,
+                    part_number: 0,
+                });
+            }
             for n in 0..session.part_count {
                 let offset = n as i64 * session.part_size;
                 part_sessions.push(session.id);
                 numbers.push(n);
                 offsets.push(offset);
                 sizes.push((session.size - offset).min(session.part_size));
-                jobs.push(PartJob {
-                    session_id: session.id,
-                    part_number: n,
-                });
+                if !(session.part_count == 1 && session.size as u64 <= PART_GROUP_MAX_FILE_BYTES) {
+                    jobs.push(PartJob {
+                        session_id: session.id,
+                        part_number: n,
+                    });
+                }
             }
         }
         if !created.is_empty() {
@@ -288,7 +300,7 @@ impl Store {
             .bind(&sizes)
             .execute(&mut *tx)
             .await?;
-            enqueue_jobs(&mut tx, &jobs).await?;
+            enqueue_jobs(&mut tx, &jobs, &grouped).await?;
         }
         let mut by_request: std::collections::HashMap<String, Session> = created
             .into_iter()
@@ -387,6 +399,45 @@ impl Store {
         .bind(worker)
         .fetch_optional(&self.pool)
         .await?)
+    }
+
+    /// [`Store::start_attempt`] for several parts in one statement: one
+    /// answer per job, in order.
+    pub async fn start_attempts(
+        &self,
+        jobs: &[PartJob],
+        worker: &str,
+    ) -> Result<Vec<Option<AttemptStart>>, StoreError> {
+        #[derive(FromRow)]
+        struct Started {
+            session_id: Uuid,
+            part_number: i32,
+            #[sqlx(flatten)]
+            start: AttemptStart,
+        }
+        let rows: Vec<Started> = sqlx::query_as(
+            "UPDATE upload_parts p
+                SET attempts = p.attempts + 1, worker = $3
+               FROM upload_sessions s, UNNEST($1::uuid[], $2::int[]) AS j(session_id, part_number)
+              WHERE p.session_id = j.session_id AND p.part_number = j.part_number
+                AND p.committed_token IS NULL
+                AND s.id = p.session_id AND s.state = 'open'
+             RETURNING p.session_id, p.part_number, p.attempts AS token, p.part_offset, p.size,
+                       s.source, s.size AS session_size, s.goal, s.part_count",
+        )
+        .bind(jobs.iter().map(|j| j.session_id).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.part_number).collect::<Vec<_>>())
+        .bind(worker)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_job: std::collections::HashMap<(Uuid, i32), AttemptStart> = rows
+            .into_iter()
+            .map(|r| ((r.session_id, r.part_number), r.start))
+            .collect();
+        Ok(jobs
+            .iter()
+            .map(|j| by_job.remove(&(j.session_id, j.part_number)))
+            .collect())
     }
 
     /// Records a written staging file as the part, in one transaction: the
@@ -533,6 +584,23 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
         Ok((tx, session))
+    }
+
+    /// [`Store::lock_session`] for several sessions, locked in id order (two
+    /// transactions locking overlapping sets never wait on each other in a
+    /// cycle). Sessions that do not exist are missing from the map.
+    pub async fn lock_sessions(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<(Tx, std::collections::HashMap<Uuid, Session>), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let sessions: Vec<Session> = sqlx::query_as(
+            "SELECT * FROM upload_sessions WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        )
+        .bind(ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        Ok((tx, sessions.into_iter().map(|s| (s.id, s)).collect()))
     }
 
     /// The parts, read inside the completion transaction.
@@ -682,7 +750,7 @@ impl Store {
                 part_number: *part_number,
             })
             .collect();
-        enqueue_jobs(&mut tx, &jobs).await?;
+        enqueue_jobs(&mut tx, &jobs, &[]).await?;
         tx.commit().await?;
         Ok(jobs.len() as u64)
     }
@@ -886,14 +954,28 @@ pub async fn enqueue(tx: &mut Tx, m: &Outgoing) -> Result<(), StoreError> {
     Ok(())
 }
 
-async fn enqueue_jobs(tx: &mut Tx, jobs: &[PartJob]) -> Result<(), StoreError> {
-    if jobs.is_empty() {
-        return Ok(());
-    }
-    let payloads: Vec<serde_json::Value> = jobs
+/// Queues part jobs: `single` one message each, `grouped` (parts of small
+/// single-part files) up to [`PART_GROUP_MAX_JOBS`] per message.
+async fn enqueue_jobs(
+    tx: &mut Tx,
+    single: &[PartJob],
+    grouped: &[PartJob],
+) -> Result<(), StoreError> {
+    let mut payloads: Vec<serde_json::Value> = single
         .iter()
         .map(serde_json::to_value)
         .collect::<Result<_, _>>()?;
+    for jobs in grouped.chunks(PART_GROUP_MAX_JOBS) {
+        payloads.push(match jobs {
+            [job] => serde_json::to_value(job)?,
+            _ => serde_json::to_value(PartGroup {
+                jobs: jobs.to_vec(),
+            })?,
+        });
+    }
+    if payloads.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
         "INSERT INTO outbox (exchange, routing_key, payload)
          SELECT '', $1, * FROM UNNEST($2::jsonb[])",

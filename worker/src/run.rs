@@ -21,7 +21,8 @@ use shared::config::ServiceArgs;
 use shared::idempotency::{part_done_key, part_lease_key, Idempotency, Lease, PartClaim};
 use shared::ingest::{AttemptHooks, Ingest, PartError, PartOutcome, WriteBudget};
 use shared::jobs::{
-    header_i64, Outgoing, PartJob, Publisher, ATTEMPT_HEADER, PARTS_QUEUE, PARTS_RETRY_QUEUE,
+    header_i64, Outgoing, PartJob, PartMessage, Publisher, ATTEMPT_HEADER, PARTS_QUEUE,
+    PARTS_RETRY_QUEUE,
 };
 use shared::metrics::{metrics, InFlight};
 
@@ -153,21 +154,27 @@ const PART_RETRY: shared::retry::RetryPolicy = shared::retry::RetryPolicy::new(
     Duration::from_secs(24 * 3600),
 );
 
-/// Hands the job to the retry queue (it comes back after the retry delay)
-/// and acks the original; if that publish fails the original is requeued.
-/// `reason` labels `mfs_ingest_parts_retried_total`.
-async fn retry_later(ctx: &WorkerCtx, delivery: &Delivery, attempt: i64, reason: &str) {
-    let message = Outgoing {
+/// A job for the retry queue: it comes back to the work queue after the
+/// retry delay of `attempt`.
+fn retry_message(payload: Vec<u8>, attempt: i64) -> Outgoing {
+    Outgoing {
         exchange: String::new(),
         queue: PARTS_RETRY_QUEUE.into(),
-        payload: delivery.data.clone(),
+        payload,
         headers: vec![(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(attempt))],
         // Exponential backoff with jitter, from the one retry module.
         expiration: Some(shared::retry::delay_before_attempt(
             &PART_RETRY,
             attempt as u32,
         )),
-    };
+    }
+}
+
+/// Hands the job to the retry queue (it comes back after the retry delay)
+/// and acks the original; if that publish fails the original is requeued.
+/// `reason` labels `mfs_ingest_parts_retried_total`.
+async fn retry_later(ctx: &WorkerCtx, delivery: &Delivery, attempt: i64, reason: &str) {
+    let message = retry_message(delivery.data.clone(), attempt);
     match ctx.publisher.publish_all(&[message]).await {
         Ok(()) => {
             metrics().parts_retried.with_label_values(&[reason]).inc();
@@ -200,69 +207,101 @@ async fn dead_letter(ctx: &WorkerCtx, delivery: &Delivery, reason: &str) {
 }
 
 async fn handle(ctx: &WorkerCtx, delivery: Delivery) {
-    let _in_flight = InFlight::new(&ctx.worker_id);
-    let job: PartJob = match serde_json::from_slice(&delivery.data) {
-        Ok(job) => job,
-        Err(e) => {
-            tracing::warn!(error = %e, "malformed part job");
-            dead_letter(ctx, &delivery, &format!("malformed part job: {e}")).await;
+    let message = match PartMessage::parse(&delivery.data) {
+        Ok(message) => message,
+        Err(reason) => {
+            tracing::warn!(%reason, "malformed part job");
+            dead_letter(ctx, &delivery, &reason).await;
             return;
         }
     };
     let attempt = header_i64(&delivery.properties, ATTEMPT_HEADER).unwrap_or(0);
-    let done_key = part_done_key(job.session_id, job.part_number);
-    let lease_key = part_lease_key(job.session_id, job.part_number);
-    let lease = match ctx
-        .idempotency
-        .claim_part(&done_key, &lease_key, &ctx.worker_id, ctx.lease_ttl)
-        .await
-    {
-        PartClaim::Done => {
-            tracing::debug!(?job, "duplicate job suppressed");
-            metrics().duplicate_jobs.with_label_values(&["redis"]).inc();
-            ack(&delivery).await;
-            return;
-        }
-        PartClaim::Lease(lease) => lease,
-    };
-    if lease == Lease::Held {
-        // Someone is writing this part; look again later (bounded like any retry).
-        if attempt + 1 >= ctx.max_attempts * 4 {
-            ack(&delivery).await; // the holder commits it, or the reconciler re-publishes
-        } else {
-            retry_later(ctx, &delivery, attempt + 1, "lease_held").await;
-        }
-        return;
+    match message {
+        PartMessage::Single(job) => handle_single(ctx, delivery, job, attempt).await,
+        PartMessage::Group(group) => handle_group(ctx, delivery, &group.jobs, attempt).await,
     }
-    let started = std::time::Instant::now();
-    let result = ctx
-        .ingest
-        .run_part(&job, &ctx.worker_id, &AttemptHooks::default())
-        .await;
-    let outcome = match &result {
+}
+
+/// Redis's answer for one job, with its keys.
+struct Claimed {
+    job: PartJob,
+    done_key: String,
+    lease_key: String,
+    lease: Lease,
+}
+
+/// Asks Redis about every job (the calls share one connection, pipelined).
+/// Jobs marked done are counted as duplicates and left out.
+async fn claim(ctx: &WorkerCtx, jobs: &[PartJob]) -> Vec<Claimed> {
+    let answers = futures::future::join_all(jobs.iter().map(|job| async move {
+        let done_key = part_done_key(job.session_id, job.part_number);
+        let lease_key = part_lease_key(job.session_id, job.part_number);
+        let claim = ctx
+            .idempotency
+            .claim_part(&done_key, &lease_key, &ctx.worker_id, ctx.lease_ttl)
+            .await;
+        (*job, done_key, lease_key, claim)
+    }))
+    .await;
+    answers
+        .into_iter()
+        .filter_map(|(job, done_key, lease_key, claim)| match claim {
+            PartClaim::Done => {
+                tracing::debug!(?job, "duplicate job suppressed");
+                metrics().duplicate_jobs.with_label_values(&["redis"]).inc();
+                None
+            }
+            PartClaim::Lease(lease) => Some(Claimed {
+                job,
+                done_key,
+                lease_key,
+                lease,
+            }),
+        })
+        .collect()
+}
+
+fn outcome_label(result: &Result<PartOutcome, PartError>) -> &'static str {
+    match result {
         Ok(PartOutcome::Committed { .. }) => "committed",
         Ok(PartOutcome::Discarded) => "discarded",
         Ok(PartOutcome::AlreadyDone) => "already_done",
         Err(_) => "failed",
-    };
+    }
+}
+
+/// What to do with a job after its attempt.
+enum Next {
+    /// Done with (committed, nothing to do, or its session ended).
+    Finished,
+    /// Try again later, as attempt `attempt`; `reason` labels the metric.
+    Retry { attempt: i64, reason: &'static str },
+    /// Out of attempts: its session was failed; dead-letter it with `reason`.
+    GiveUp(String),
+}
+
+/// Records one attempt's end (metrics, log, Redis) and says what comes next.
+async fn settle(
+    ctx: &WorkerCtx,
+    claimed: &Claimed,
+    attempt: i64,
+    started: std::time::Instant,
+    result: Result<PartOutcome, PartError>,
+) -> Next {
+    let job = claimed.job;
     metrics()
         .part_duration
-        .with_label_values(&[outcome])
+        .with_label_values(&[outcome_label(&result)])
         .observe(started.elapsed().as_secs_f64());
-    match result {
+    let (done, next) = match result {
         Ok(outcome) => {
             tracing::info!(session = %job.session_id, part = job.part_number, ?outcome,
                 elapsed_ms = started.elapsed().as_millis() as u64, "part done");
-            let done = !matches!(outcome, PartOutcome::Discarded);
-            ctx.idempotency
-                .finish_part(&done_key, &lease_key, &ctx.worker_id, done)
-                .await;
-            ack(&delivery).await;
-            return;
+            (!matches!(outcome, PartOutcome::Discarded), Next::Finished)
         }
         Err(PartError::SessionFailed(why)) => {
             tracing::warn!(session = %job.session_id, part = job.part_number, %why, "session failed");
-            ack(&delivery).await;
+            (false, Next::Finished)
         }
         Err(PartError::Transient(why)) => {
             let next = attempt + 1;
@@ -273,16 +312,127 @@ async fn handle(ctx: &WorkerCtx, delivery: Delivery) {
                 );
                 tracing::error!(session = %job.session_id, %reason, "giving up on part");
                 let _ = ctx.ingest.fail_session(job.session_id, &reason).await;
-                dead_letter(ctx, &delivery, &reason).await;
+                (false, Next::GiveUp(reason))
             } else {
                 tracing::warn!(session = %job.session_id, part = job.part_number, attempt = next, %why, "part attempt failed; retrying");
-                retry_later(ctx, &delivery, next, "error").await;
+                (
+                    false,
+                    Next::Retry {
+                        attempt: next,
+                        reason: "error",
+                    },
+                )
+            }
+        }
+    };
+    if done || claimed.lease == Lease::Acquired {
+        ctx.idempotency
+            .finish_part(&claimed.done_key, &claimed.lease_key, &ctx.worker_id, done)
+            .await;
+    }
+    next
+}
+
+/// What a job whose lease someone else holds becomes: looked at again
+/// later (bounded like any retry), or left to its holder and the reconciler.
+fn next_for_held(ctx: &WorkerCtx, attempt: i64) -> Next {
+    if attempt + 1 >= ctx.max_attempts * 4 {
+        Next::Finished
+    } else {
+        Next::Retry {
+            attempt: attempt + 1,
+            reason: "lease_held",
+        }
+    }
+}
+
+async fn handle_single(ctx: &WorkerCtx, delivery: Delivery, job: PartJob, attempt: i64) {
+    let _in_flight = InFlight::new(&ctx.worker_id);
+    let Some(claimed) = claim(ctx, &[job]).await.pop() else {
+        ack(&delivery).await;
+        return;
+    };
+    let next = if claimed.lease == Lease::Held {
+        next_for_held(ctx, attempt)
+    } else {
+        let started = std::time::Instant::now();
+        let result = ctx
+            .ingest
+            .run_part(&job, &ctx.worker_id, &AttemptHooks::default())
+            .await;
+        settle(ctx, &claimed, attempt, started, result).await
+    };
+    match next {
+        Next::Finished => ack(&delivery).await,
+        Next::Retry { attempt, reason } => retry_later(ctx, &delivery, attempt, reason).await,
+        Next::GiveUp(reason) => dead_letter(ctx, &delivery, &reason).await,
+    }
+}
+
+/// A group of single-part files' jobs: claimed together, written side by
+/// side, committed in one transaction. Jobs that must be tried again leave
+/// the group: each goes to the retry queue as a message of its own (or to
+/// the dead-letter queue), and the group is acked only once they are all
+/// published; if that fails the whole group is requeued (its committed
+/// jobs are then recognised as done).
+async fn handle_group(ctx: &WorkerCtx, delivery: Delivery, jobs: &[PartJob], attempt: i64) {
+    let _in_flight: Vec<InFlight> = jobs.iter().map(|_| InFlight::new(&ctx.worker_id)).collect();
+    let claimed = claim(ctx, jobs).await;
+    let (held, ours): (Vec<&Claimed>, Vec<&Claimed>) =
+        claimed.iter().partition(|c| c.lease == Lease::Held);
+    let mut after: Vec<(PartJob, Next)> = held
+        .iter()
+        .map(|c| (c.job, next_for_held(ctx, attempt)))
+        .collect();
+    if !ours.is_empty() {
+        let started = std::time::Instant::now();
+        let ours_jobs: Vec<PartJob> = ours.iter().map(|c| c.job).collect();
+        let results = ctx
+            .ingest
+            .run_parts_together(&ours_jobs, &ctx.worker_id)
+            .await;
+        for (c, result) in ours.iter().zip(results) {
+            after.push((c.job, settle(ctx, c, attempt, started, result).await));
+        }
+    }
+    let mut messages = Vec::new();
+    let mut retries: Vec<&'static str> = Vec::new();
+    let mut dead = 0;
+    for (job, next) in after {
+        let body = serde_json::to_vec(&job).expect("a part job serializes");
+        match next {
+            Next::Finished => {}
+            Next::Retry { attempt, reason } => {
+                messages.push(retry_message(body, attempt));
+                retries.push(reason);
+            }
+            Next::GiveUp(reason) => {
+                messages.push(Outgoing::dead_letter(&body, PARTS_QUEUE, &reason));
+                dead += 1;
             }
         }
     }
-    if lease == Lease::Acquired {
-        ctx.idempotency
-            .finish_part(&done_key, &lease_key, &ctx.worker_id, false)
-            .await;
+    if messages.is_empty() {
+        ack(&delivery).await;
+        return;
+    }
+    match ctx.publisher.publish_all(&messages).await {
+        Ok(()) => {
+            for reason in retries {
+                metrics().parts_retried.with_label_values(&[reason]).inc();
+            }
+            if dead > 0 {
+                metrics()
+                    .dead_letters
+                    .with_label_values(&[PARTS_QUEUE])
+                    .inc_by(dead);
+            }
+            ack(&delivery).await
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot publish the group's retries; requeueing the group");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            requeue(&delivery).await;
+        }
     }
 }
