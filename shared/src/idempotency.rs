@@ -1,7 +1,7 @@
 //! Redis as an accelerator, never as the truth: part leases ("someone is on
 //! it", `SET NX PX`, released by compare-and-delete) and "done" markers that
 //! let duplicate deliveries skip the database, each checked and set in one
-//! round trip per part (a Lua script before, one after). Every
+//! round trip per part or group of parts (a Lua script before, one after). Every
 //! call is bounded by a short timeout, and when Redis is unreachable the
 //! answers fall back to "unknown", so the PostgreSQL checks decide.
 
@@ -165,37 +165,86 @@ impl Idempotency {
         owner: &str,
         ttl: Duration,
     ) -> PartClaim {
-        let mut invocation = CLAIM.key(done_key);
-        invocation
-            .key(lease_key)
-            .arg(owner)
-            .arg(ttl.as_millis() as u64);
-        match self.run_script::<String>(&invocation).await.as_deref() {
-            Some("done") => PartClaim::Done,
-            Some("acquired") => PartClaim::Lease(Lease::Acquired),
-            Some(_) => PartClaim::Lease(Lease::Held),
-            None => PartClaim::Lease(Lease::Unknown),
+        self.claim_parts(&[(done_key, lease_key)], owner, ttl)
+            .await
+            .pop()
+            .expect("one answer per part")
+    }
+
+    /// [`Idempotency::claim_part`] for several parts (`(done key, lease
+    /// key)` each), in one round trip: one answer per part, in order.
+    pub async fn claim_parts(
+        &self,
+        keys: &[(&str, &str)],
+        owner: &str,
+        ttl: Duration,
+    ) -> Vec<PartClaim> {
+        let invocations: Vec<redis::ScriptInvocation<'_>> = keys
+            .iter()
+            .map(|(done_key, lease_key)| {
+                let mut invocation = CLAIM.key(*done_key);
+                invocation
+                    .key(*lease_key)
+                    .arg(owner)
+                    .arg(ttl.as_millis() as u64);
+                invocation
+            })
+            .collect();
+        match self.run_scripts::<String>(&CLAIM, &invocations).await {
+            Some(answers) if answers.len() == keys.len() => answers
+                .iter()
+                .map(|a| match a.as_str() {
+                    "done" => PartClaim::Done,
+                    "acquired" => PartClaim::Lease(Lease::Acquired),
+                    _ => PartClaim::Lease(Lease::Held),
+                })
+                .collect(),
+            _ => vec![PartClaim::Lease(Lease::Unknown); keys.len()],
         }
     }
 
     /// After a part attempt, in one round trip: marks it done (kept a day)
     /// if `done`, and releases the lease if we still hold it.
     pub async fn finish_part(&self, done_key: &str, lease_key: &str, owner: &str, done: bool) {
-        let mut invocation = FINISH.key(done_key);
-        invocation
-            .key(lease_key)
-            .arg(owner)
-            .arg(if done { "1" } else { "0" })
-            .arg(DONE_TTL_SECS);
-        let _ = self.run_script::<i64>(&invocation).await;
+        self.finish_parts(&[(done_key, lease_key, done)], owner)
+            .await
     }
 
-    async fn run_script<T: redis::FromRedisValue>(
+    /// [`Idempotency::finish_part`] for several parts (`(done key, lease
+    /// key, done)` each), in one round trip.
+    pub async fn finish_parts(&self, parts: &[(&str, &str, bool)], owner: &str) {
+        if parts.is_empty() {
+            return;
+        }
+        let invocations: Vec<redis::ScriptInvocation<'_>> = parts
+            .iter()
+            .map(|(done_key, lease_key, done)| {
+                let mut invocation = FINISH.key(*done_key);
+                invocation
+                    .key(*lease_key)
+                    .arg(owner)
+                    .arg(if *done { "1" } else { "0" })
+                    .arg(DONE_TTL_SECS);
+                invocation
+            })
+            .collect();
+        let _ = self.run_scripts::<i64>(&FINISH, &invocations).await;
+    }
+
+    /// Runs invocations of one script in one pipeline (led by `SCRIPT LOAD`,
+    /// so a Redis that lost its script cache still runs them).
+    async fn run_scripts<T: redis::FromRedisValue>(
         &self,
-        invocation: &redis::ScriptInvocation<'_>,
-    ) -> Option<T> {
+        script: &redis::Script,
+        invocations: &[redis::ScriptInvocation<'_>],
+    ) -> Option<Vec<T>> {
+        let mut pipe = redis::pipe();
+        pipe.load_script(script).ignore();
+        for invocation in invocations {
+            pipe.invoke_script(invocation);
+        }
         let mut conn = self.connection().await?;
-        self.bounded(invocation.invoke_async::<T>(&mut conn)).await
+        self.bounded(pipe.query_async::<Vec<T>>(&mut conn)).await
     }
 }
 

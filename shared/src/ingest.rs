@@ -281,6 +281,16 @@ pub enum Completion {
     Failed(String),
 }
 
+/// What the MooseFS side of a completion decided, before it is recorded.
+enum Finish {
+    Completed {
+        md5: Option<String>,
+        crc: u32,
+        final_inode: u32,
+    },
+    Failed(String),
+}
+
 impl Completion {
     /// The session state this completion ends in, if it ends the session.
     fn final_state(&self) -> Option<&'static str> {
@@ -858,45 +868,89 @@ impl Ingest {
         }
         let ids: Vec<Uuid> = commits.iter().map(|c| c.session_id).collect();
         let (mut tx, sessions) = self.store.lock_sessions(&ids).await?;
-        let mut results = Vec::with_capacity(commits.len());
-        let mut finished = Vec::new();
-        for commit in commits {
-            let session = sessions.get(&commit.session_id).cloned();
-            let state = session.as_ref().map(|s| s.state.as_str());
-            let (committed, part) = Store::commit_part_in(&mut tx, commit, state).await?;
-            if !matches!(committed, CommitOutcome::Committed { .. }) {
-                results.push((committed, false));
-                continue;
+        let states: Vec<Option<&str>> = commits
+            .iter()
+            .map(|c| sessions.get(&c.session_id).map(|s| s.state.as_str()))
+            .collect();
+        let committed = Store::commit_parts_in(&mut tx, commits, &states).await?;
+        // The files go in place side by side (MooseFS only), then one
+        // statement records every completed one.
+        let finishing = committed
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, part))| part.as_ref().map(|part| (i, part)))
+            .map(|(i, part)| {
+                let session = &sessions[&commits[i].session_id];
+                async move {
+                    let started = std::time::Instant::now();
+                    if session.part_count != 1 {
+                        return Err(CompletionError::Internal(format!(
+                            "session {} has {} parts, not one",
+                            session.id, session.part_count
+                        )));
+                    }
+                    let inode = part.staging_inode.unwrap_or_default() as u32;
+                    let finish = self
+                        .finish_file(session, std::slice::from_ref(part), &[inode])
+                        .await?;
+                    Ok((i, finish, started.elapsed()))
+                }
+            });
+        let finished = futures::future::try_join_all(finishing)
+            .await
+            .inspect_err(|_| self.completion_failed())?;
+        let mut completed = vec![false; commits.len()];
+        let mut done = Vec::new();
+        let mut ended = Vec::new();
+        for (i, finish, own_time) in &finished {
+            let session = &sessions[&commits[*i].session_id];
+            match finish {
+                Finish::Completed {
+                    md5,
+                    crc,
+                    final_inode,
+                } => {
+                    completed[*i] = true;
+                    done.push(crate::store::SessionDone {
+                        session,
+                        md5: md5.as_deref(),
+                        crc32c: *crc,
+                        final_inode: *final_inode,
+                    });
+                    ended.push((state::COMPLETED, session.created_at, Some(*own_time)));
+                }
+                Finish::Failed(why) => {
+                    self.finish_failed(&mut tx, session, why.clone()).await?;
+                    ended.push((state::FAILED, session.created_at, None));
+                }
             }
-            let created_at = session.as_ref().map(|s| s.created_at);
-            let completing = std::time::Instant::now();
-            let completion = self
-                .complete_in_tx(&mut tx, session, part.map(|p| vec![p]))
-                .await
-                .inspect_err(|_| self.completion_failed())?;
-            if let (Some(state), Some(created_at)) = (completion.final_state(), created_at) {
-                finished.push((state, created_at, completing.elapsed()));
-            }
-            results.push((
-                CommitOutcome::Committed {
-                    all_committed: true,
-                },
-                matches!(completion, Completion::Completed { .. }),
-            ));
         }
+        Store::complete_all_in(&mut tx, &done).await?;
         let committing = std::time::Instant::now();
         tx.commit().await?;
         let commit_time = committing.elapsed();
         let m = crate::metrics::metrics();
-        for (state, created_at, own_time) in finished {
-            if state == state::COMPLETED {
+        for (state, created_at, own_time) in ended {
+            if let Some(own_time) = own_time {
                 // Its own work plus the commit that made it visible.
                 m.completion_duration
                     .observe((own_time + commit_time).as_secs_f64());
             }
             crate::metrics::session_finished(state, created_at);
         }
-        Ok(results)
+        Ok(committed
+            .iter()
+            .zip(completed)
+            .map(|((outcome, part), completed)| match part {
+                Some(_) => (
+                    CommitOutcome::Committed {
+                        all_committed: true,
+                    },
+                    completed,
+                ),
+                None => (*outcome, false),
+            })
+            .collect())
     }
 
     /// Marks a session failed (if still open) and returns the error to report.
@@ -1004,29 +1058,45 @@ impl Ingest {
                 _ => return Ok(Completion::NotReady),
             }
         }
+        let finish = self.finish_file(&session, &parts, &inodes).await?;
+        self.record_finish(tx, &session, parts.len(), finish).await
+    }
+
+    /// The MooseFS side of a completion, nothing recorded yet: checks the
+    /// whole-file CRC-32C (combined from the parts'), puts the file in place
+    /// (a rename of a single part, an assembly of several), checks the MD5.
+    /// Recognises a file a crashed run already put in place.
+    async fn finish_file(
+        &self,
+        session: &Session,
+        parts: &[crate::store::Part],
+        inodes: &[u32],
+    ) -> Result<Finish, CompletionError> {
         let dest = self.cfg.dest_path(&session.dest)?;
         let (parent_path, dest_name) = dest.split_last().expect("dest is not the root");
         let parent = match self.dirs.ensure(&self.mfs, &parent_path).await {
             Ok(p) => p,
             Err(MfsError::NotDirectory(_)) => {
                 let why = format!("a parent of {} is a file", session.dest);
-                return self.finish_failed(tx, &session, why).await;
+                return Ok(Finish::Failed(why));
             }
             Err(e) => return Err(e.into()),
         };
 
         // Whole-file CRC-32C from the parts' CRCs, no data read.
-        let mut crc = 0u32;
-        for p in &parts {
-            crc = crc32c::crc32c_combine(crc, p.crc32c.unwrap_or(0) as u32, p.size as usize);
-        }
+        let crc = match parts {
+            [one] => one.crc32c.unwrap_or(0) as u32,
+            _ => parts.iter().fold(0u32, |crc, p| {
+                crc32c::crc32c_combine(crc, p.crc32c.unwrap_or(0) as u32, p.size as usize)
+            }),
+        };
         if let Some(expected) = session.expected_crc32c {
             if expected as u32 != crc {
                 let why = format!(
                     "crc32c mismatch: expected {:08x}, the data has {crc:08x}",
                     expected as u32
                 );
-                return self.finish_failed(tx, &session, why).await;
+                return Ok(Finish::Failed(why));
             }
         }
         let single_md5 = (parts.len() == 1).then(|| parts[0].md5.clone()).flatten();
@@ -1057,7 +1127,7 @@ impl Ingest {
                 "destination {} exists (set \"overwrite\": true to replace it)",
                 session.dest
             );
-            return self.finish_failed(tx, &session, why).await;
+            return Ok(Finish::Failed(why));
         }
 
         let final_inode = if already_ours {
@@ -1069,7 +1139,7 @@ impl Ingest {
                 .await?;
             inodes[0]
         } else {
-            self.assemble(&session, &parts, &inodes, parent, dest_name)
+            self.assemble(session, parts, inodes, parent, dest_name)
                 .await?
         };
 
@@ -1083,15 +1153,40 @@ impl Ingest {
                 let why = format!("md5 mismatch: expected {expected}, the data has {actual}");
                 // The file is in place but wrong: move it out of the way.
                 let _ = self.mfs.unlink(parent, dest_name).await;
-                return self.finish_failed(tx, &session, why).await;
+                return Ok(Finish::Failed(why));
             }
         }
-        Store::complete_in(tx, &session, md5.as_deref(), crc, final_inode).await?;
-        // A single part IS the final file; the parts of an assembly are garbage.
-        if parts.len() > 1 {
-            Store::abandon_parts_in(tx, id).await?;
+        Ok(Finish::Completed {
+            md5,
+            crc,
+            final_inode,
+        })
+    }
+
+    /// Records what [`Ingest::finish_file`] decided, in the transaction
+    /// holding the session row.
+    async fn record_finish(
+        &self,
+        tx: &mut crate::store::Tx,
+        session: &Session,
+        part_count: usize,
+        finish: Finish,
+    ) -> Result<Completion, CompletionError> {
+        match finish {
+            Finish::Completed {
+                md5,
+                crc,
+                final_inode,
+            } => {
+                Store::complete_in(tx, session, md5.as_deref(), crc, final_inode).await?;
+                // A single part IS the final file; the parts of an assembly are garbage.
+                if part_count > 1 {
+                    Store::abandon_parts_in(tx, session.id).await?;
+                }
+                Ok(Completion::Completed { final_inode })
+            }
+            Finish::Failed(why) => self.finish_failed(tx, session, why).await,
         }
-        Ok(Completion::Completed { final_inode })
     }
 
     async fn finish_failed(

@@ -56,6 +56,15 @@ impl From<sqlx::Error> for StoreError {
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 /// Every part of one session, in order.
+/// A session whose file is in place, as [`Store::complete_all_in`] records it.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionDone<'a> {
+    pub session: &'a Session,
+    pub md5: Option<&'a str>,
+    pub crc32c: u32,
+    pub final_inode: u32,
+}
+
 const PARTS_OF_SESSION: &str =
     "SELECT session_id, part_number, part_offset, size, attempts, committed_token,
         staging_inode, staging_path, md5, crc32c, worker
@@ -472,17 +481,30 @@ impl Store {
 
     /// Records the part inside a transaction that holds its session row
     /// locked (`session_state` as read under that lock; `None` if there is no
-    /// such session): if the session is not open, or a newer attempt already
-    /// committed, the staging inode is recorded as abandoned; a replaced older
-    /// inode is recorded as abandoned. `Committed` carries
-    /// `all_committed: false`: the caller counts the parts itself; it comes
-    /// with the part row as committed (read inside the transaction).
+    /// such session); see [`Store::commit_parts_in`].
     pub async fn commit_part_in(
         tx: &mut Tx,
         c: &PartCommit<'_>,
         session_state: Option<&str>,
     ) -> Result<(CommitOutcome, Option<Part>), StoreError> {
-        let abandon_ours = |reason: &'static str| Abandon {
+        let mut one = Self::commit_parts_in(tx, std::slice::from_ref(c), &[session_state]).await?;
+        Ok(one.pop().expect("one result per commit"))
+    }
+
+    /// Records parts inside a transaction that holds their sessions' rows
+    /// locked (`session_states[i]` as read under that lock for `commits[i]`;
+    /// `None` if there is no such session), in three statements whatever
+    /// their number: if a session is not open, or a newer attempt already
+    /// committed, the staging inode is recorded as abandoned; a replaced
+    /// older inode is recorded as abandoned. `Committed` carries
+    /// `all_committed: false` (the caller counts the parts itself) and
+    /// comes with the part row as committed. One result per commit, in order.
+    pub async fn commit_parts_in(
+        tx: &mut Tx,
+        commits: &[PartCommit<'_>],
+        session_states: &[Option<&str>],
+    ) -> Result<Vec<(CommitOutcome, Option<Part>)>, StoreError> {
+        let abandon_ours = |c: &PartCommit<'_>, reason: &'static str| Abandon {
             inode: c.staging_inode as i64,
             path: c.staging_path.to_string(),
             session_id: c.session_id,
@@ -490,60 +512,166 @@ impl Store {
             token: c.token,
             reason,
         };
-        if session_state != Some(state::OPEN) {
-            abandon(tx, &abandon_ours("session no longer open")).await?;
-            return Ok((CommitOutcome::SessionClosed, None));
+        let mut outcomes: Vec<Option<CommitOutcome>> = vec![None; commits.len()];
+        let mut abandons = Vec::new();
+        let open: Vec<usize> = (0..commits.len())
+            .filter(|&i| session_states[i] == Some(state::OPEN))
+            .collect();
+        for (i, c) in commits.iter().enumerate() {
+            if session_states[i] != Some(state::OPEN) {
+                abandons.push(abandon_ours(c, "session no longer open"));
+                outcomes[i] = Some(CommitOutcome::SessionClosed);
+            }
         }
-        let current: (Option<i32>, Option<i64>, Option<String>) = sqlx::query_as(
-            "SELECT committed_token, staging_inode, staging_path FROM upload_parts
-              WHERE session_id = $1 AND part_number = $2 FOR UPDATE",
+        #[derive(FromRow)]
+        struct Current {
+            session_id: Uuid,
+            part_number: i32,
+            committed_token: Option<i32>,
+            staging_inode: Option<i64>,
+            staging_path: Option<String>,
+        }
+        let current: Vec<Current> = sqlx::query_as(
+            "SELECT p.session_id, p.part_number, p.committed_token, p.staging_inode,
+                        p.staging_path
+                   FROM upload_parts p
+                   JOIN UNNEST($1::uuid[], $2::int[]) AS j(session_id, part_number)
+                     ON p.session_id = j.session_id AND p.part_number = j.part_number
+                  ORDER BY p.session_id, p.part_number
+                    FOR UPDATE OF p",
         )
-        .bind(c.session_id)
-        .bind(c.part_number)
-        .fetch_one(&mut **tx)
+        .bind(
+            open.iter()
+                .map(|&i| commits[i].session_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            open.iter()
+                .map(|&i| commits[i].part_number)
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&mut **tx)
         .await?;
-        if current.0.is_some_and(|t| t >= c.token) {
-            abandon(tx, &abandon_ours("a newer attempt committed first")).await?;
-            return Ok((CommitOutcome::Superseded, None));
-        }
-        if let (Some(old_token), Some(old_inode), Some(old_path)) = current {
-            abandon(
-                tx,
-                &Abandon {
-                    inode: old_inode,
-                    path: old_path,
+        let current: std::collections::HashMap<(Uuid, i32), _> = current
+            .into_iter()
+            .map(|c| {
+                (
+                    (c.session_id, c.part_number),
+                    (c.committed_token, c.staging_inode, c.staging_path),
+                )
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for &i in &open {
+            let c = &commits[i];
+            let Some((token, inode, path)) = current.get(&(c.session_id, c.part_number)) else {
+                return Err(StoreError::SameBatch(format!(
+                    "part {} of session {} does not exist",
+                    c.part_number, c.session_id
+                )));
+            };
+            if token.is_some_and(|t| t >= c.token) {
+                abandons.push(abandon_ours(c, "a newer attempt committed first"));
+                outcomes[i] = Some(CommitOutcome::Superseded);
+                continue;
+            }
+            if let (Some(old_token), Some(old_inode), Some(old_path)) = (token, inode, path) {
+                abandons.push(Abandon {
+                    inode: *old_inode,
+                    path: old_path.clone(),
                     session_id: c.session_id,
                     part_number: c.part_number,
-                    token: old_token,
+                    token: *old_token,
                     reason: "replaced by a newer attempt",
-                },
-            )
-            .await?;
+                });
+            }
+            winners.push(i);
         }
-        let part: Part = sqlx::query_as(
-            "UPDATE upload_parts
-                SET committed_token = $3, staging_inode = $4, staging_path = $5, md5 = $6,
-                    crc32c = $7, worker = $8, committed_at = clock_timestamp()
-              WHERE session_id = $1 AND part_number = $2
-             RETURNING session_id, part_number, part_offset, size, attempts, committed_token,
-                       staging_inode, staging_path, md5, crc32c, worker",
-        )
-        .bind(c.session_id)
-        .bind(c.part_number)
-        .bind(c.token)
-        .bind(c.staging_inode as i64)
-        .bind(c.staging_path)
-        .bind(c.md5)
-        .bind(c.crc32c as i64)
-        .bind(c.worker)
-        .fetch_one(&mut **tx)
-        .await?;
-        Ok((
-            CommitOutcome::Committed {
-                all_committed: false,
-            },
-            Some(part),
-        ))
+        abandon_all(tx, &abandons).await?;
+        let rows: Vec<Part> = if winners.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_as(
+                "UPDATE upload_parts p
+                    SET committed_token = c.token, staging_inode = c.inode,
+                        staging_path = c.path, md5 = c.md5, crc32c = c.crc32c,
+                        worker = c.worker, committed_at = clock_timestamp()
+                   FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::bigint[], $5::text[],
+                               $6::text[], $7::bigint[], $8::text[])
+                        AS c(session_id, part_number, token, inode, path, md5, crc32c, worker)
+                  WHERE p.session_id = c.session_id AND p.part_number = c.part_number
+                 RETURNING p.session_id, p.part_number, p.part_offset, p.size, p.attempts,
+                           p.committed_token, p.staging_inode, p.staging_path, p.md5,
+                           p.crc32c, p.worker",
+            )
+            .bind(
+                winners
+                    .iter()
+                    .map(|&i| commits[i].session_id)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                winners
+                    .iter()
+                    .map(|&i| commits[i].part_number)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                winners
+                    .iter()
+                    .map(|&i| commits[i].token)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                winners
+                    .iter()
+                    .map(|&i| commits[i].staging_inode as i64)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                winners
+                    .iter()
+                    .map(|&i| commits[i].staging_path)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                winners
+                    .iter()
+                    .map(|&i| commits[i].md5)
+                    .collect::<Vec<Option<&str>>>(),
+            )
+            .bind(
+                winners
+                    .iter()
+                    .map(|&i| commits[i].crc32c as i64)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                winners
+                    .iter()
+                    .map(|&i| commits[i].worker)
+                    .collect::<Vec<_>>(),
+            )
+            .fetch_all(&mut **tx)
+            .await?
+        };
+        let mut rows: std::collections::HashMap<(Uuid, i32), Part> = rows
+            .into_iter()
+            .map(|p| ((p.session_id, p.part_number), p))
+            .collect();
+        Ok(commits
+            .iter()
+            .zip(outcomes)
+            .map(|(c, outcome)| match outcome {
+                Some(o) => (o, None),
+                None => (
+                    CommitOutcome::Committed {
+                        all_committed: false,
+                    },
+                    rows.remove(&(c.session_id, c.part_number)),
+                ),
+            })
+            .collect())
     }
 
     /// Records a staging inode that never made it to a commit (the attempt
@@ -611,8 +739,7 @@ impl Store {
             .await?)
     }
 
-    /// Marks a locked session completed and queues its event (one
-    /// statement: the event row is inserted from the updated session row).
+    /// Marks a locked session completed and queues its event.
     pub async fn complete_in(
         tx: &mut Tx,
         session: &Session,
@@ -620,35 +747,70 @@ impl Store {
         crc32c: u32,
         final_inode: u32,
     ) -> Result<(), StoreError> {
-        let event = UploadEvent {
-            event: "upload.completed".into(),
-            session_id: session.id,
-            request_id: session.request_id.clone(),
-            dest: session.dest.clone(),
-            size: session.size as u64,
-            md5: md5.map(str::to_string),
-            crc32c: Some(crc32c),
-            error: None,
-        };
-        let out = Outgoing::event(&event);
-        let payload = outbox_payload(&out)?;
-        sqlx::query(
-            "WITH completed AS (
-                 UPDATE upload_sessions
-                    SET state = 'completed', md5 = $2, crc32c = $3, final_inode = $4,
-                        updated_at = now(), finished_at = clock_timestamp()
-                  WHERE id = $1
-                 RETURNING id)
-             INSERT INTO outbox (exchange, routing_key, payload)
-             SELECT $5, $6, $7 FROM completed",
+        Self::complete_all_in(
+            tx,
+            &[SessionDone {
+                session,
+                md5,
+                crc32c,
+                final_inode,
+            }],
         )
-        .bind(session.id)
-        .bind(md5)
-        .bind(crc32c as i64)
-        .bind(final_inode as i64)
-        .bind(&out.exchange)
-        .bind(&out.queue)
-        .bind(payload)
+        .await
+    }
+
+    /// Marks locked sessions completed and queues their events, in one
+    /// statement (each event row is inserted from its updated session row).
+    pub async fn complete_all_in(tx: &mut Tx, done: &[SessionDone<'_>]) -> Result<(), StoreError> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let events: Vec<Outgoing> = done
+            .iter()
+            .map(|d| {
+                Outgoing::event(&UploadEvent {
+                    event: "upload.completed".into(),
+                    session_id: d.session.id,
+                    request_id: d.session.request_id.clone(),
+                    dest: d.session.dest.clone(),
+                    size: d.session.size as u64,
+                    md5: d.md5.map(str::to_string),
+                    crc32c: Some(d.crc32c),
+                    error: None,
+                })
+            })
+            .collect();
+        let payloads = events
+            .iter()
+            .map(outbox_payload)
+            .collect::<Result<Vec<_>, _>>()?;
+        sqlx::query(
+            "WITH v AS (
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::bigint[],
+                                      $5::jsonb[])
+                          AS v(id, md5, crc32c, final_inode, payload)),
+             completed AS (
+                 UPDATE upload_sessions s
+                    SET state = 'completed', md5 = v.md5, crc32c = v.crc32c,
+                        final_inode = v.final_inode, updated_at = now(),
+                        finished_at = clock_timestamp()
+                   FROM v
+                  WHERE s.id = v.id
+                 RETURNING s.id)
+             INSERT INTO outbox (exchange, routing_key, payload)
+             SELECT $6, $7, v.payload FROM v JOIN completed USING (id)",
+        )
+        .bind(done.iter().map(|d| d.session.id).collect::<Vec<_>>())
+        .bind(done.iter().map(|d| d.md5).collect::<Vec<Option<&str>>>())
+        .bind(done.iter().map(|d| d.crc32c as i64).collect::<Vec<_>>())
+        .bind(
+            done.iter()
+                .map(|d| d.final_inode as i64)
+                .collect::<Vec<_>>(),
+        )
+        .bind(payloads)
+        .bind(&events[0].exchange)
+        .bind(&events[0].queue)
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -921,16 +1083,25 @@ struct Abandon {
 }
 
 async fn abandon(tx: &mut Tx, a: &Abandon) -> Result<(), StoreError> {
+    abandon_all(tx, std::slice::from_ref(a)).await
+}
+
+/// Records staging inodes as abandoned, in one statement.
+async fn abandon_all(tx: &mut Tx, all: &[Abandon]) -> Result<(), StoreError> {
+    if all.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
         "INSERT INTO abandoned_inodes (inode, path, session_id, part_number, fencing_token, reason)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::uuid[], $4::int[], $5::int[],
+                              $6::text[])",
     )
-    .bind(a.inode)
-    .bind(&a.path)
-    .bind(a.session_id)
-    .bind(a.part_number)
-    .bind(a.token)
-    .bind(a.reason)
+    .bind(all.iter().map(|a| a.inode).collect::<Vec<_>>())
+    .bind(all.iter().map(|a| a.path.as_str()).collect::<Vec<_>>())
+    .bind(all.iter().map(|a| a.session_id).collect::<Vec<_>>())
+    .bind(all.iter().map(|a| a.part_number).collect::<Vec<_>>())
+    .bind(all.iter().map(|a| a.token).collect::<Vec<_>>())
+    .bind(all.iter().map(|a| a.reason).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())

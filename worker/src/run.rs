@@ -230,35 +230,51 @@ struct Claimed {
     lease: Lease,
 }
 
-/// Asks Redis about every job (the calls share one connection, pipelined).
-/// Jobs marked done are counted as duplicates and left out.
+/// Asks Redis about every job, in one round trip. Jobs marked done are
+/// counted as duplicates and left out.
 async fn claim(ctx: &WorkerCtx, jobs: &[PartJob]) -> Vec<Claimed> {
-    let answers = futures::future::join_all(jobs.iter().map(|job| async move {
-        let done_key = part_done_key(job.session_id, job.part_number);
-        let lease_key = part_lease_key(job.session_id, job.part_number);
-        let claim = ctx
-            .idempotency
-            .claim_part(&done_key, &lease_key, &ctx.worker_id, ctx.lease_ttl)
-            .await;
-        (*job, done_key, lease_key, claim)
-    }))
-    .await;
-    answers
-        .into_iter()
-        .filter_map(|(job, done_key, lease_key, claim)| match claim {
+    let keys: Vec<(String, String)> = jobs
+        .iter()
+        .map(|job| {
+            (
+                part_done_key(job.session_id, job.part_number),
+                part_lease_key(job.session_id, job.part_number),
+            )
+        })
+        .collect();
+    let key_refs: Vec<(&str, &str)> = keys.iter().map(|(d, l)| (d.as_str(), l.as_str())).collect();
+    let answers = ctx
+        .idempotency
+        .claim_parts(&key_refs, &ctx.worker_id, ctx.lease_ttl)
+        .await;
+    jobs.iter()
+        .zip(keys)
+        .zip(answers)
+        .filter_map(|((job, (done_key, lease_key)), claim)| match claim {
             PartClaim::Done => {
                 tracing::debug!(?job, "duplicate job suppressed");
                 metrics().duplicate_jobs.with_label_values(&["redis"]).inc();
                 None
             }
             PartClaim::Lease(lease) => Some(Claimed {
-                job,
+                job: *job,
                 done_key,
                 lease_key,
                 lease,
             }),
         })
         .collect()
+}
+
+/// Tells Redis how the attempts ended, in one round trip: done markers for
+/// the parts that need no more work, and our leases released.
+async fn finish(ctx: &WorkerCtx, ended: &[(&Claimed, bool)]) {
+    let parts: Vec<(&str, &str, bool)> = ended
+        .iter()
+        .filter(|(c, done)| *done || c.lease == Lease::Acquired)
+        .map(|(c, done)| (c.done_key.as_str(), c.lease_key.as_str(), *done))
+        .collect();
+    ctx.idempotency.finish_parts(&parts, &ctx.worker_id).await;
 }
 
 fn outcome_label(result: &Result<PartOutcome, PartError>) -> &'static str {
@@ -280,14 +296,15 @@ enum Next {
     GiveUp(String),
 }
 
-/// Records one attempt's end (metrics, log, Redis) and says what comes next.
+/// Records one attempt's end (metrics, log) and says what comes next, and
+/// whether the part needs no more work (for Redis, see [`finish`]).
 async fn settle(
     ctx: &WorkerCtx,
     claimed: &Claimed,
     attempt: i64,
     started: std::time::Instant,
     result: Result<PartOutcome, PartError>,
-) -> Next {
+) -> (Next, bool) {
     let job = claimed.job;
     metrics()
         .part_duration
@@ -325,12 +342,7 @@ async fn settle(
             }
         }
     };
-    if done || claimed.lease == Lease::Acquired {
-        ctx.idempotency
-            .finish_part(&claimed.done_key, &claimed.lease_key, &ctx.worker_id, done)
-            .await;
-    }
-    next
+    (next, done)
 }
 
 /// What a job whose lease someone else holds becomes: looked at again
@@ -360,7 +372,9 @@ async fn handle_single(ctx: &WorkerCtx, delivery: Delivery, job: PartJob, attemp
             .ingest
             .run_part(&job, &ctx.worker_id, &AttemptHooks::default())
             .await;
-        settle(ctx, &claimed, attempt, started, result).await
+        let (next, done) = settle(ctx, &claimed, attempt, started, result).await;
+        finish(ctx, &[(&claimed, done)]).await;
+        next
     };
     match next {
         Next::Finished => ack(&delivery).await,
@@ -391,9 +405,13 @@ async fn handle_group(ctx: &WorkerCtx, delivery: Delivery, jobs: &[PartJob], att
             .ingest
             .run_parts_together(&ours_jobs, &ctx.worker_id)
             .await;
+        let mut ended = Vec::with_capacity(ours.len());
         for (c, result) in ours.iter().zip(results) {
-            after.push((c.job, settle(ctx, c, attempt, started, result).await));
+            let (next, done) = settle(ctx, c, attempt, started, result).await;
+            after.push((c.job, next));
+            ended.push((*c, done));
         }
+        finish(ctx, &ended).await;
     }
     let mut messages = Vec::new();
     let mut retries: Vec<&'static str> = Vec::new();
