@@ -1,7 +1,8 @@
 //! The Redis claim/finish scripts against the real Redis (`REDIS_URL`,
 //! default redis://127.0.0.1:6379/): one round trip before a part (done
 //! marker, else lease) and one after (mark done, release only our lease);
-//! an unreachable Redis answers "unknown" instead of failing.
+//! an unreachable Redis answers "unknown" instead of failing; a group of
+//! parts is claimed and finished in one pipelined round trip each.
 
 use std::time::Duration;
 
@@ -73,4 +74,58 @@ async fn unreachable_redis_answers_unknown() {
     );
     redis.finish_part(&done, &lease, "w", true).await;
     assert!(redis.error_count() >= 2);
+}
+
+#[tokio::test]
+async fn a_group_is_claimed_and_finished_in_one_round_trip_each() {
+    let redis = Idempotency::new(&redis_url());
+    let session = uuid::Uuid::new_v4();
+    let keys: Vec<(String, String)> = (0..3)
+        .map(|n| (part_done_key(session, n), part_lease_key(session, n)))
+        .collect();
+    let refs: Vec<(&str, &str)> = keys.iter().map(|(d, l)| (d.as_str(), l.as_str())).collect();
+    let ttl = Duration::from_secs(30);
+    // Part 1 is done already and part 2 is someone else's.
+    redis
+        .finish_part(refs[1].0, refs[1].1, "earlier", true)
+        .await;
+    assert_eq!(
+        redis
+            .claim_part(refs[2].0, refs[2].1, "worker-b", ttl)
+            .await,
+        PartClaim::Lease(Lease::Acquired)
+    );
+    assert_eq!(
+        redis.claim_parts(&refs, "worker-a", ttl).await,
+        vec![
+            PartClaim::Lease(Lease::Acquired),
+            PartClaim::Done,
+            PartClaim::Lease(Lease::Held),
+        ]
+    );
+    // Finishing the group marks part 0 done and releases only our lease.
+    redis
+        .finish_parts(
+            &[(refs[0].0, refs[0].1, true), (refs[2].0, refs[2].1, false)],
+            "worker-a",
+        )
+        .await;
+    assert_eq!(
+        redis.claim_parts(&refs, "worker-c", ttl).await,
+        vec![
+            PartClaim::Done,
+            PartClaim::Done,
+            PartClaim::Lease(Lease::Held),
+        ]
+    );
+    assert_eq!(redis.error_count(), 0);
+
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut del = redis::cmd("DEL");
+    for (d, l) in &keys {
+        del.arg(d).arg(l);
+    }
+    let removed: i64 = del.query_async(&mut conn).await.unwrap();
+    assert_eq!(removed, 3, "two done markers and worker-b's lease");
 }
