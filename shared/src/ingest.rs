@@ -821,30 +821,8 @@ impl Ingest {
         &self,
         commit: &PartCommit<'_>,
     ) -> Result<(CommitOutcome, bool), PartError> {
-        let together = async {
-            let (mut tx, session) = self.store.lock_session(commit.session_id).await?;
-            let state = session.as_ref().map(|s| s.state.as_str());
-            let (committed, part) = Store::commit_part_in(&mut tx, commit, state).await?;
-            if !matches!(committed, CommitOutcome::Committed { .. }) {
-                tx.commit().await?;
-                return Ok((committed, false));
-            }
-            // The session's only part is the row just committed, in this
-            // very transaction: no second read of the part list.
-            let completion = self
-                .complete_locked(tx, session, part.map(|p| vec![p]))
-                .await?;
-            let completed = matches!(completion, Completion::Completed { .. });
-            Ok::<_, CompletionError>((
-                CommitOutcome::Committed {
-                    all_committed: true,
-                },
-                completed,
-            ))
-        }
-        .await;
-        match together {
-            Ok(done) => Ok(done),
+        match self.commit_single_parts(std::slice::from_ref(commit)).await {
+            Ok(mut one) => Ok(one.pop().expect("one result per commit")),
             Err(e) => {
                 tracing::warn!(session = %commit.session_id, error = %e,
                     "completing together with the commit failed; committing the part alone");

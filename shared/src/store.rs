@@ -55,7 +55,6 @@ impl From<sqlx::Error> for StoreError {
 /// The migrations in `migrations/`, embedded.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
-/// Every part of one session, in order.
 /// A session whose file is in place, as [`Store::complete_all_in`] records it.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionDone<'a> {
@@ -65,6 +64,7 @@ pub struct SessionDone<'a> {
     pub final_inode: u32,
 }
 
+/// Every part of one session, in order.
 const PARTS_OF_SESSION: &str =
     "SELECT session_id, part_number, part_offset, size, attempts, committed_token,
         staging_inode, staging_path, md5, crc32c, worker
@@ -278,24 +278,23 @@ impl Store {
         let mut jobs = Vec::new();
         let mut grouped = Vec::new();
         for session in &created {
-            if session.part_count == 1 && session.size as u64 <= PART_GROUP_MAX_FILE_BYTES {
-                grouped.push(PartJob {
-                    session_id: session.id,
-                    part_number: 0,
-                });
-            }
+            // Small single-part files travel in groups, every other part alone.
+            let queue =
+                if session.part_count == 1 && session.size as u64 <= PART_GROUP_MAX_FILE_BYTES {
+                    &mut grouped
+                } else {
+                    &mut jobs
+                };
             for n in 0..session.part_count {
                 let offset = n as i64 * session.part_size;
                 part_sessions.push(session.id);
                 numbers.push(n);
                 offsets.push(offset);
                 sizes.push((session.size - offset).min(session.part_size));
-                if !(session.part_count == 1 && session.size as u64 <= PART_GROUP_MAX_FILE_BYTES) {
-                    jobs.push(PartJob {
-                        session_id: session.id,
-                        part_number: n,
-                    });
-                }
+                queue.push(PartJob {
+                    session_id: session.id,
+                    part_number: n,
+                });
             }
         }
         if !created.is_empty() {
@@ -393,21 +392,10 @@ impl Store {
         job: &PartJob,
         worker: &str,
     ) -> Result<Option<AttemptStart>, StoreError> {
-        Ok(sqlx::query_as(
-            "UPDATE upload_parts p
-                SET attempts = p.attempts + 1, worker = $3
-               FROM upload_sessions s
-              WHERE p.session_id = $1 AND p.part_number = $2
-                AND p.committed_token IS NULL
-                AND s.id = p.session_id AND s.state = 'open'
-             RETURNING p.attempts AS token, p.part_offset, p.size, s.source,
-                       s.size AS session_size, s.goal, s.part_count",
-        )
-        .bind(job.session_id)
-        .bind(job.part_number)
-        .bind(worker)
-        .fetch_optional(&self.pool)
-        .await?)
+        let mut one = self
+            .start_attempts(std::slice::from_ref(job), worker)
+            .await?;
+        Ok(one.pop().flatten())
     }
 
     /// [`Store::start_attempt`] for several parts in one statement: one

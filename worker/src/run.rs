@@ -19,7 +19,7 @@ use lapin::options::BasicAckOptions;
 use lapin::types::AMQPValue;
 use shared::config::ServiceArgs;
 use shared::idempotency::{part_done_key, part_lease_key, Idempotency, Lease, PartClaim};
-use shared::ingest::{AttemptHooks, Ingest, PartError, PartOutcome, WriteBudget};
+use shared::ingest::{Ingest, PartError, PartOutcome, WriteBudget};
 use shared::jobs::{
     header_i64, Outgoing, PartJob, PartMessage, Publisher, ATTEMPT_HEADER, PARTS_QUEUE,
     PARTS_RETRY_QUEUE,
@@ -170,24 +170,6 @@ fn retry_message(payload: Vec<u8>, attempt: i64) -> Outgoing {
     }
 }
 
-/// Hands the job to the retry queue (it comes back after the retry delay)
-/// and acks the original; if that publish fails the original is requeued.
-/// `reason` labels `mfs_ingest_parts_retried_total`.
-async fn retry_later(ctx: &WorkerCtx, delivery: &Delivery, attempt: i64, reason: &str) {
-    let message = retry_message(delivery.data.clone(), attempt);
-    match ctx.publisher.publish_all(&[message]).await {
-        Ok(()) => {
-            metrics().parts_retried.with_label_values(&[reason]).inc();
-            ack(delivery).await
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot publish the retry; requeueing");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            requeue(delivery).await;
-        }
-    }
-}
-
 async fn dead_letter(ctx: &WorkerCtx, delivery: &Delivery, reason: &str) {
     let message = Outgoing::dead_letter(&delivery.data, PARTS_QUEUE, reason);
     match ctx.publisher.publish_all(&[message]).await {
@@ -216,10 +198,7 @@ async fn handle(ctx: &WorkerCtx, delivery: Delivery) {
         }
     };
     let attempt = header_i64(&delivery.properties, ATTEMPT_HEADER).unwrap_or(0);
-    match message {
-        PartMessage::Single(job) => handle_single(ctx, delivery, job, attempt).await,
-        PartMessage::Group(group) => handle_group(ctx, delivery, &group.jobs, attempt).await,
-    }
+    handle_jobs(ctx, delivery, message.jobs(), attempt).await;
 }
 
 /// Redis's answer for one job, with its keys.
@@ -358,38 +337,14 @@ fn next_for_held(ctx: &WorkerCtx, attempt: i64) -> Next {
     }
 }
 
-async fn handle_single(ctx: &WorkerCtx, delivery: Delivery, job: PartJob, attempt: i64) {
-    let _in_flight = InFlight::new(&ctx.worker_id);
-    let Some(claimed) = claim(ctx, &[job]).await.pop() else {
-        ack(&delivery).await;
-        return;
-    };
-    let next = if claimed.lease == Lease::Held {
-        next_for_held(ctx, attempt)
-    } else {
-        let started = std::time::Instant::now();
-        let result = ctx
-            .ingest
-            .run_part(&job, &ctx.worker_id, &AttemptHooks::default())
-            .await;
-        let (next, done) = settle(ctx, &claimed, attempt, started, result).await;
-        finish(ctx, &[(&claimed, done)]).await;
-        next
-    };
-    match next {
-        Next::Finished => ack(&delivery).await,
-        Next::Retry { attempt, reason } => retry_later(ctx, &delivery, attempt, reason).await,
-        Next::GiveUp(reason) => dead_letter(ctx, &delivery, &reason).await,
-    }
-}
-
-/// A group of single-part files' jobs: claimed together, written side by
-/// side, committed in one transaction. Jobs that must be tried again leave
-/// the group: each goes to the retry queue as a message of its own (or to
-/// the dead-letter queue), and the group is acked only once they are all
-/// published; if that fails the whole group is requeued (its committed
+/// The jobs of one message (one job, or a group of single-part files'
+/// jobs): claimed together, written side by side, single-part files
+/// committed in one transaction. Jobs that must be tried again leave the
+/// message: each goes to the retry queue as a message of its own (or to the
+/// dead-letter queue), and the delivery is acked only once they are all
+/// published; if that fails the whole delivery is requeued (its committed
 /// jobs are then recognised as done).
-async fn handle_group(ctx: &WorkerCtx, delivery: Delivery, jobs: &[PartJob], attempt: i64) {
+async fn handle_jobs(ctx: &WorkerCtx, delivery: Delivery, jobs: &[PartJob], attempt: i64) {
     let _in_flight: Vec<InFlight> = jobs.iter().map(|_| InFlight::new(&ctx.worker_id)).collect();
     let claimed = claim(ctx, jobs).await;
     let (held, ours): (Vec<&Claimed>, Vec<&Claimed>) =
@@ -448,7 +403,7 @@ async fn handle_group(ctx: &WorkerCtx, delivery: Delivery, jobs: &[PartJob], att
             ack(&delivery).await
         }
         Err(e) => {
-            tracing::warn!(error = %e, "cannot publish the group's retries; requeueing the group");
+            tracing::warn!(error = %e, "cannot publish the retries; requeueing the message");
             tokio::time::sleep(Duration::from_secs(1)).await;
             requeue(&delivery).await;
         }
