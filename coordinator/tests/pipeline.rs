@@ -906,3 +906,105 @@ async fn a_group_of_small_files_commits_together_and_each_ends_on_its_own() {
         p.staging_files().await
     );
 }
+
+/// After statistics were gathered while every upload was finished, a burst of
+/// new uploads must not make starting a group's attempts walk the partial
+/// indexes of pending parts and open sessions (once per job): the plan goes
+/// through the primary keys, and the statement still starts exactly the
+/// uncommitted parts of open sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_a_group_uses_the_primary_keys_after_a_burst_of_new_uploads() {
+    let p = Pipeline::new("plan").await;
+    let pool = &p.ingest.store.pool;
+    let sessions = |prefix: &str, n: i32, state: &str| {
+        format!(
+            "WITH s AS (
+                 INSERT INTO upload_sessions (id, request_id, source, dest, size, part_size,
+                                              part_count, goal, state)
+                 SELECT gen_random_uuid(), '{prefix}-' || g, 'file:///x/' || g, '{prefix}/' || g,
+                        65536, 67108864, 1, 3, '{state}'
+                   FROM generate_series(1, {n}) g
+                 RETURNING id)
+             INSERT INTO upload_parts (session_id, part_number, part_offset, size, committed_token)
+             SELECT id, 0, 0, 65536, {token} FROM s",
+            token = if state == "open" { "NULL" } else { "1" }
+        )
+    };
+    sqlx::query(&sessions("done", 20_000, "completed"))
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("ANALYZE upload_sessions, upload_parts")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query(&sessions("new", 5_000, "open"))
+        .execute(pool)
+        .await
+        .unwrap();
+
+    let jobs: Vec<PartJob> = sqlx::query_as::<_, (uuid::Uuid,)>(
+        "SELECT session_id FROM upload_parts WHERE committed_token IS NULL
+          ORDER BY session_id LIMIT 16",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(session_id,)| PartJob {
+        session_id,
+        part_number: 0,
+    })
+    .collect();
+    let ids: Vec<uuid::Uuid> = jobs.iter().map(|j| j.session_id).collect();
+    let numbers = vec![0i32; jobs.len()];
+
+    let mut tx = pool.begin().await.unwrap();
+    let plan: Vec<(String,)> =
+        sqlx::query_as(&format!("EXPLAIN {}", shared::store::START_ATTEMPTS_SQL))
+            .bind(&ids)
+            .bind(&numbers)
+            .bind("plan-test")
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+    tx.rollback().await.unwrap();
+    let plan: String = plan.into_iter().map(|(l,)| l + "\n").collect();
+    assert!(
+        plan.contains("upload_parts_pkey") && plan.contains("upload_sessions_pkey"),
+        "{plan}"
+    );
+    assert!(
+        !plan.contains("upload_parts_pending") && !plan.contains("upload_sessions_open"),
+        "{plan}"
+    );
+
+    let started = p
+        .ingest
+        .store
+        .start_attempts(&jobs, "plan-test")
+        .await
+        .unwrap();
+    assert!(started
+        .iter()
+        .all(|s| s.as_ref().map(|s| s.token) == Some(1)));
+    // A finished upload's part is not started again.
+    let finished: (uuid::Uuid,) =
+        sqlx::query_as("SELECT id FROM upload_sessions WHERE state = 'completed' LIMIT 1")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    let again = p
+        .ingest
+        .store
+        .start_attempts(
+            &[PartJob {
+                session_id: finished.0,
+                part_number: 0,
+            }],
+            "plan-test",
+        )
+        .await
+        .unwrap();
+    assert!(again[0].is_none());
+}
