@@ -3,13 +3,12 @@
 //! scheme and confinement once; `size` and `open_range` do the I/O, each
 //! under a timeout.
 
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use std::io::{Read, Seek};
-
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Why a source cannot be used.
@@ -193,14 +192,12 @@ impl Source {
                     error,
                 };
                 let path = path.clone();
-                let file = tokio::task::spawn_blocking(move || {
+                let file = blocking_io(move || {
                     let mut file = std::fs::File::open(&path)?;
                     file.seek(std::io::SeekFrom::Start(offset))?;
                     Ok(file)
                 })
                 .await
-                .map_err(std::io::Error::other)
-                .and_then(|opened| opened)
                 .map_err(io)?;
                 Ok(Box::pin(file_range_reader(file, len)))
             }
@@ -263,13 +260,12 @@ fn file_range_reader(file: std::fs::File, len: u64) -> impl AsyncRead + Send {
             return Ok::<_, std::io::Error>(None);
         }
         let want = left.min(FILE_READ_BYTES);
-        let (file, piece) = tokio::task::spawn_blocking(move || {
+        let (file, piece) = blocking_io(move || {
             let mut piece = Vec::with_capacity(want as usize);
             (&file).take(want).read_to_end(&mut piece)?;
-            Ok::<_, std::io::Error>((file, piece))
+            Ok((file, piece))
         })
-        .await
-        .map_err(std::io::Error::other)??;
+        .await?;
         if piece.is_empty() {
             return Ok(None);
         }
@@ -277,6 +273,16 @@ fn file_range_reader(file: std::fs::File, len: u64) -> impl AsyncRead + Send {
         Ok(Some((bytes::Bytes::from(piece), (file, left))))
     });
     tokio_util::io::StreamReader::new(pieces)
+}
+
+/// Runs blocking file I/O on the blocking pool; a task that panicked is an
+/// I/O error like any other.
+async fn blocking_io<T: Send + 'static>(
+    io: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(io)
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 async fn file_size(path: &Path) -> Result<u64, SourceError> {
