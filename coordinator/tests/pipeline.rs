@@ -676,6 +676,112 @@ async fn single_part_commit_survives_a_failed_completion_and_files_keep_their_go
     );
 }
 
+/// The transaction id that last wrote each row (`xmin`): the session row and
+/// each part row, in part order.
+async fn writers(p: &Pipeline, session: uuid::Uuid) -> (String, Vec<String>) {
+    let pool = &p.ingest.store.pool;
+    let s: String = sqlx::query_scalar("SELECT xmin::text FROM upload_sessions WHERE id = $1")
+        .bind(session)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let parts: Vec<String> = sqlx::query_scalar(
+        "SELECT xmin::text FROM upload_parts WHERE session_id = $1 ORDER BY part_number",
+    )
+    .bind(session)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    (s, parts)
+}
+
+/// Runs one attempt of a part in this process.
+async fn run_one_part(p: &Pipeline, session_id: uuid::Uuid, part_number: i32) -> PartOutcome {
+    let job = PartJob {
+        session_id,
+        part_number,
+    };
+    p.ingest
+        .run_part(&job, "test-worker", &AttemptHooks::default())
+        .await
+        .unwrap()
+}
+
+/// The last part of a multi-part file is committed and the file completed
+/// in ONE transaction (one commit between the last part and the finished
+/// file): the session row and that part row carry the same `xmin`. When
+/// that completion fails (a directory blocks the destination), the part is
+/// committed alone and a later completion finishes the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn last_part_commit_completes_its_file_in_the_same_transaction() {
+    let p = Pipeline::new("lastpart").await;
+    let run = |session_id, part_number| run_one_part(&p, session_id, part_number);
+
+    let (url, md5) = p.source("three.bin", 150_000, 11);
+    let mut req = p.request("lastpart-ok", &url, "three.bin");
+    req.part_size = Some(65536);
+    let (session, _) = p.ingest.submit(&req).await.unwrap();
+    assert_eq!(session.part_count, 3);
+    // Out of order: the last part to commit is part 1.
+    for part in [2, 0] {
+        assert_eq!(
+            run(session.id, part).await,
+            PartOutcome::Committed { completed: false }
+        );
+    }
+    assert_eq!(
+        run(session.id, 1).await,
+        PartOutcome::Committed { completed: true }
+    );
+    let done = p.ingest.store.session(session.id).await.unwrap().unwrap();
+    assert_eq!(done.state, "completed", "{:?}", done.error);
+    assert_eq!(md5_file(&p.mount_path("three.bin")), md5);
+    let (session_writer, part_writers) = writers(&p, session.id).await;
+    assert_eq!(
+        session_writer, part_writers[1],
+        "the last part and the completion are one transaction"
+    );
+    assert_ne!(part_writers[0], part_writers[1]);
+    assert_ne!(part_writers[2], part_writers[1]);
+
+    // The destination is blocked: the last part is committed on its own.
+    let (url, md5) = p.source("blocked.bin", 150_000, 12);
+    let mut req = p.request("lastpart-blocked", &url, "blocked/two.bin");
+    req.part_size = Some(65536);
+    req.overwrite = true;
+    let (session, _) = p.ingest.submit(&req).await.unwrap();
+    std::fs::create_dir_all(p.mount_path("blocked/two.bin/inside")).unwrap();
+    for part in 0..2 {
+        assert_eq!(
+            run(session.id, part).await,
+            PartOutcome::Committed { completed: false }
+        );
+    }
+    assert_eq!(
+        run(session.id, 2).await,
+        PartOutcome::Committed { completed: false }
+    );
+    let open = p.ingest.store.session(session.id).await.unwrap().unwrap();
+    assert_eq!(open.state, "open");
+    let parts = p.ingest.store.parts(session.id).await.unwrap();
+    assert!(
+        parts.iter().all(|part| part.committed_token == Some(1)),
+        "{parts:?}"
+    );
+    std::fs::remove_dir_all(p.mount_path("blocked/two.bin")).unwrap();
+    assert!(matches!(
+        p.ingest.complete(session.id).await.unwrap(),
+        Completion::Completed { .. }
+    ));
+    assert_eq!(md5_file(&p.mount_path("blocked/two.bin")), md5);
+    while p.ingest.collect_garbage(100).await.unwrap() > 0 {}
+    assert!(
+        p.staging_files().await.is_empty(),
+        "{:?}",
+        p.staging_files().await
+    );
+}
+
 /// A batch message's requests are answered one by one but created together:
 /// a request id seen before, the same new request id twice, a refused item,
 /// an existing destination and a conflicting reuse of a request id, in one

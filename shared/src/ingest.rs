@@ -281,6 +281,14 @@ pub enum Completion {
     Failed(String),
 }
 
+/// Whether a completion transaction that does not finish its session
+/// still commits: yes when it also recorded the session's last part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeepWrites {
+    Yes,
+    No,
+}
+
 /// What the MooseFS side of a completion decided, before it is recorded.
 enum Finish {
     Completed {
@@ -791,24 +799,76 @@ impl Ingest {
         }
     }
 
-    /// Commits a part of a multi-part session (its own transaction, the
-    /// session row shared with the other parts' commits), then completes the
-    /// session if it was the last part. The bool says whether it completed.
+    /// Commits a part of a multi-part session, the session row shared with
+    /// the other parts' commits. If its own transaction sees every other part
+    /// committed, it is the last one: the session row is then taken `FOR
+    /// UPDATE` and the session completed in that same transaction (one
+    /// commit, not two, between the last part and the finished file). If
+    /// that completion cannot finish, the transaction rolls back and the part
+    /// is committed alone, as any part is; its completion follows at once or
+    /// from the reconciler. The bool says whether the session completed.
     async fn commit_one_of_many(
         &self,
         commit: &PartCommit<'_>,
     ) -> Result<(CommitOutcome, bool), PartError> {
-        let committed = self.store.commit_part(commit).await.map_err(transient)?;
-        let completed = matches!(
-            committed,
-            CommitOutcome::Committed {
-                all_committed: true
+        let (mut tx, committed) = self
+            .store
+            .commit_part_open(commit)
+            .await
+            .map_err(transient)?;
+        if committed
+            == (CommitOutcome::Committed {
+                all_committed: true,
+            })
+        {
+            let completion = async move {
+                let session = Store::lock_session_in(&mut tx, commit.session_id).await?;
+                self.complete_locked(tx, session, None, KeepWrites::Yes)
+                    .await
             }
-        ) && matches!(
-            self.complete(commit.session_id).await,
-            Ok(Completion::Completed { .. })
-        );
-        Ok((committed, completed))
+            .await;
+            return match completion {
+                Ok(c) => Ok((committed, matches!(c, Completion::Completed { .. }))),
+                Err(e) => {
+                    tracing::warn!(session = %commit.session_id, error = %e,
+                        "completing together with the last part's commit failed; committing the part alone");
+                    self.commit_then_complete(commit).await
+                }
+            };
+        }
+        tx.commit().await.map_err(transient)?;
+        let committed = self
+            .store
+            .recount_after_commit(commit.session_id, committed)
+            .await
+            .map_err(transient)?;
+        Ok((
+            committed,
+            self.complete_if_last(commit.session_id, committed).await,
+        ))
+    }
+
+    /// Commits a part in its own transaction, then completes the session in
+    /// another if it was the last part. The bool says whether it completed.
+    async fn commit_then_complete(
+        &self,
+        commit: &PartCommit<'_>,
+    ) -> Result<(CommitOutcome, bool), PartError> {
+        let committed = self.store.commit_part(commit).await.map_err(transient)?;
+        Ok((
+            committed,
+            self.complete_if_last(commit.session_id, committed).await,
+        ))
+    }
+
+    /// Completes the session if `committed` says its last part is committed;
+    /// whether it completed (a failed completion is retried later).
+    async fn complete_if_last(&self, id: Uuid, committed: CommitOutcome) -> bool {
+        committed
+            == (CommitOutcome::Committed {
+                all_committed: true,
+            })
+            && matches!(self.complete(id).await, Ok(Completion::Completed { .. }))
     }
 
     /// Commits the only part of a session and completes the session in ONE
@@ -826,7 +886,7 @@ impl Ingest {
             Err(e) => {
                 tracing::warn!(session = %commit.session_id, error = %e,
                     "completing together with the commit failed; committing the part alone");
-                self.commit_one_of_many(commit).await
+                self.commit_then_complete(commit).await
             }
         }
     }
@@ -965,18 +1025,22 @@ impl Ingest {
     /// crash before the commit).
     pub async fn complete(&self, id: Uuid) -> Result<Completion, CompletionError> {
         let (tx, session) = self.store.lock_session(id).await?;
-        self.complete_locked(tx, session, None).await
+        self.complete_locked(tx, session, None, KeepWrites::No)
+            .await
     }
 
     /// The completion inside a transaction that holds the session row
     /// `FOR UPDATE` (`session` as read under that lock); it commits or rolls
-    /// back that transaction. `parts`: the session's parts if this
-    /// transaction already read (or wrote) all of them.
+    /// back that transaction (commits it also when the session does not
+    /// finish if `keep` says the transaction holds other writes that must
+    /// stand). `parts`: the session's parts if this transaction already read
+    /// (or wrote) all of them.
     async fn complete_locked(
         &self,
         mut tx: crate::store::Tx,
         session: Option<Session>,
         parts: Option<Vec<crate::store::Part>>,
+        keep: KeepWrites,
     ) -> Result<Completion, CompletionError> {
         let started = std::time::Instant::now();
         let created_at = session.as_ref().map(|s| s.created_at);
@@ -997,6 +1061,7 @@ impl Ingest {
                 }
                 crate::metrics::session_finished(state, created_at);
             }
+            _ if keep == KeepWrites::Yes => tx.commit().await?,
             _ => tx.rollback().await?,
         }
         Ok(completion)

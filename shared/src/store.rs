@@ -452,6 +452,23 @@ impl Store {
     /// session row is held `FOR SHARE` (completion takes it `FOR UPDATE`, so
     /// the two never interleave); see [`Store::commit_part_in`].
     pub async fn commit_part(&self, c: &PartCommit<'_>) -> Result<CommitOutcome, StoreError> {
+        let (tx, outcome) = self.commit_part_open(c).await?;
+        tx.commit().await?;
+        self.recount_after_commit(c.session_id, outcome).await
+    }
+
+    /// [`Store::commit_part`] up to, not including, the commit: the part is
+    /// recorded in a transaction holding the session row `FOR SHARE`, which
+    /// is returned still open. `Committed { all_committed }` says whether
+    /// every part is committed as this transaction sees it: true means this
+    /// was the last part (the caller may complete the session in the same
+    /// transaction, see [`Store::lock_session_in`]); false may be wrong
+    /// only when other parts commit at the same time, which
+    /// [`Store::recount_after_commit`] settles.
+    pub async fn commit_part_open(
+        &self,
+        c: &PartCommit<'_>,
+    ) -> Result<(Tx, CommitOutcome), StoreError> {
         let mut tx = self.pool.begin().await?;
         let state: Option<String> =
             sqlx::query_scalar("SELECT state FROM upload_sessions WHERE id = $1 FOR SHARE")
@@ -459,23 +476,67 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
         let (outcome, _) = Self::commit_part_in(&mut tx, c, state.as_deref()).await?;
-        tx.commit().await?;
         if !matches!(outcome, CommitOutcome::Committed { .. }) {
+            return Ok((tx, outcome));
+        }
+        let remaining = Self::uncommitted_parts(&mut *tx, c.session_id).await?;
+        Ok((
+            tx,
+            CommitOutcome::Committed {
+                all_committed: remaining == 0,
+            },
+        ))
+    }
+
+    /// After the commit of a part whose own transaction still saw other
+    /// parts uncommitted: counts again, now that it is committed. Two last
+    /// parts committing at the same time each see the other's commit here,
+    /// so at least one of them completes. Other outcomes pass through.
+    pub async fn recount_after_commit(
+        &self,
+        session_id: Uuid,
+        outcome: CommitOutcome,
+    ) -> Result<CommitOutcome, StoreError> {
+        if outcome
+            != (CommitOutcome::Committed {
+                all_committed: false,
+            })
+        {
             return Ok(outcome);
         }
-        // Counted after the commit: two last parts committing at the same time
-        // each see the other's commit here, so at least one of them completes.
-        // (The primary key, not the partial index of all pending parts.)
-        let remaining: i64 = sqlx::query_scalar(
-            "SELECT count(*) FILTER (WHERE committed_token IS NULL)
-               FROM upload_parts WHERE session_id = $1",
-        )
-        .bind(c.session_id)
-        .fetch_one(&self.pool)
-        .await?;
+        let remaining = Self::uncommitted_parts(&self.pool, session_id).await?;
         Ok(CommitOutcome::Committed {
             all_committed: remaining == 0,
         })
+    }
+
+    /// The session's parts not committed yet (through the primary key, not
+    /// the partial index of all pending parts).
+    async fn uncommitted_parts<'e>(
+        db: impl sqlx::PgExecutor<'e>,
+        session_id: Uuid,
+    ) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FILTER (WHERE committed_token IS NULL)
+               FROM upload_parts WHERE session_id = $1",
+        )
+        .bind(session_id)
+        .fetch_one(db)
+        .await?)
+    }
+
+    /// Takes the session row `FOR UPDATE` inside `tx`. In a transaction
+    /// that holds it `FOR SHARE` (from [`Store::commit_part_open`]) this
+    /// waits for the other holders, the commits of the same session, to
+    /// end; a commit of the same part waiting for this transaction's part
+    /// row would deadlock with it, and PostgreSQL then aborts one of the two.
+    pub async fn lock_session_in(tx: &mut Tx, id: Uuid) -> Result<Option<Session>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT * FROM upload_sessions WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .fetch_optional(&mut **tx)
+                .await?,
+        )
     }
 
     /// Records the part inside a transaction that holds its session row
@@ -705,11 +766,7 @@ impl Store {
     /// until the transaction ends.
     pub async fn lock_session(&self, id: Uuid) -> Result<(Tx, Option<Session>), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let session: Option<Session> =
-            sqlx::query_as("SELECT * FROM upload_sessions WHERE id = $1 FOR UPDATE")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let session = Self::lock_session_in(&mut tx, id).await?;
         Ok((tx, session))
     }
 
