@@ -192,14 +192,17 @@ impl Source {
                     error,
                 };
                 let path = path.clone();
-                let file = blocking_io(move || {
+                // Opened, positioned and the first piece read in ONE
+                // hand-off to the blocking pool (a small file's only one).
+                let (file, first) = blocking_io(move || {
                     let mut file = std::fs::File::open(&path)?;
                     file.seek(std::io::SeekFrom::Start(offset))?;
-                    Ok(file)
+                    let first = read_piece(&file, len.min(FILE_READ_BYTES))?;
+                    Ok((file, first))
                 })
                 .await
                 .map_err(io)?;
-                Ok(Box::pin(file_range_reader(file, len)))
+                Ok(Box::pin(file_range_reader(file, first, len)))
             }
             Source::Http(url) => {
                 if len == 0 {
@@ -251,28 +254,46 @@ impl Source {
 /// makes that 1 per MiB (a small file: one read).
 const FILE_READ_BYTES: u64 = 1 << 20;
 
-/// The next `len` bytes of `file` (already at the range's start), read
-/// [`FILE_READ_BYTES`] at a time on the blocking pool. A file that ends
-/// early ends the stream early (the caller checks the count).
-fn file_range_reader(file: std::fs::File, len: u64) -> impl AsyncRead + Send {
-    let pieces = futures::stream::try_unfold((file, len), |(file, left)| async move {
+/// The `len` bytes of a range: `first`, read already, then the rest of
+/// `file` (positioned after `first`), read [`FILE_READ_BYTES`] at a time on
+/// the blocking pool. A file that ends early ends the stream early (the
+/// caller checks the count).
+fn file_range_reader(file: std::fs::File, first: Vec<u8>, len: u64) -> impl AsyncRead + Send {
+    let short = (first.len() as u64) < len.min(FILE_READ_BYTES);
+    let left = if short { 0 } else { len - first.len() as u64 };
+    let rest = futures::stream::try_unfold((file, left), |(file, left)| async move {
         if left == 0 {
             return Ok::<_, std::io::Error>(None);
         }
         let want = left.min(FILE_READ_BYTES);
         let (file, piece) = blocking_io(move || {
-            let mut piece = Vec::with_capacity(want as usize);
-            (&file).take(want).read_to_end(&mut piece)?;
+            let piece = read_piece(&file, want)?;
             Ok((file, piece))
         })
         .await?;
         if piece.is_empty() {
             return Ok(None);
         }
-        let left = left - piece.len() as u64;
+        // A short read is the end of the file.
+        let left = if (piece.len() as u64) < want {
+            0
+        } else {
+            left - want
+        };
         Ok(Some((bytes::Bytes::from(piece), (file, left))))
     });
-    tokio_util::io::StreamReader::new(pieces)
+    let first = (!first.is_empty()).then(|| Ok(bytes::Bytes::from(first)));
+    tokio_util::io::StreamReader::new(futures::StreamExt::chain(
+        futures::stream::iter(first),
+        rest,
+    ))
+}
+
+/// Up to `want` bytes from the file's position (fewer only at its end).
+fn read_piece(file: &std::fs::File, want: u64) -> std::io::Result<Vec<u8>> {
+    let mut piece = Vec::with_capacity(want as usize);
+    file.take(want).read_to_end(&mut piece)?;
+    Ok(piece)
 }
 
 /// Runs blocking file I/O on the blocking pool; a task that panicked is an
@@ -366,6 +387,13 @@ mod tests {
         // A file shorter than the range asked for yields what it has.
         let tail = data.len() as u64 - 1_000;
         assert_eq!(read(tail, 50_000).await, &data[tail as usize..]);
+        let tail = data.len() as u64 - FILE_READ_BYTES - 1_000;
+        assert_eq!(
+            read(tail, 3 * FILE_READ_BYTES).await,
+            &data[tail as usize..]
+        );
+        // A small file's range: one read, opened and read together.
+        assert_eq!(read(70_000, 65_536).await, &data[70_000..135_536]);
     }
 
     #[test]
