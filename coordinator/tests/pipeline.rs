@@ -1017,7 +1017,8 @@ async fn a_group_of_small_files_commits_together_and_each_ends_on_its_own() {
 /// new uploads must not make starting a group's attempts walk the partial
 /// indexes of pending parts and open sessions (once per job): the plan goes
 /// through the primary keys, and the statement still starts exactly the
-/// uncommitted parts of open sessions.
+/// uncommitted parts of open sessions. The same for the backlog gauges'
+/// query (once per pending part), with the right counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starting_a_group_uses_the_primary_keys_after_a_burst_of_new_uploads() {
     let p = Pipeline::new("plan").await;
@@ -1113,4 +1114,36 @@ async fn starting_a_group_uses_the_primary_keys_after_a_burst_of_new_uploads() {
         .await
         .unwrap();
     assert!(again[0].is_none());
+
+    // The backlog gauges: each pending part's session through the primary
+    // key, never a walk of the open sessions per pending part.
+    let plan: Vec<(String,)> = sqlx::query_as(&format!(
+        "EXPLAIN (ANALYZE, FORMAT TEXT) {}",
+        shared::store::BACKLOG_SQL
+    ))
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let plan: String = plan.into_iter().map(|(l,)| l + "\n").collect();
+    assert!(plan.contains("upload_sessions_pkey"), "{plan}");
+    assert!(!plan.contains("Rows Removed by Join Filter"), "{plan}");
+    let backlog = p.ingest.store.backlog().await.unwrap();
+    assert_eq!(backlog.pending_parts, 5_000);
+    assert_eq!(backlog.open_sessions, 5_000);
+
+    // The reconciler re-publishes stale pending parts, 1,000 per round.
+    sqlx::query(
+        "UPDATE upload_parts SET published_at = now() - interval '1 hour'
+          WHERE committed_token IS NULL",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let republished = p
+        .ingest
+        .store
+        .republish_stale_parts(Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(republished, 1_000);
 }

@@ -189,6 +189,33 @@ pub struct Abandoned {
 /// planner would walk the whole index once per job (measured: 7.4 ms
 /// for a group of 16 against 5,000 open uploads, instead of 0.27 ms
 /// through the primary keys).
+/// [`Store::backlog`]: the backlog gauges' values.
+///
+/// The pending parts are read through their partial index and each one's
+/// session through the primary key, one lookup per pending part (a
+/// correlated subquery, kept from being flattened into a join by `OFFSET
+/// 0`; the state test in `IS TRUE` so that it does not match the partial
+/// index of open sessions). As a join, after statistics were gathered while
+/// every upload was finished, the planner took both partial indexes for
+/// nearly empty and walked the open sessions once per pending part:
+/// measured 2.5 s per gauge (12.5 M rows compared) with 5,000 open uploads
+/// over 20,000 finished ones, instead of 8 ms.
+#[doc(hidden)]
+pub const BACKLOG_SQL: &str = "SELECT pending.parts, pending.oldest_secs,
+       (SELECT count(*) FROM upload_sessions WHERE state IN ('open', 'completing')),
+       (SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
+          FROM upload_sessions WHERE state IN ('open', 'completing')),
+       (SELECT count(*) FROM outbox),
+       (SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 FROM outbox),
+       (SELECT count(*) FROM abandoned_inodes WHERE deleted_at IS NULL)
+  FROM (SELECT count(o.created_at) AS parts,
+               COALESCE(EXTRACT(EPOCH FROM now() - min(o.created_at)), 0)::float8 AS oldest_secs
+          FROM (SELECT (SELECT s.created_at FROM upload_sessions s
+                         WHERE s.id = p.session_id AND (s.state = 'open') IS TRUE) AS created_at
+                  FROM upload_parts p
+                 WHERE p.committed_token IS NULL
+                OFFSET 0) o) pending";
+
 #[doc(hidden)]
 pub const START_ATTEMPTS_SQL: &str = "UPDATE upload_parts p
         SET attempts = p.attempts + 1, worker = $3
@@ -950,7 +977,10 @@ impl Store {
             "UPDATE upload_parts p SET published_at = now()
                FROM (SELECT p2.session_id, p2.part_number
                        FROM upload_parts p2 JOIN upload_sessions s ON s.id = p2.session_id
-                      WHERE p2.committed_token IS NULL AND s.state = 'open'
+                      -- the session through its primary key (IS TRUE: see BACKLOG_SQL;
+                      -- as a plain test, 1,000 stale parts of 1,000 open uploads
+                      -- took 106 ms instead of 3)
+                      WHERE p2.committed_token IS NULL AND (s.state = 'open') IS TRUE
                         AND p2.published_at < now() - make_interval(secs => $1)
                       ORDER BY p2.published_at
                       LIMIT 1000
@@ -1040,28 +1070,13 @@ impl Store {
         Ok(())
     }
 
-    /// The backlog gauges' values in one query (partial indexes keep it
-    /// cheap): pending parts of open sessions and the age of the oldest
-    /// (since its session was created), open sessions, unsent outbox rows,
-    /// abandoned inodes not deleted yet.
+    /// The backlog gauges' values in one query, [`BACKLOG_SQL`]: pending
+    /// parts of open sessions and the age of the oldest (since its session
+    /// was created), open sessions, unsent outbox rows, abandoned inodes not
+    /// deleted yet.
     pub async fn backlog(&self) -> Result<crate::metrics::BacklogValues, StoreError> {
-        let row: (i64, f64, i64, f64, i64, f64, i64) = sqlx::query_as(
-            "SELECT
-               (SELECT count(*) FROM upload_parts p JOIN upload_sessions s ON s.id = p.session_id
-                 WHERE p.committed_token IS NULL AND s.state = 'open'),
-               (SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(s.created_at)), 0)::float8
-                  FROM upload_parts p JOIN upload_sessions s ON s.id = p.session_id
-                 WHERE p.committed_token IS NULL AND s.state = 'open'),
-               (SELECT count(*) FROM upload_sessions WHERE state IN ('open', 'completing')),
-               (SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
-                  FROM upload_sessions WHERE state IN ('open', 'completing')),
-               (SELECT count(*) FROM outbox),
-               (SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
-                  FROM outbox),
-               (SELECT count(*) FROM abandoned_inodes WHERE deleted_at IS NULL)",
-        )
-        .fetch_one(&self.pool)
-        .await?;
+        let row: (i64, f64, i64, f64, i64, f64, i64) =
+            sqlx::query_as(BACKLOG_SQL).fetch_one(&self.pool).await?;
         Ok(crate::metrics::BacklogValues {
             pending_parts: row.0,
             oldest_pending_part_secs: row.1,
