@@ -189,6 +189,16 @@ pub struct Abandoned {
 /// planner would walk the whole index once per job (measured: 7.4 ms
 /// for a group of 16 against 5,000 open uploads, instead of 0.27 ms
 /// through the primary keys).
+#[doc(hidden)]
+pub const START_ATTEMPTS_SQL: &str = "UPDATE upload_parts p
+        SET attempts = p.attempts + 1, worker = $3
+       FROM upload_sessions s, UNNEST($1::uuid[], $2::int[]) AS j(session_id, part_number)
+      WHERE p.session_id = j.session_id AND p.part_number = j.part_number
+        AND (p.committed_token IS NULL) IS TRUE
+        AND s.id = p.session_id AND (s.state = 'open') IS TRUE
+     RETURNING p.session_id, p.part_number, p.attempts AS token, p.part_offset, p.size,
+               s.source, s.size AS session_size, s.goal, s.part_count";
+
 /// [`Store::backlog`]: the backlog gauges' values.
 ///
 /// The pending parts are read through their partial index and each one's
@@ -215,16 +225,6 @@ pub const BACKLOG_SQL: &str = "SELECT pending.parts, pending.oldest_secs,
                   FROM upload_parts p
                  WHERE p.committed_token IS NULL
                 OFFSET 0) o) pending";
-
-#[doc(hidden)]
-pub const START_ATTEMPTS_SQL: &str = "UPDATE upload_parts p
-        SET attempts = p.attempts + 1, worker = $3
-       FROM upload_sessions s, UNNEST($1::uuid[], $2::int[]) AS j(session_id, part_number)
-      WHERE p.session_id = j.session_id AND p.part_number = j.part_number
-        AND (p.committed_token IS NULL) IS TRUE
-        AND s.id = p.session_id AND (s.state = 'open') IS TRUE
-     RETURNING p.session_id, p.part_number, p.attempts AS token, p.part_offset, p.size,
-               s.source, s.size AS session_size, s.goal, s.part_count";
 
 /// An unsent outbox row.
 #[derive(Debug, Clone, FromRow)]
