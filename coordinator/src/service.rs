@@ -219,16 +219,12 @@ pub async fn relay_once(store: &Store, publisher: &Publisher) -> Result<usize, S
         let _ = tx.rollback().await;
         return Ok(0);
     }
-    let messages: Vec<Outgoing> = rows
-        .iter()
-        .map(|r| Outgoing {
-            exchange: r.exchange.clone(),
-            queue: r.routing_key.clone(),
-            payload: serde_json::to_vec(&r.payload).expect("json encodes"),
-            headers: Vec::new(),
-            expiration: None,
-        })
-        .collect();
+    // Events waiting side by side leave as one message (up to
+    // EVENTS_PER_MESSAGE events); everything else one message per row.
+    let messages = Outgoing::coalesce(
+        rows.iter()
+            .map(|r| (r.exchange.as_str(), r.routing_key.as_str(), &r.payload)),
+    );
     publisher
         .publish_all(&messages)
         .await

@@ -15,7 +15,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, Que
 use lapin::types::FieldTable;
 use serde::Serialize;
 use shared::jobs::{
-    connect, declare_topology, IngestBatch, IngestRequest, Outgoing, Publisher, UploadEvent,
+    connect, declare_topology, EventBatch, IngestBatch, IngestRequest, Outgoing, Publisher,
     EVENTS_EXCHANGE, REQUESTS_QUEUE,
 };
 
@@ -206,29 +206,27 @@ pub async fn submit(args: SubmitArgs) -> Result<()> {
             Ok(Some(d)) => d?,
         };
         let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-        let Ok(event) = serde_json::from_slice::<UploadEvent>(&delivery.data) else {
+        let Ok(batch) = EventBatch::parse(&delivery.data) else {
             continue;
         };
-        if pending.remove(&event.request_id).is_none() {
-            continue; // someone else's
-        }
-        match event.event.as_str() {
-            "upload.completed" => summary.completed += 1,
-            "request.rejected" => {
-                summary.rejected += 1;
-                summary.failures.push(format!(
-                    "{}: {}",
-                    event.request_id,
-                    event.error.unwrap_or_default()
-                ));
+        for event in batch.events {
+            if pending.remove(&event.request_id).is_none() {
+                continue; // someone else's
             }
-            _ => {
-                summary.failed += 1;
-                summary.failures.push(format!(
-                    "{}: {}",
-                    event.request_id,
-                    event.error.unwrap_or_default()
-                ));
+            match event.event.as_str() {
+                "upload.completed" => summary.completed += 1,
+                other => {
+                    if other == "request.rejected" {
+                        summary.rejected += 1;
+                    } else {
+                        summary.failed += 1;
+                    }
+                    summary.failures.push(format!(
+                        "{}: {}",
+                        event.request_id,
+                        event.error.unwrap_or_default()
+                    ));
+                }
             }
         }
     }

@@ -13,9 +13,11 @@ use lapin::options::BasicGetOptions;
 use pipeline_support::*;
 use shared::ingest::{AttemptHooks, Completion, PartOutcome};
 use shared::jobs::{
-    Outgoing, PartGroup, PartJob, PartMessage, PARTS_QUEUE, PART_GROUP_MAX_JOBS, REQUESTS_QUEUE,
+    EventBatch, Outgoing, PartGroup, PartJob, PartMessage, UploadEvent, EVENTS_EXCHANGE,
+    EVENTS_PER_MESSAGE, EVENTS_QUEUE, PARTS_QUEUE, PART_GROUP_MAX_JOBS, REQUESTS_QUEUE,
 };
 use shared::moosefs::{MfsPath, CHUNK_SIZE};
+use shared::store::Session;
 
 const MIB: usize = 1 << 20;
 
@@ -77,7 +79,53 @@ async fn five_hundred_mixed_files_through_the_queue_with_two_workers() {
         .collect();
     assert!(failed.is_empty(), "not completed: {failed:?}");
     check_files(&p, &expected).await;
+    check_completion_events(&p, &sessions).await;
     p.wait_staging_clean(Duration::from_secs(60)).await;
+}
+
+/// Reads the durable `ingest.events` queue: every session's
+/// `upload.completed` event arrives (at least once), with the session's
+/// checksums, and the events travel many to a message.
+async fn check_completion_events(p: &Pipeline, sessions: &[Session]) {
+    let conn = shared::jobs::connect(&p.amqp_url, "test events")
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let mut seen: std::collections::HashMap<String, UploadEvent> = Default::default();
+    let mut messages = 0usize;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen.len() < sessions.len() && tokio::time::Instant::now() < deadline {
+        match channel
+            .basic_get(EVENTS_QUEUE, BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            Some(msg) => {
+                messages += 1;
+                let batch = EventBatch::parse(&msg.delivery.data).expect("an events message");
+                assert!(!batch.events.is_empty() && batch.events.len() <= EVENTS_PER_MESSAGE);
+                for event in batch.events {
+                    seen.insert(event.request_id.clone(), event);
+                }
+            }
+            None => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    for s in sessions {
+        let event = seen
+            .get(&s.request_id)
+            .unwrap_or_else(|| panic!("no event for {}", s.request_id));
+        assert_eq!(event.event, "upload.completed");
+        assert_eq!(event.session_id, s.id);
+        assert_eq!(event.size, s.size as u64);
+        assert_eq!(event.md5, s.md5, "{}", s.request_id);
+        assert_eq!(event.crc32c, s.crc32c.map(|c| c as u32), "{}", s.request_id);
+    }
+    assert!(
+        messages * 4 <= sessions.len(),
+        "{} events came in {messages} messages",
+        sessions.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -997,12 +1045,16 @@ async fn a_group_of_small_files_commits_together_and_each_ends_on_its_own() {
         let session = store.session(id).await.unwrap().unwrap();
         assert_eq!(session.state, "completed", "{dest}");
     }
-    // One event per ended session waits in the outbox.
-    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE routing_key <> $1")
-        .bind(PARTS_QUEUE)
-        .fetch_one(&p.ingest.store.pool)
-        .await
-        .unwrap();
+    // One event per ended session waits in the outbox (a group's
+    // completions share one row).
+    let events: i64 = sqlx::query_scalar(
+        "SELECT sum(jsonb_array_length(payload->'events'))::bigint FROM outbox
+          WHERE exchange = $1",
+    )
+    .bind(EVENTS_EXCHANGE)
+    .fetch_one(&p.ingest.store.pool)
+    .await
+    .unwrap();
     assert_eq!(events, 23);
     // The failed sessions' staging files are garbage; GC leaves nothing.
     p.ingest.collect_garbage(100).await.unwrap();

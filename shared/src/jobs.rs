@@ -23,8 +23,11 @@ pub const PARTS_QUEUE: &str = "ingest.parts";
 /// Part jobs waiting to be retried; they dead-letter back to [`PARTS_QUEUE`].
 pub const PARTS_RETRY_QUEUE: &str = "ingest.parts.delay";
 /// Fanout exchange of completion and failure events; bind a queue of your
-/// own to receive every event.
+/// own to receive every event. Each message is an [`EventBatch`]: one or
+/// more events, in the order they were recorded.
 pub const EVENTS_EXCHANGE: &str = "ingest.events";
+/// Events one message on [`EVENTS_EXCHANGE`] carries at most.
+pub const EVENTS_PER_MESSAGE: usize = 256;
 /// Durable queue bound to [`EVENTS_EXCHANGE`] for the producers' consumer.
 pub const EVENTS_QUEUE: &str = "ingest.events";
 /// Messages that cannot be processed, with the reason in the `x-reason` header.
@@ -191,6 +194,31 @@ pub struct UploadEvent {
     pub error: Option<String>,
 }
 
+/// The body of every message on [`EVENTS_EXCHANGE`]: `{"events":[...]}`.
+///
+/// The relay joins the events it finds waiting in the outbox into as few
+/// messages as it can (at most [`EVENTS_PER_MESSAGE`] each): a batch of
+/// small files ends in one message per few hundred files, not one each,
+/// which is most of what RabbitMQ spent per file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventBatch {
+    pub events: Vec<UploadEvent>,
+}
+
+impl EventBatch {
+    /// Parses an events message; a bare event (the format before batches)
+    /// is read as a batch of one.
+    pub fn parse(body: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice::<EventBatch>(body).or_else(|e| {
+            serde_json::from_slice::<UploadEvent>(body)
+                .map(|event| EventBatch {
+                    events: vec![event],
+                })
+                .map_err(|_| e)
+        })
+    }
+}
+
 fn quorum_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
     let mut args = BTreeMap::new();
     args.insert(
@@ -343,15 +371,53 @@ impl Outgoing {
         self
     }
 
-    /// An event for [`EVENTS_EXCHANGE`].
+    /// One event for [`EVENTS_EXCHANGE`] (an [`EventBatch`] of one).
     pub fn event(event: &UploadEvent) -> Self {
+        Self::events_message(serde_json::json!({ "events": [event] }))
+    }
+
+    fn events_message(body: serde_json::Value) -> Self {
         Outgoing {
             exchange: EVENTS_EXCHANGE.to_string(),
             queue: String::new(),
-            payload: serde_json::to_vec(event).expect("event encodes"),
+            payload: serde_json::to_vec(&body).expect("events encode"),
             headers: Vec::new(),
             expiration: None,
         }
+    }
+
+    /// The messages for stored outgoing rows `(exchange, routing key,
+    /// body)`, in order: every row not for [`EVENTS_EXCHANGE`] as it is, and
+    /// the events of all event rows (each an [`EventBatch`], or a bare event
+    /// stored before batches) joined into messages of at most
+    /// [`EVENTS_PER_MESSAGE`] events, after the other rows.
+    pub fn coalesce<'a>(
+        rows: impl IntoIterator<Item = (&'a str, &'a str, &'a serde_json::Value)>,
+    ) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        let mut events: Vec<&serde_json::Value> = Vec::new();
+        for (exchange, routing_key, body) in rows {
+            if exchange != EVENTS_EXCHANGE {
+                out.push(Outgoing {
+                    exchange: exchange.to_string(),
+                    queue: routing_key.to_string(),
+                    payload: serde_json::to_vec(body).expect("json encodes"),
+                    headers: Vec::new(),
+                    expiration: None,
+                });
+                continue;
+            }
+            match body.get("events").and_then(|e| e.as_array()) {
+                Some(list) => events.extend(list),
+                None => events.push(body),
+            }
+        }
+        out.extend(
+            events
+                .chunks(EVENTS_PER_MESSAGE)
+                .map(|chunk| Self::events_message(serde_json::json!({ "events": chunk }))),
+        );
+        out
     }
 
     /// A dead letter: the original body with the reason attached.
@@ -584,6 +650,77 @@ pub async fn consume_until<F, Fut>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event(n: usize) -> UploadEvent {
+        UploadEvent {
+            event: "upload.completed".into(),
+            session_id: Uuid::from_u128(n as u128),
+            request_id: format!("r{n}"),
+            dest: format!("d/{n}"),
+            size: n as u64,
+            md5: None,
+            crc32c: Some(n as u32),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn event_rows_are_joined_into_few_messages_in_order() {
+        // 600 stored events (one a bare event from before batches, one row
+        // holding two) among three job rows.
+        let mut rows: Vec<(String, String, serde_json::Value)> = Vec::new();
+        let mut n = 0;
+        while n < 600 {
+            let body = match n {
+                7 => serde_json::to_value(event(n)).unwrap(),
+                100 => {
+                    n += 1;
+                    serde_json::json!({ "events": [event(n - 1), event(n)] })
+                }
+                _ => serde_json::from_slice(&Outgoing::event(&event(n)).payload).unwrap(),
+            };
+            rows.push((EVENTS_EXCHANGE.into(), String::new(), body));
+            if n % 250 == 0 {
+                rows.push((
+                    String::new(),
+                    PARTS_QUEUE.into(),
+                    serde_json::json!({ "n": n }),
+                ));
+            }
+            n += 1;
+        }
+        let out = Outgoing::coalesce(rows.iter().map(|(e, k, b)| (e.as_str(), k.as_str(), b)));
+        let jobs: Vec<_> = out.iter().filter(|m| m.exchange.is_empty()).collect();
+        assert_eq!(jobs.len(), 3);
+        assert!(jobs.iter().all(|m| m.queue == PARTS_QUEUE));
+        let batches: Vec<EventBatch> = out
+            .iter()
+            .filter(|m| m.exchange == EVENTS_EXCHANGE)
+            .map(|m| EventBatch::parse(&m.payload).unwrap())
+            .collect();
+        let sizes: Vec<usize> = batches.iter().map(|b| b.events.len()).collect();
+        assert_eq!(
+            sizes,
+            [
+                EVENTS_PER_MESSAGE,
+                EVENTS_PER_MESSAGE,
+                600 - 2 * EVENTS_PER_MESSAGE
+            ]
+        );
+        let all: Vec<UploadEvent> = batches.into_iter().flat_map(|b| b.events).collect();
+        assert_eq!(all, (0..600).map(event).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn an_events_message_parses_as_a_batch_and_a_bare_event_as_one() {
+        let one = Outgoing::event(&event(3));
+        assert_eq!(one.exchange, EVENTS_EXCHANGE);
+        assert_eq!(EventBatch::parse(&one.payload).unwrap().events, [event(3)]);
+        let bare = serde_json::to_vec(&event(4)).unwrap();
+        assert_eq!(EventBatch::parse(&bare).unwrap().events, [event(4)]);
+        assert!(EventBatch::parse(br#"{"events":[{"event":1}]}"#).is_err());
+        assert!(EventBatch::parse(b"[]").is_err());
+    }
 
     #[test]
     fn single_and_batch_requests_parse() {

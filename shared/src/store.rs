@@ -13,8 +13,8 @@ use sqlx::{FromRow, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::jobs::{
-    Outgoing, PartGroup, PartJob, UploadEvent, PARTS_QUEUE, PART_GROUP_MAX_FILE_BYTES,
-    PART_GROUP_MAX_JOBS,
+    Outgoing, PartGroup, PartJob, UploadEvent, EVENTS_EXCHANGE, PARTS_QUEUE,
+    PART_GROUP_MAX_FILE_BYTES, PART_GROUP_MAX_JOBS,
 };
 
 /// Database failures.
@@ -843,15 +843,17 @@ impl Store {
     }
 
     /// Marks locked sessions completed and queues their events, in one
-    /// statement (each event row is inserted from its updated session row).
+    /// statement: one outbox row holding the events of
+    /// every session the statement updated, in the order given
+    /// ([`crate::jobs::EventBatch`]).
     pub async fn complete_all_in(tx: &mut Tx, done: &[SessionDone<'_>]) -> Result<(), StoreError> {
         if done.is_empty() {
             return Ok(());
         }
-        let events: Vec<Outgoing> = done
+        let events = done
             .iter()
             .map(|d| {
-                Outgoing::event(&UploadEvent {
+                serde_json::to_value(UploadEvent {
                     event: "upload.completed".into(),
                     session_id: d.session.id,
                     request_id: d.session.request_id.clone(),
@@ -862,16 +864,12 @@ impl Store {
                     error: None,
                 })
             })
-            .collect();
-        let payloads = events
-            .iter()
-            .map(outbox_payload)
             .collect::<Result<Vec<_>, _>>()?;
         sqlx::query(
             "WITH v AS (
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::bigint[],
-                                      $5::jsonb[])
-                          AS v(id, md5, crc32c, final_inode, payload)),
+                                      $5::jsonb[]) WITH ORDINALITY
+                          AS v(id, md5, crc32c, final_inode, event, ord)),
              completed AS (
                  UPDATE upload_sessions s
                     SET state = 'completed', md5 = v.md5, crc32c = v.crc32c,
@@ -881,7 +879,9 @@ impl Store {
                   WHERE s.id = v.id
                  RETURNING s.id)
              INSERT INTO outbox (exchange, routing_key, payload)
-             SELECT $6, $7, v.payload FROM v JOIN completed USING (id)",
+             SELECT $6, '', jsonb_build_object('events', jsonb_agg(v.event ORDER BY v.ord))
+               FROM v JOIN completed USING (id)
+             HAVING count(*) > 0",
         )
         .bind(done.iter().map(|d| d.session.id).collect::<Vec<_>>())
         .bind(done.iter().map(|d| d.md5).collect::<Vec<Option<&str>>>())
@@ -891,9 +891,8 @@ impl Store {
                 .map(|d| d.final_inode as i64)
                 .collect::<Vec<_>>(),
         )
-        .bind(payloads)
-        .bind(&events[0].exchange)
-        .bind(&events[0].queue)
+        .bind(events)
+        .bind(EVENTS_EXCHANGE)
         .execute(&mut **tx)
         .await?;
         Ok(())
