@@ -816,11 +816,7 @@ impl Ingest {
             .commit_part_open(commit)
             .await
             .map_err(transient)?;
-        if committed
-            == (CommitOutcome::Committed {
-                all_committed: true,
-            })
-        {
+        if committed.was_last() {
             let completion = async move {
                 let session = Store::lock_session_in(&mut tx, commit.session_id).await?;
                 self.complete_locked(tx, session, None, KeepWrites::Yes)
@@ -864,11 +860,7 @@ impl Ingest {
     /// Completes the session if `committed` says its last part is committed;
     /// whether it completed (a failed completion is retried later).
     async fn complete_if_last(&self, id: Uuid, committed: CommitOutcome) -> bool {
-        committed
-            == (CommitOutcome::Committed {
-                all_committed: true,
-            })
-            && matches!(self.complete(id).await, Ok(Completion::Completed { .. }))
+        committed.was_last() && matches!(self.complete(id).await, Ok(Completion::Completed { .. }))
     }
 
     /// Commits the only part of a session and completes the session in ONE

@@ -171,6 +171,15 @@ pub enum CommitOutcome {
     SessionClosed,
 }
 
+impl CommitOutcome {
+    /// The part is recorded and was the session's last uncommitted one.
+    pub fn was_last(self) -> bool {
+        self == CommitOutcome::Committed {
+            all_committed: true,
+        }
+    }
+}
+
 /// An abandoned staging inode waiting for deletion.
 #[derive(Debug, Clone, FromRow)]
 pub struct Abandoned {
