@@ -214,20 +214,18 @@ pub async fn submit(args: SubmitArgs) -> Result<()> {
                 continue; // someone else's
             }
             match event.event.as_str() {
-                "upload.completed" => summary.completed += 1,
-                other => {
-                    if other == "request.rejected" {
-                        summary.rejected += 1;
-                    } else {
-                        summary.failed += 1;
-                    }
-                    summary.failures.push(format!(
-                        "{}: {}",
-                        event.request_id,
-                        event.error.unwrap_or_default()
-                    ));
+                "upload.completed" => {
+                    summary.completed += 1;
+                    continue;
                 }
+                "request.rejected" => summary.rejected += 1,
+                _ => summary.failed += 1,
             }
+            summary.failures.push(format!(
+                "{}: {}",
+                event.request_id,
+                event.error.unwrap_or_default()
+            ));
         }
     }
     summary.seconds = started.elapsed().as_secs_f64();
