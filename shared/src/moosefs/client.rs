@@ -137,7 +137,12 @@ pub struct MfsClient {
     pub(crate) cfg: Arc<ClientConfig>,
     pub(crate) stats: Arc<ClientStats>,
     pub(crate) pool: Arc<super::chunkserver::CsPool>,
+    /// The master's chunkserver count, asked at most every few seconds.
+    pub(crate) chunkserver_count: Arc<super::cservers::ChunkserverCountCache>,
 }
+
+/// How long a chunkserver count from the master is reused.
+pub const CHUNKSERVER_COUNT_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// An answer that is either one status byte or a payload.
 fn payload_or_status(
@@ -179,7 +184,16 @@ impl MfsClient {
             cfg: Arc::new(cfg),
             stats: Arc::new(ClientStats::default()),
             pool: Arc::new(super::chunkserver::CsPool::default()),
+            chunkserver_count: Arc::new(super::cservers::ChunkserverCountCache::new(
+                CHUNKSERVER_COUNT_TTL,
+            )),
         })
+    }
+
+    /// How many chunkservers the master knows and how many are connected,
+    /// at most [`CHUNKSERVER_COUNT_TTL`] old (asked on a connection of its own).
+    pub async fn chunkserver_count(&self) -> Result<super::cservers::ChunkserverCount> {
+        self.chunkserver_count.get(&self.cfg.master).await
     }
 
     pub fn session(&self) -> SessionInfo {

@@ -456,7 +456,7 @@ pub(crate) fn answer_status(answer: &Bytes) -> Option<Status> {
     (answer.len() == 1).then(|| Status(answer[0]))
 }
 
-async fn connect_tcp(cfg: &MasterConfig) -> Result<TcpStream> {
+pub(super) async fn connect_tcp(cfg: &MasterConfig) -> Result<TcpStream> {
     let unreachable = |error| MfsError::MasterUnreachable {
         addr: cfg.addr.clone(),
         error,

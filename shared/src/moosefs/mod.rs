@@ -5,11 +5,12 @@
 //! records, `master` keeps the master session, `chunkserver` speaks to
 //! chunkservers (write chains, reads, CRC tables), `client` offers the
 //! namespace operations, `write` and `read` stream file data, `path`
-//! validates names. The module depends only on the crate's `retry` module.
+//! validates names, `cservers` asks for the chunkserver list. The module depends only on the crate's `retry` module.
 
 pub mod chunkserver;
 pub mod client;
 pub mod codec;
+pub mod cservers;
 pub mod error;
 pub mod master;
 pub mod observe;
@@ -22,6 +23,7 @@ pub use chunkserver::{ChunkserverTimeouts, ReplicaCrcTable};
 pub use client::{
     ChunkReport, ClientConfig, ClientStats, CopyReport, CreatedFile, DirEntry, MfsClient, StatFs,
 };
+pub use cservers::ChunkserverCount;
 pub use error::MfsError;
 pub use master::{MasterConfig, SessionInfo};
 pub use observe::{NoObserver, Observer};

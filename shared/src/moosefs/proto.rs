@@ -78,6 +78,9 @@ pub mod msg {
     pub const CLTOMA_FUSE_SNAPSHOT: u32 = 468;
     pub const CLTOMA_FUSE_CREATE: u32 = 482;
     pub const CLTOMA_FUSE_SUSTAINED_INODES: u32 = 700;
+    /// Admin request (unregistered connections only): the chunkserver list.
+    pub const CLTOMA_CSERV_LIST: u32 = 500;
+    pub const MATOCL_CSERV_LIST: u32 = 501;
 }
 
 /// `chunkopflags` of READ_CHUNK / WRITE_CHUNK / WRITE_CHUNK_END.
