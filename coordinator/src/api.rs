@@ -26,13 +26,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use shared::ingest::{Ingest, RequestError};
 use shared::jobs::IngestRequest;
+use shared::limits::PartLimitError;
 use shared::store::{state, Part, Session, StoreError};
 use uuid::Uuid;
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
-/// Most items in one batch.
-pub const MAX_BATCH_ITEMS: usize = 1000;
+/// Most items in one batch (the same cap holds for `ingest.requests`).
+pub const MAX_BATCH_ITEMS: usize = shared::jobs::MAX_BATCH_ITEMS;
 /// Items of a batch submitted at the same time.
 const BATCH_CONCURRENCY: usize = 8;
 /// Bound of one submit (the source is stat'ed: an HTTP source's HEAD may
@@ -233,10 +234,18 @@ fn request_problem(e: RequestError) -> Problem {
             RequestError::SizeMismatch { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "size-mismatch")
             }
-            RequestError::TooLarge(_) => (StatusCode::UNPROCESSABLE_ENTITY, "too-large"),
+            RequestError::TooLarge { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "too-large"),
             RequestError::BadMd5 => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-md5"),
-            RequestError::BadGoal => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-goal"),
-            RequestError::BadPartSize => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-part-size"),
+            RequestError::BadGoal | RequestError::GoalAboveChunkservers { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid-goal")
+            }
+            RequestError::Parts(PartLimitError::BadPartSize { .. }) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid-part-size")
+            }
+            RequestError::Parts(PartLimitError::TooManyParts { .. }) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "too-many-parts")
+            }
+            RequestError::DestLimit(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-dest"),
             _ => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-request"),
         };
         let title = if status == StatusCode::CONFLICT {

@@ -1070,3 +1070,178 @@ async fn http_source_failures_are_told_apart() {
     assert_eq!(aborted["state"], "aborted");
     origin_task.abort();
 }
+
+/// Posts each case as a fresh request; each must be refused with `status`,
+/// a detail containing every needle, and no session.
+async fn refused_cases(api: &Api, cases: Vec<(&str, Value, StatusCode, Vec<&str>)>) {
+    for (case, mut body, status, needles) in cases {
+        let rid = request_id();
+        body["request_id"] = json!(rid);
+        let p = problem(api.post("/v1/uploads", &body).await, status, case).await;
+        let detail = p["detail"].as_str().unwrap();
+        for needle in needles {
+            assert!(
+                detail.contains(needle),
+                "{case}: detail {detail:?} lacks {needle:?}"
+            );
+        }
+        api.assert_no_session(&rid, case).await;
+    }
+}
+
+#[tokio::test]
+async fn part_count_and_part_size_limits_are_refused_naming_the_limit() {
+    let api = Api::start(None).await;
+    let gib = api.source("one-gib.bin", 1 << 30);
+    let tib = api.source("one-tib.bin", 1 << 40);
+    let small = api.source("small.bin", 1000);
+    let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
+    #[rustfmt::skip]
+    let cases = vec![
+        // 16,384 parts of 64 KiB.
+        ("1 GiB in 64 KiB parts", json!({"source": gib, "dest": "l/gib.bin", "part_size": 65536}),
+            unprocessable, vec!["10000", "part_size"]),
+        // 16.7 million parts.
+        ("1 TiB in 64 KiB parts", json!({"source": tib, "dest": "l/tib.bin", "part_size": 65536}),
+            unprocessable, vec!["10000", "part_size"]),
+        ("part size above 5 GiB", json!({"source": small, "dest": "l/s.bin", "part_size": (5u64 << 30) + 65536}),
+            unprocessable, vec!["part_size", "5368709120"]),
+        ("part size below 64 KiB", json!({"source": small, "dest": "l/s.bin", "part_size": 32768}),
+            unprocessable, vec!["part_size", "65536"]),
+    ];
+    refused_cases(&api, cases).await;
+    // The largest part size and the most parts are fine.
+    let mut many_parts = Vec::new();
+    for (name, body) in [
+        (
+            "5 GiB parts",
+            json!({"source": small, "dest": "l/five.bin", "part_size": 5u64 << 30}),
+        ),
+        (
+            "10,000 parts",
+            json!({"source": api.source("ten-k.bin", 10_000 * 65536), "dest": "l/ten-k.bin", "part_size": 65536}),
+        ),
+        // Without a part size the coordinator picks a multiple of its
+        // default that stays within the limit: 1 TiB in 128 MiB parts.
+        (
+            "1 TiB with the default part size",
+            json!({"source": tib, "dest": "l/tib-default.bin"}),
+        ),
+    ] {
+        let mut body = body;
+        body["request_id"] = json!(request_id());
+        let created = json_body(
+            api.post("/v1/uploads", &body).await,
+            StatusCode::CREATED,
+            name,
+        )
+        .await;
+        many_parts.push(created);
+    }
+    assert_eq!(many_parts[1]["part_count"], 10_000);
+    assert_eq!(many_parts[2]["part_size"], 128 * MIB, "{}", many_parts[2]);
+    assert_eq!(many_parts[2]["part_count"], 8192, "{}", many_parts[2]);
+    // No relay runs here: drop the part jobs waiting in the (shared) outbox.
+    let ids: Vec<String> = many_parts
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
+    sqlx::query("DELETE FROM outbox WHERE payload->>'session_id' = ANY($1)")
+        .bind(&ids)
+        .execute(&api.ingest.store.pool)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn sizes_beyond_the_signed_range_are_refused_naming_the_field() {
+    let api = Api::start(None).await;
+    let src = api.source("in.bin", 1000);
+    let with = |key: &str, value: Value| {
+        let mut v = json!({"source": src, "dest": "o/in.bin"});
+        v[key] = value;
+        v
+    };
+    let (bad, unprocessable) = (StatusCode::BAD_REQUEST, StatusCode::UNPROCESSABLE_ENTITY);
+    let two_63 = json!(9_223_372_036_854_775_808u64);
+    #[rustfmt::skip]
+    let cases = vec![
+        ("part_size 2^63", with("part_size", two_63.clone()), unprocessable, vec!["part_size", "5368709120"]),
+        ("part_size u64::MAX - 65535", with("part_size", json!(u64::MAX - 65535)), unprocessable, vec!["part_size"]),
+        ("part_size u64::MAX", with("part_size", json!(u64::MAX)), unprocessable, vec!["part_size"]),
+        ("size 2^63", with("size", two_63), unprocessable, vec!["size", "1099511627776"]),
+        ("size u64::MAX", with("size", json!(u64::MAX)), unprocessable, vec!["size", "1099511627776"]),
+        ("size beyond u64", with("size", json!(18_446_744_073_709_551_616f64)), bad, vec!["size"]),
+        ("crc32c beyond u32", with("crc32c", json!(4_294_967_296u64)), bad, vec!["crc32c"]),
+    ];
+    refused_cases(&api, cases).await;
+    assert_eq!(api.sessions_from_my_sources().await, 0);
+}
+
+#[tokio::test]
+async fn dest_depth_length_and_invisible_characters_are_refused() {
+    let api = Api::start(None).await;
+    let src = api.source("in.bin", 1000);
+    let dest = |d: String| json!({"source": src, "dest": d});
+    let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
+    let deep = |n: usize| vec!["d"; n].join("/");
+    // 4 names of 254 bytes and 3 slashes: 1019 bytes, then `extra`.
+    let long = |extra: &str| format!("{}{extra}", vec!["n".repeat(254); 4].join("/"));
+    #[rustfmt::skip]
+    let cases = vec![
+        ("65 components", dest(deep(65)), unprocessable, vec!["dest", "64"]),
+        ("1025 bytes", dest(long("/abcde")), unprocessable, vec!["dest", "1024"]),
+        ("right-to-left override", dest("invoice\u{202E}fdp.exe".into()), unprocessable, vec!["dest", "U+202E"]),
+        ("left-to-right mark", dest("a/\u{200E}b".into()), unprocessable, vec!["dest", "U+200E"]),
+        ("first strong isolate", dest("a\u{2068}b".into()), unprocessable, vec!["dest", "U+2068"]),
+        ("arabic letter mark", dest("a\u{061C}b".into()), unprocessable, vec!["dest", "U+061C"]),
+        ("escape", dest("a\u{1b}[31mred".into()), unprocessable, vec!["dest", "U+001B"]),
+        ("newline", dest("a\nb".into()), unprocessable, vec!["dest", "U+000A"]),
+        ("C1 control", dest("a\u{85}b".into()), unprocessable, vec!["dest", "U+0085"]),
+        ("DEL", dest("a\u{7f}b".into()), unprocessable, vec!["dest", "U+007F"]),
+    ];
+    refused_cases(&api, cases).await;
+    assert_eq!(api.sessions_from_my_sources().await, 0);
+    // At the limits is fine.
+    for (name, d) in [("64 components", deep(64)), ("1024 bytes", long("/abcd"))] {
+        let body = json!({"request_id": request_id(), "source": src, "dest": d});
+        json_body(
+            api.post("/v1/uploads", &body).await,
+            StatusCode::CREATED,
+            name,
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn goal_above_the_connected_chunkservers_is_refused() {
+    let api = Api::start(None).await;
+    let src = api.source("in.bin", 1000);
+    let rid = request_id();
+    let p = problem(
+        api.post(
+            "/v1/uploads",
+            &json!({"request_id": rid, "source": src, "dest": "g/four.bin", "goal": 4}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "goal 4",
+    )
+    .await;
+    assert_eq!(p["type"], "urn:mfs-ingest:problem:invalid-goal", "{p}");
+    let detail = p["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("goal 4") && detail.contains("3 chunkservers"),
+        "{detail}"
+    );
+    api.assert_no_session(&rid, "goal 4").await;
+    // Goal 3 (every chunkserver) is fine.
+    let body = json!({"request_id": request_id(), "source": src, "dest": "g/three.bin", "goal": 3});
+    json_body(
+        api.post("/v1/uploads", &body).await,
+        StatusCode::CREATED,
+        "goal 3",
+    )
+    .await;
+}

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use clap::Args;
 
 use crate::ingest::{Ingest, IngestConfig};
+use crate::limits::RequestLimits;
 use crate::moosefs::{ClientConfig, MfsClient, MfsPath};
 use crate::source::SourceConfig;
 use crate::store::Store;
@@ -58,6 +59,26 @@ pub struct ServiceArgs {
     /// keeps completion copy-free).
     #[arg(long, env = "INGEST_PART_SIZE", default_value_t = 64 << 20)]
     pub part_size: u64,
+    /// Most parts of one upload; without a part_size, uploads get the
+    /// smallest multiple of the default part size that keeps within it.
+    #[arg(long, env = "INGEST_MAX_PARTS", default_value_t = crate::limits::DEFAULT_MAX_PARTS)]
+    pub max_parts: u64,
+    /// Smallest part_size a request may ask for (a multiple of 65536).
+    #[arg(long, env = "INGEST_MIN_PART_SIZE", default_value_t = crate::limits::DEFAULT_MIN_PART_SIZE)]
+    pub min_part_size: u64,
+    /// Largest part_size a request may ask for (a multiple of 65536).
+    #[arg(long, env = "INGEST_MAX_PART_SIZE", default_value_t = crate::limits::DEFAULT_MAX_PART_SIZE)]
+    pub max_part_size: u64,
+    /// Most path components of a destination.
+    #[arg(long, env = "INGEST_MAX_DEST_DEPTH", default_value_t = crate::limits::DEFAULT_MAX_DEST_DEPTH)]
+    pub max_dest_depth: usize,
+    /// Longest destination, in bytes.
+    #[arg(long, env = "INGEST_MAX_DEST_BYTES", default_value_t = crate::limits::DEFAULT_MAX_DEST_BYTES)]
+    pub max_dest_bytes: usize,
+    /// Deliveries of one ingest.requests message that failed on our side
+    /// (the first included) before it is dead-lettered with the reason.
+    #[arg(long, env = "INGEST_REQUEST_MAX_DELIVERIES", default_value_t = crate::limits::DEFAULT_MAX_REQUEST_DELIVERIES)]
+    pub request_max_deliveries: u32,
 }
 
 /// Hides the password of a URL.
@@ -75,7 +96,7 @@ impl ServiceArgs {
     /// One line per setting, secrets masked.
     pub fn describe(&self) -> String {
         format!(
-            "database_url={} amqp_url={} redis_url={} mfs_master={} mfs_root={} source_roots={:?} http_source_hosts={} default_goal={} part_size={}",
+            "database_url={} amqp_url={} redis_url={} mfs_master={} mfs_root={} source_roots={:?} http_source_hosts={} default_goal={} part_size={} limits={:?}",
             mask_url(&self.database_url),
             mask_url(&self.amqp_url),
             mask_url(&self.redis_url),
@@ -88,22 +109,35 @@ impl ServiceArgs {
                 self.http_source_hosts.join(",")
             },
             self.default_goal,
-            self.part_size
+            self.part_size,
+            self.request_limits()
         )
+    }
+
+    /// The request limits these settings make.
+    pub fn request_limits(&self) -> RequestLimits {
+        RequestLimits {
+            max_parts: self.max_parts,
+            min_part_size: self.min_part_size,
+            max_part_size: self.max_part_size,
+            max_dest_depth: self.max_dest_depth,
+            max_dest_bytes: self.max_dest_bytes,
+            max_request_deliveries: self.request_max_deliveries,
+        }
     }
 
     pub fn ingest_config(&self) -> Result<IngestConfig, ConfigError> {
         let root =
             MfsPath::parse(&self.mfs_root).map_err(|e| ConfigError(format!("MFS_ROOT: {e}")))?;
-        if self.part_size == 0 || !self.part_size.is_multiple_of(65536) {
-            return Err(ConfigError(
-                "part size must be a positive multiple of 65536".into(),
-            ));
-        }
+        let limits = self.request_limits();
+        limits
+            .validate(self.part_size)
+            .map_err(|e| ConfigError(format!("request limits: {e}")))?;
         Ok(IngestConfig {
             root,
             default_goal: self.default_goal,
             default_part_size: self.part_size,
+            limits,
             sources: SourceConfig::new(self.source_roots.clone())
                 .with_http_hosts(&self.http_source_hosts),
         })

@@ -11,6 +11,7 @@ use md5::Digest;
 use uuid::Uuid;
 
 use crate::jobs::{IngestRequest, PartJob};
+use crate::limits::{self, DestLimitError, PartLimitError, RequestLimits};
 use crate::moosefs::{
     CreatedFile, MfsClient, MfsError, MfsPath, Name, ReplicaChoice, WriteOptions, CHUNK_SIZE,
 };
@@ -31,6 +32,8 @@ pub struct IngestConfig {
     pub root: MfsPath,
     pub default_goal: u8,
     pub default_part_size: u64,
+    /// What one request may ask for (parts, destination, deliveries).
+    pub limits: RequestLimits,
     pub sources: SourceConfig,
 }
 
@@ -105,7 +108,9 @@ impl WriteBudget {
     /// Waits until `bytes` fit; the permit gives them back when dropped.
     pub async fn reserve(&self, bytes: u64) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let (sem, limit) = self.0.as_ref()?;
-        let mib = (bytes.div_ceil(1 << 20) as u32).clamp(1, *limit);
+        let mib = u32::try_from(bytes.div_ceil(1 << 20))
+            .unwrap_or(u32::MAX)
+            .clamp(1, *limit);
         sem.clone().acquire_many_owned(mib).await.ok()
     }
 }
@@ -187,12 +192,18 @@ impl DirCache {
 /// Requests of one batch checked against their sources and MooseFS at once.
 const SUBMIT_CHECKS_AT_ONCE: usize = 16;
 
-/// The request id and destination of a request (checked before anything else).
-fn parse_request_head(req: &IngestRequest) -> Result<MfsPath, RequestError> {
+/// The request id and destination of a request (checked before anything
+/// else): the destination's length, characters and depth against the
+/// limits, then its names.
+fn parse_request_head(
+    req: &IngestRequest,
+    limits: &RequestLimits,
+) -> Result<MfsPath, RequestError> {
     let id = req.request_id.trim();
     if id.is_empty() || id.len() > 200 || id.chars().any(|c| c.is_control()) {
         return Err(RequestError::BadRequestId);
     }
+    limits::check_dest(&req.dest, limits)?;
     MfsPath::parse(&req.dest).map_err(|e| RequestError::BadDest(e.to_string()))
 }
 
@@ -206,9 +217,13 @@ fn same_request(existing: &Session, req: &IngestRequest, dest: &MfsPath) -> bool
     existing.dest == normalized_dest(dest)
         && existing.source == req.source
         && existing.overwrite == req.overwrite
-        && req.size.is_none_or(|s| s == existing.size as u64)
-        && req.goal.is_none_or(|g| g as i16 == existing.goal)
-        && req.part_size.is_none_or(|p| p == existing.part_size as u64)
+        && req
+            .size
+            .is_none_or(|s| i64::try_from(s) == Ok(existing.size))
+        && req.goal.is_none_or(|g| i16::from(g) == existing.goal)
+        && req
+            .part_size
+            .is_none_or(|p| i64::try_from(p) == Ok(existing.part_size))
         && req.md5.as_ref().map(|m| m.to_ascii_lowercase()) == existing.expected_md5
         && req.crc32c.map(i64::from) == existing.expected_crc32c
 }
@@ -221,17 +236,23 @@ pub enum RequestError {
     #[error("invalid dest: {0}")]
     BadDest(String),
     #[error("{0}")]
+    DestLimit(#[from] DestLimitError),
+    #[error("{0}")]
     Source(#[from] SourceError),
     #[error("declared size {declared} does not match the source's size {actual}")]
     SizeMismatch { declared: u64, actual: u64 },
-    #[error("source of {0} bytes is larger than the limit of {MAX_SIZE} bytes")]
-    TooLarge(u64),
+    #[error("{field} of {bytes} bytes is larger than the limit of {MAX_SIZE} bytes")]
+    TooLarge { field: &'static str, bytes: u64 },
     #[error("md5 must be 32 hexadecimal digits")]
     BadMd5,
     #[error("goal must be between 1 and 9")]
     BadGoal,
-    #[error("part_size must be a positive multiple of 65536 bytes")]
-    BadPartSize,
+    #[error(
+        "goal {goal} asks for more copies than the {servers} chunkservers the MooseFS master knows"
+    )]
+    GoalAboveChunkservers { goal: u8, servers: u32 },
+    #[error("{0}")]
+    Parts(#[from] PartLimitError),
     #[error("destination {0} exists (set \"overwrite\": true to replace it)")]
     DestExists(String),
     #[error("the same request_id was used for a different request (existing session {0})")]
@@ -429,7 +450,7 @@ impl Ingest {
             reqs.iter().map(|_| None).collect();
         let mut dests = Vec::with_capacity(reqs.len());
         for (slot, req) in results.iter_mut().zip(reqs) {
-            match parse_request_head(req) {
+            match parse_request_head(req, &self.cfg.limits) {
                 Ok(dest) => dests.push(Some(dest)),
                 Err(e) => {
                     *slot = Some(Err(e));
@@ -537,9 +558,15 @@ impl Ingest {
         if !(1..=9).contains(&goal) {
             return Err(RequestError::BadGoal);
         }
-        let part_size = req.part_size.unwrap_or(self.cfg.default_part_size);
-        if part_size == 0 || !part_size.is_multiple_of(65536) {
-            return Err(RequestError::BadPartSize);
+        let limits = &self.cfg.limits;
+        if let Some(asked) = req.part_size {
+            limits::check_part_size(asked, limits)?;
+        }
+        if let Some(declared) = req.size.filter(|&s| s > MAX_SIZE) {
+            return Err(RequestError::TooLarge {
+                field: "size",
+                bytes: declared,
+            });
         }
         let source = Source::parse(&req.source, &self.cfg.sources)?;
         let actual = source.size(&self.cfg.sources).await?;
@@ -549,7 +576,16 @@ impl Ingest {
             }
         }
         if actual > MAX_SIZE {
-            return Err(RequestError::TooLarge(actual));
+            return Err(RequestError::TooLarge {
+                field: "the source",
+                bytes: actual,
+            });
+        }
+        let part_size =
+            limits::choose_part_size(actual, req.part_size, self.cfg.default_part_size, limits)?;
+        let servers = self.mfs.chunkserver_count().await?.known;
+        if u32::from(goal) > servers {
+            return Err(RequestError::GoalAboveChunkservers { goal, servers });
         }
         let full_dest = self.cfg.dest_path(&req.dest)?;
         if !req.overwrite && self.dest_exists(&full_dest, &req.dest).await? {

@@ -41,6 +41,12 @@ pub const DELIVERY_LIMIT: i64 = 20;
 pub const ATTEMPT_HEADER: &str = "x-attempt";
 /// Header carrying why a message was dead-lettered.
 pub const REASON_HEADER: &str = "x-reason";
+/// Header a quorum queue sets on a redelivered message: how many earlier
+/// deliveries were returned (nacked, or their consumer went away).
+pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+/// Most requests in one message on [`REQUESTS_QUEUE`] (and in one
+/// `POST /v1/batches`); a bigger batch is dead-lettered whole.
+pub const MAX_BATCH_ITEMS: usize = 1000;
 
 /// Failures of the messaging layer.
 #[derive(Debug, thiserror::Error)]
@@ -265,7 +271,9 @@ pub async fn declare_topology(channel: &Channel) -> Result<(), JobsError> {
                 ("x-dead-letter-routing-key", string(PARTS_QUEUE)),
                 (
                     "x-message-ttl",
-                    AMQPValue::LongLongInt(RETRY_DELAY_CAP.as_millis() as i64),
+                    AMQPValue::LongLongInt(
+                        i64::try_from(RETRY_DELAY_CAP.as_millis()).expect("300 s in ms fits"),
+                    ),
                 ),
             ]),
         )
@@ -321,16 +329,29 @@ pub async fn consumer_channel(conn: &Connection, prefetch: u16) -> Result<Channe
     Ok(channel)
 }
 
-/// Reads a header as an integer.
+/// Reads a header as an integer (any AMQP integer type; `None` for
+/// anything else). Callers clamp the value to what they expect: headers
+/// come from whoever published the message.
 pub fn header_i64(props: &BasicProperties, name: &str) -> Option<i64> {
     let headers = props.headers().as_ref()?;
     match headers.inner().get(name)? {
         AMQPValue::LongLongInt(v) => Some(*v),
-        AMQPValue::LongInt(v) => Some(*v as i64),
-        AMQPValue::ShortInt(v) => Some(*v as i64),
-        AMQPValue::LongUInt(v) => Some(*v as i64),
+        AMQPValue::LongInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortShortInt(v) => Some(i64::from(*v)),
+        AMQPValue::LongUInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortUInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortShortUInt(v) => Some(i64::from(*v)),
         _ => None,
     }
+}
+
+/// How many earlier deliveries of this message were returned to its
+/// (quorum) queue, from the broker's `x-delivery-count`; 0 on the first.
+pub fn earlier_deliveries(props: &BasicProperties) -> u32 {
+    header_i64(props, DELIVERY_COUNT_HEADER)
+        .map(|n| u32::try_from(n.max(0)).unwrap_or(u32::MAX))
+        .unwrap_or(0)
 }
 
 /// Reads a header as a string.

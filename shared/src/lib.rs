@@ -8,11 +8,13 @@
 //! - [`ingest`]: the pipeline's steps (submit, part attempt, completion, GC).
 //! - [`process`]: logging and the shutdown signal.
 //! - [`retry`]: bounded exponential backoff, the one retry mechanism.
+//! - [`limits`]: what one ingest request may ask for (parts, destinations, deliveries).
 
 pub mod config;
 pub mod idempotency;
 pub mod ingest;
 pub mod jobs;
+pub mod limits;
 pub mod metrics;
 pub mod moosefs;
 pub mod process;

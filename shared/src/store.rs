@@ -30,6 +30,14 @@ pub enum StoreError {
     /// for each of them after the first (which gets the error itself).
     #[error("{0}")]
     SameBatch(String),
+    /// A value that does not fit its column (validation lets none through).
+    #[error("{field} {value} does not fit its PostgreSQL column")]
+    OutOfRange { field: &'static str, value: u64 },
+}
+
+/// A u64 for a PostgreSQL `bigint`, refused rather than wrapped.
+fn to_bigint(field: &'static str, value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::OutOfRange { field, value })
 }
 
 impl StoreError {
@@ -287,12 +295,26 @@ impl Store {
         &self,
         news: &[NewSession],
     ) -> Result<Vec<(Session, bool)>, StoreError> {
-        let mut tx = self.pool.begin().await?;
         let ids: Vec<Uuid> = news.iter().map(|_| Uuid::new_v4()).collect();
-        let part_counts: Vec<i32> = news
+        let sizes = news
             .iter()
-            .map(|n| n.size.div_ceil(n.part_size).max(1) as i32)
-            .collect();
+            .map(|n| to_bigint("size", n.size))
+            .collect::<Result<Vec<_>, _>>()?;
+        let part_sizes = news
+            .iter()
+            .map(|n| to_bigint("part_size", n.part_size))
+            .collect::<Result<Vec<_>, _>>()?;
+        let part_counts = news
+            .iter()
+            .map(|n| {
+                let count = n.size.div_ceil(n.part_size.max(1)).max(1);
+                i32::try_from(count).map_err(|_| StoreError::OutOfRange {
+                    field: "part count",
+                    value: count,
+                })
+            })
+            .collect::<Result<Vec<i32>, _>>()?;
+        let mut tx = self.pool.begin().await?;
         let created: Vec<Session> = sqlx::query_as(
             "INSERT INTO upload_sessions
                 (id, request_id, source, dest, size, part_size, part_count, goal, overwrite,
@@ -311,10 +333,10 @@ impl Store {
         )
         .bind(news.iter().map(|n| n.source.as_str()).collect::<Vec<_>>())
         .bind(news.iter().map(|n| n.dest.as_str()).collect::<Vec<_>>())
-        .bind(news.iter().map(|n| n.size as i64).collect::<Vec<_>>())
-        .bind(news.iter().map(|n| n.part_size as i64).collect::<Vec<_>>())
+        .bind(&sizes)
+        .bind(&part_sizes)
         .bind(&part_counts)
-        .bind(news.iter().map(|n| n.goal as i16).collect::<Vec<_>>())
+        .bind(news.iter().map(|n| i16::from(n.goal)).collect::<Vec<_>>())
         .bind(news.iter().map(|n| n.overwrite).collect::<Vec<_>>())
         .bind(
             news.iter()
@@ -335,14 +357,15 @@ impl Store {
         let mut grouped = Vec::new();
         for session in &created {
             // Small single-part files travel in groups, every other part alone.
-            let queue =
-                if session.part_count == 1 && session.size as u64 <= PART_GROUP_MAX_FILE_BYTES {
-                    &mut grouped
-                } else {
-                    &mut jobs
-                };
+            let queue = if session.part_count == 1
+                && u64::try_from(session.size).is_ok_and(|s| s <= PART_GROUP_MAX_FILE_BYTES)
+            {
+                &mut grouped
+            } else {
+                &mut jobs
+            };
             for n in 0..session.part_count {
-                let offset = n as i64 * session.part_size;
+                let offset = i64::from(n) * session.part_size;
                 part_sessions.push(session.id);
                 numbers.push(n);
                 offsets.push(offset);

@@ -140,6 +140,7 @@ impl Pipeline {
                 root: MfsPath::parse(&mfs_root).unwrap(),
                 default_goal: 3,
                 default_part_size: 64 << 20,
+                limits: Default::default(),
                 sources: SourceConfig::new(vec![src_dir.clone()]),
             }),
             store,
