@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use shared::ingest::{Completion, Ingest, RequestError};
-use shared::jobs::{Outgoing, Publisher, RequestMessage, UploadEvent, REQUESTS_QUEUE};
+use shared::ingest::{Completion, Ingest};
+use shared::jobs::{
+    Outgoing, Publisher, RequestMessage, UploadEvent, MAX_BATCH_ITEMS, REQUESTS_QUEUE,
+};
 use shared::metrics::{metrics, Service};
 use shared::store::{state, Store};
 use tokio_util::sync::CancellationToken;
@@ -44,37 +46,140 @@ impl Default for Intervals {
     }
 }
 
+/// Longest a coordinator works on one `ingest.requests` message (a batch of
+/// up to 1000 requests whose sources are looked at 16 at a time) before
+/// the attempt counts as failed; well under RabbitMQ's 30 min consumer timeout.
+const REQUEST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Longest pause before a failed request message goes back to its queue.
+const REQUEST_REQUEUE_DELAY_CAP: Duration = Duration::from_secs(60);
+
+/// Which delivery of a request message this is, of how many allowed.
+#[derive(Debug, Clone, Copy)]
+struct Delivered {
+    number: u32,
+    limit: u32,
+}
+
+impl Delivered {
+    fn of(delivery: &Delivery, limit: u32) -> Self {
+        let earlier = shared::jobs::earlier_deliveries(&delivery.properties);
+        Delivered {
+            number: earlier.saturating_add(1),
+            limit: limit.max(1),
+        }
+    }
+
+    /// No further delivery is allowed after this one.
+    fn is_last(&self) -> bool {
+        self.number >= self.limit
+    }
+
+    fn gave_up(&self, why: impl std::fmt::Display) -> String {
+        format!(
+            "gave up after {} deliveries (the limit is {}): {why}",
+            self.number, self.limit
+        )
+    }
+
+    /// Pause before giving the message back: 1 s, doubling, capped.
+    fn requeue_delay(&self) -> Duration {
+        let doublings = self.number.saturating_sub(1).min(6);
+        (Duration::from_secs(1) * (1 << doublings)).min(REQUEST_REQUEUE_DELAY_CAP)
+    }
+}
+
 /// Handles one message of `ingest.requests`: each item becomes (or finds) a
 /// session (all new sessions of the message in one transaction); an item
 /// that is refused goes to the dead-letter queue with the reason and a
-/// `request.rejected` event; a message that is not a request at all is
-/// dead-lettered whole. Acked only after everything is committed.
+/// `request.rejected` event; a message that is not a request at all, or a
+/// batch over [`MAX_BATCH_ITEMS`], is dead-lettered whole. Acked only after
+/// everything is committed. Deliveries are bounded
+/// (`INGEST_REQUEST_MAX_DELIVERIES`, counted by the quorum queue's
+/// `x-delivery-count`): a message that fails on our side, panics or hangs
+/// is retried with growing pauses, and dead-lettered with the reason on
+/// its last allowed delivery.
 pub async fn handle_request(ingest: &Ingest, publisher: &Publisher, delivery: Delivery) {
-    let message: RequestMessage = match serde_json::from_slice(&delivery.data) {
-        Ok(m) => m,
+    use futures::FutureExt;
+    let delivered = Delivered::of(&delivery, ingest.cfg.limits.max_request_deliveries);
+    if delivered.number > delivered.limit {
+        // Earlier deliveries never reached an outcome (e.g. the process died).
+        let reason = delivered.gave_up("no earlier delivery was handled to the end");
+        dead_letter_whole(publisher, &delivery, &reason).await;
+        return;
+    }
+    let handled = std::panic::AssertUnwindSafe(tokio::time::timeout(
+        REQUEST_MESSAGE_TIMEOUT,
+        handle_delivery(ingest, publisher, &delivery, delivered),
+    ))
+    .catch_unwind()
+    .await;
+    let why = match handled {
+        Ok(Ok(())) => return,
+        Ok(Err(_)) => format!("not handled within {REQUEST_MESSAGE_TIMEOUT:?}"),
+        Err(panic) => format!("handling it panicked: {}", panic_text(panic.as_ref())),
+    };
+    tracing::error!(delivery = delivered.number, limit = delivered.limit, %why, "ingest request message failed");
+    if delivered.is_last() {
+        dead_letter_whole(publisher, &delivery, &delivered.gave_up(why)).await;
+    } else {
+        tokio::time::sleep(delivered.requeue_delay()).await;
+        shared::jobs::requeue(&delivery).await;
+    }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+/// Dead-letters a whole request message with `reason` (acked once
+/// published; requeued if that fails).
+async fn dead_letter_whole(publisher: &Publisher, delivery: &Delivery, reason: &str) {
+    tracing::warn!(%reason, "ingest request message dead-lettered");
+    let published = publisher
+        .publish_all(&[Outgoing::dead_letter(
+            &delivery.data,
+            REQUESTS_QUEUE,
+            reason,
+        )])
+        .await
+        .is_ok();
+    if published {
+        metrics()
+            .dead_letters
+            .with_label_values(&[REQUESTS_QUEUE])
+            .inc();
+    }
+    finish(delivery, published).await;
+}
+
+/// One delivery's work (see [`handle_request`]).
+async fn handle_delivery(
+    ingest: &Ingest,
+    publisher: &Publisher,
+    delivery: &Delivery,
+    delivered: Delivered,
+) {
+    let items = match serde_json::from_slice::<RequestMessage>(&delivery.data) {
+        Ok(message) => message.into_items(),
         Err(e) => {
             let reason = format!("malformed ingest request: {e}");
-            tracing::warn!(%reason);
-            let published = publisher
-                .publish_all(&[Outgoing::dead_letter(
-                    &delivery.data,
-                    REQUESTS_QUEUE,
-                    &reason,
-                )])
-                .await
-                .is_ok();
-            if published {
-                metrics()
-                    .dead_letters
-                    .with_label_values(&[REQUESTS_QUEUE])
-                    .inc();
-            }
-            finish(&delivery, published).await;
+            dead_letter_whole(publisher, delivery, &reason).await;
             return;
         }
     };
+    if items.is_empty() || items.len() > MAX_BATCH_ITEMS {
+        let reason = format!(
+            "a batch has 1..={MAX_BATCH_ITEMS} items, this one has {} items; nothing was created",
+            items.len()
+        );
+        dead_letter_whole(publisher, delivery, &reason).await;
+        return;
+    }
     let mut rejected = Vec::new();
-    let items = message.into_items();
     let results = ingest.submit_batch(&items).await;
     for (item, result) in items.into_iter().zip(results) {
         match result {
@@ -83,22 +188,26 @@ pub async fn handle_request(ingest: &Ingest, publisher: &Publisher, delivery: De
             }
             Err(e) if e.is_client_error() => {
                 tracing::warn!(request_id = %item.request_id, error = %e, "ingest request refused");
-                rejected.push((item, e));
+                rejected.push((item, e.to_string()));
+            }
+            Err(e) if delivered.is_last() => {
+                tracing::error!(request_id = %item.request_id, error = %e, "ingest request failed on its last delivery");
+                rejected.push((item, delivered.gave_up(e)));
             }
             Err(e) => {
-                // Our side is down: leave the message for later.
-                tracing::error!(request_id = %item.request_id, error = %e, "cannot process ingest request now");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                shared::jobs::requeue(&delivery).await;
+                // Our side (or the source's server) is down: leave the message for later.
+                tracing::error!(request_id = %item.request_id, error = %e, delivery = delivered.number, "cannot process ingest request now");
+                tokio::time::sleep(delivered.requeue_delay()).await;
+                shared::jobs::requeue(delivery).await;
                 return;
             }
         }
     }
     let mut out = Vec::new();
-    for (item, e) in &rejected {
+    for (item, reason) in &rejected {
         let body = serde_json::to_vec(item).expect("request encodes");
-        out.push(Outgoing::dead_letter(&body, REQUESTS_QUEUE, &e.to_string()));
-        out.push(rejection_event(&item.request_id, &item.dest, e));
+        out.push(Outgoing::dead_letter(&body, REQUESTS_QUEUE, reason));
+        out.push(rejection_event(&item.request_id, &item.dest, reason));
     }
     let published = out.is_empty() || publisher.publish_all(&out).await.is_ok();
     if published && !rejected.is_empty() {
@@ -107,10 +216,10 @@ pub async fn handle_request(ingest: &Ingest, publisher: &Publisher, delivery: De
             .with_label_values(&[REQUESTS_QUEUE])
             .inc_by(rejected.len() as u64);
     }
-    finish(&delivery, published).await;
+    finish(delivery, published).await;
 }
 
-fn rejection_event(request_id: &str, dest: &str, e: &RequestError) -> Outgoing {
+fn rejection_event(request_id: &str, dest: &str, reason: &str) -> Outgoing {
     let event = UploadEvent {
         event: "request.rejected".into(),
         session_id: uuid::Uuid::nil(),
@@ -119,7 +228,7 @@ fn rejection_event(request_id: &str, dest: &str, e: &RequestError) -> Outgoing {
         size: 0,
         md5: None,
         crc32c: None,
-        error: Some(e.to_string()),
+        error: Some(reason.to_string()),
     };
     Outgoing::event(&event)
 }

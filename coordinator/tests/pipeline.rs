@@ -1196,3 +1196,117 @@ async fn starting_a_group_uses_the_primary_keys_after_a_burst_of_new_uploads() {
         .unwrap();
     assert_eq!(republished, 1_000);
 }
+
+/// Dead letters of a pipeline's vhost: (reason, source queue, body), as
+/// many as arrive within `limit`, up to `want`.
+async fn dead_letters(
+    p: &Pipeline,
+    want: usize,
+    limit: Duration,
+) -> Vec<(String, String, Vec<u8>)> {
+    let conn = shared::jobs::connect(&p.amqp_url, "test dead letters")
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    while got.len() < want && tokio::time::Instant::now() < deadline {
+        match channel
+            .basic_get(shared::jobs::DEAD_QUEUE, BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            Some(msg) => {
+                let props = &msg.delivery.properties;
+                got.push((
+                    shared::jobs::header_str(props, shared::jobs::REASON_HEADER)
+                        .unwrap_or_default(),
+                    shared::jobs::header_str(props, "x-source-queue").unwrap_or_default(),
+                    msg.delivery.data.clone(),
+                ))
+            }
+            None => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    got
+}
+
+/// Requests that fail on every delivery (their source's server is down),
+/// that overflow a field, or that come in a batch over the cap are
+/// dead-lettered with the reason instead of being requeued forever, and
+/// create nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poison_request_messages_are_dead_lettered_after_bounded_deliveries() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let p = Pipeline::new("poison").await;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let origin = axum::Router::new().fallback(move || {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            (axum::http::StatusCode::SERVICE_UNAVAILABLE, "down")
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, origin).await });
+    p.spawn_coordinator(&[
+        ("INGEST_REQUEST_MAX_DELIVERIES", "3"),
+        ("INGEST_HTTP_SOURCE_HOSTS", "127.0.0.1"),
+    ]);
+    let (url, _) = p.source("ok.bin", 1000, 1);
+    let down = p.request(
+        "down",
+        &format!("http://127.0.0.1:{port}/down.bin"),
+        "down.bin",
+    );
+    let mut overflow = p.request("overflow", &url, "overflow.bin");
+    overflow.part_size = Some(1 << 63);
+    let oversize = shared::jobs::IngestBatch {
+        items: (0..1001)
+            .map(|i| p.request(&format!("big-{i}"), &url, &format!("big/{i}.bin")))
+            .collect(),
+    };
+    let oversize_body = serde_json::to_vec(&oversize).unwrap();
+    p.publisher
+        .publish_all(&[
+            Outgoing::json(REQUESTS_QUEUE, &down).unwrap(),
+            Outgoing::json(REQUESTS_QUEUE, &overflow).unwrap(),
+            Outgoing::json(REQUESTS_QUEUE, &oversize).unwrap(),
+        ])
+        .await
+        .unwrap();
+
+    let dead = dead_letters(&p, 3, Duration::from_secs(90)).await;
+    let reasons: Vec<&str> = dead.iter().map(|(r, _, _)| r.as_str()).collect();
+    assert_eq!(dead.len(), 3, "dead letters: {reasons:?}");
+    assert!(
+        dead.iter().all(|(_, q, _)| q == REQUESTS_QUEUE),
+        "{reasons:?}"
+    );
+    let find = |needle: &str| {
+        dead.iter()
+            .find(|(r, _, _)| r.contains(needle))
+            .unwrap_or_else(|| panic!("no dead letter says {needle:?}: {reasons:?}"))
+    };
+    let (reason, _, _) = find("503");
+    assert!(reason.contains("3 deliveries"), "{reason}");
+    find("part_size");
+    let (reason, _, body) = find("1001 items");
+    assert!(reason.contains("1000"), "{reason}");
+    assert_eq!(
+        body, &oversize_body,
+        "the oversize batch is dead-lettered whole"
+    );
+    let hits = hits.load(Ordering::SeqCst);
+    assert!(
+        (1..=6).contains(&hits),
+        "the down source was asked {hits} times"
+    );
+    let sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM upload_sessions")
+        .fetch_one(&p.ingest.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(sessions, 0, "refused messages created nothing");
+}
