@@ -1310,3 +1310,159 @@ async fn poison_request_messages_are_dead_lettered_after_bounded_deliveries() {
         .unwrap();
     assert_eq!(sessions, 0, "refused messages created nothing");
 }
+
+/// Unacknowledged messages of a queue in the pipeline's vhost.
+fn unacked(p: &Pipeline, queue: &str) -> Option<u64> {
+    let vhost = p.amqp_url.rsplit('/').next().unwrap().to_string();
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "list_queues",
+            "-p",
+            &vhost,
+            "name",
+            "messages_unacknowledged",
+        ])
+        .output()
+        .expect("rabbitmqctl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|line| {
+            let mut cols = line.split_whitespace();
+            (cols.next() == Some(queue)).then(|| cols.next()?.parse().ok())?
+        })
+}
+
+/// Part messages whose `x-attempt` header is negative, huge or of the wrong
+/// type are handled at once (clamped): the worker's only thread never spins
+/// through billions of backoff steps, nothing panics, and a normal part
+/// published after them completes promptly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_attempt_headers_never_stall_a_worker() {
+    use lapin::types::{AMQPValue, LongString};
+    let p = Pipeline::new("attempt").await;
+    let (held_url, _) = p.source("held.bin", 1000, 3);
+    let (probe_url, probe_md5) = p.source("probe.bin", 2000, 4);
+    let (held, _) = p
+        .ingest
+        .submit(&p.request("held", &held_url, "held.bin"))
+        .await
+        .unwrap();
+    let (probe, _) = p
+        .ingest
+        .submit(&p.request("probe", &probe_url, "probe.bin"))
+        .await
+        .unwrap();
+    // Someone else holds the held part's lease: each delivery of it takes
+    // the "retry later" path, which computes the next attempt and its delay.
+    let redis =
+        shared::idempotency::Idempotency::new(&env_or("REDIS_URL", "redis://127.0.0.1:6379/"));
+    let (done_key, lease_key) = (
+        shared::idempotency::part_done_key(held.id, 0),
+        shared::idempotency::part_lease_key(held.id, 0),
+    );
+    let claim = redis
+        .claim_parts(
+            &[(done_key.as_str(), lease_key.as_str())],
+            "someone-else",
+            Duration::from_secs(300),
+        )
+        .await;
+    assert_eq!(
+        claim[0],
+        shared::idempotency::PartClaim::Lease(shared::idempotency::Lease::Acquired)
+    );
+    p.spawn_worker(
+        "w1",
+        &[("WORKER_THREADS", "1"), ("WORKER_MAX_ATTEMPTS", "3")],
+    );
+    let job = |session_id| {
+        serde_json::to_vec(&PartJob {
+            session_id,
+            part_number: 0,
+        })
+        .unwrap()
+    };
+    let hostile = [
+        AMQPValue::LongLongInt(-1),
+        AMQPValue::LongLongInt(-2),
+        AMQPValue::LongLongInt(i64::MIN),
+        AMQPValue::LongLongInt(i64::MAX),
+        AMQPValue::LongInt(-5),
+        AMQPValue::LongUInt(u32::MAX),
+        AMQPValue::LongString(LongString::from("-3")),
+        AMQPValue::Double(-1e300),
+    ];
+    let mut out: Vec<Outgoing> = hostile
+        .iter()
+        .map(|v| Outgoing {
+            exchange: String::new(),
+            queue: PARTS_QUEUE.into(),
+            payload: job(held.id),
+            headers: vec![(shared::jobs::ATTEMPT_HEADER.into(), v.clone())],
+            expiration: None,
+        })
+        .collect();
+    out.push(Outgoing {
+        exchange: String::new(),
+        queue: PARTS_QUEUE.into(),
+        payload: job(probe.id),
+        headers: vec![(
+            shared::jobs::ATTEMPT_HEADER.into(),
+            AMQPValue::LongLongInt(-7),
+        )],
+        expiration: None,
+    });
+    let sent = std::time::Instant::now();
+    p.publisher.publish_all(&out).await.unwrap();
+    let sessions = p
+        .wait_finished(
+            std::slice::from_ref(&probe.request_id),
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(sessions[0].state, "completed", "{:?}", sessions[0].error);
+    check_files(&p, &[("probe.bin".to_string(), probe_md5)]).await;
+    // Every hostile delivery was settled (acked after its retry was
+    // published): none is stuck unacknowledged in a dead handler.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while unacked(&p, PARTS_QUEUE) != Some(0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "hostile deliveries stay unacknowledged: {:?}",
+            unacked(&p, PARTS_QUEUE)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        sent.elapsed() < Duration::from_secs(40),
+        "took {:?}",
+        sent.elapsed()
+    );
+    // What went back to the retry queue carries a clamped attempt.
+    let conn = shared::jobs::connect(&p.amqp_url, "test retries")
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    while let Some(msg) = channel
+        .basic_get(
+            shared::jobs::PARTS_RETRY_QUEUE,
+            BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+    {
+        let attempt =
+            shared::jobs::header_i64(&msg.delivery.properties, shared::jobs::ATTEMPT_HEADER);
+        assert!(
+            matches!(attempt, Some(1..=12)),
+            "retry with x-attempt {attempt:?}"
+        );
+    }
+    redis
+        .finish_parts(
+            &[(done_key.as_str(), lease_key.as_str(), false)],
+            "someone-else",
+        )
+        .await;
+}

@@ -37,9 +37,15 @@ impl RetryPolicy {
     }
 }
 
+/// Backoff steps [`delay_before_attempt`] takes at most: by then any
+/// multiplier above 1 has long reached `max_delay`, so larger attempt
+/// numbers (e.g. from a hostile message header) cost no more work.
+const MAX_BACKOFF_STEPS: u32 = 64;
+
 /// The pause before attempt `attempt` (counting from 1; attempt 1 has none):
 /// the same exponential, jittered, capped sequence [`retry`] uses, for
-/// callers that wait elsewhere (e.g. a delayed queue).
+/// callers that wait elsewhere (e.g. a delayed queue). Takes at most
+/// [`MAX_BACKOFF_STEPS`] steps whatever `attempt` is.
 pub fn delay_before_attempt(policy: &RetryPolicy, attempt: u32) -> Duration {
     let mut delays = ExponentialBackoffBuilder::new()
         .with_initial_interval(policy.initial_delay)
@@ -49,7 +55,7 @@ pub fn delay_before_attempt(policy: &RetryPolicy, attempt: u32) -> Duration {
         .with_max_elapsed_time(None)
         .build();
     let mut delay = Duration::ZERO;
-    for _ in 1..attempt.max(1) {
+    for _ in 1..attempt.clamp(1, MAX_BACKOFF_STEPS) {
         delay = delays.next_backoff().unwrap_or(policy.max_delay);
     }
     delay
@@ -168,6 +174,30 @@ mod tests {
         for n in 5..20 {
             assert!(delay_before_attempt(&p, n) <= Duration::from_millis(10_400));
         }
+    }
+
+    #[test]
+    fn huge_attempt_numbers_cost_no_more_than_a_few_steps() {
+        let p = RetryPolicy::new(
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+            u32::MAX,
+            Duration::from_secs(3600),
+        );
+        let started = std::time::Instant::now();
+        for attempt in [u32::MAX, u32::MAX - 1, 1 << 31, 65, 64] {
+            let d = delay_before_attempt(&p, attempt);
+            assert!(
+                d >= Duration::from_secs(42) && d <= Duration::from_secs(78),
+                "{attempt}: {d:?}"
+            );
+        }
+        assert_eq!(delay_before_attempt(&p, 0), Duration::ZERO);
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "took {:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]

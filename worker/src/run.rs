@@ -48,7 +48,7 @@ pub struct RunArgs {
     #[arg(long, env = "WORKER_ID")]
     worker_id: Option<String>,
     /// Attempts of one part job before its session fails.
-    #[arg(long, env = "WORKER_MAX_ATTEMPTS", default_value_t = 8)]
+    #[arg(long, env = "WORKER_MAX_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(i64).range(1..=1000))]
     max_attempts: i64,
     /// Lifetime of a part lease in Redis, seconds.
     #[arg(long, env = "WORKER_LEASE_SECS", default_value_t = 30)]
@@ -154,6 +154,21 @@ const PART_RETRY: shared::retry::RetryPolicy = shared::retry::RetryPolicy::new(
     Duration::from_secs(24 * 3600),
 );
 
+/// How many times more than `--max-attempts` a job whose lease another
+/// worker holds is looked at again (see [`next_for_held`]).
+const HELD_RETRY_FACTOR: i64 = 4;
+
+/// The attempt number a message's `x-attempt` header claims, clamped to
+/// what this worker itself ever writes there: 0 ..= max_attempts ×
+/// [`HELD_RETRY_FACTOR`]. Headers come from whoever published the message;
+/// a missing, negative, huge or non-integer value never costs more than
+/// the largest real attempt.
+fn attempt_from_header(header: Option<i64>, max_attempts: i64) -> i64 {
+    header
+        .unwrap_or(0)
+        .clamp(0, max_attempts.saturating_mul(HELD_RETRY_FACTOR))
+}
+
 /// A job for the retry queue: it comes back to the work queue after the
 /// retry delay of `attempt`.
 fn retry_message(payload: Vec<u8>, attempt: i64) -> Outgoing {
@@ -165,7 +180,7 @@ fn retry_message(payload: Vec<u8>, attempt: i64) -> Outgoing {
         // Exponential backoff with jitter, from the one retry module.
         expiration: Some(shared::retry::delay_before_attempt(
             &PART_RETRY,
-            attempt as u32,
+            u32::try_from(attempt.max(0)).unwrap_or(u32::MAX),
         )),
     }
 }
@@ -197,7 +212,10 @@ async fn handle(ctx: &WorkerCtx, delivery: Delivery) {
             return;
         }
     };
-    let attempt = header_i64(&delivery.properties, ATTEMPT_HEADER).unwrap_or(0);
+    let attempt = attempt_from_header(
+        header_i64(&delivery.properties, ATTEMPT_HEADER),
+        ctx.max_attempts,
+    );
     handle_jobs(ctx, delivery, message.jobs(), attempt).await;
 }
 
@@ -300,7 +318,7 @@ async fn settle(
             (false, Next::Finished)
         }
         Err(PartError::Transient(why)) => {
-            let next = attempt + 1;
+            let next = attempt.saturating_add(1);
             if next >= ctx.max_attempts {
                 let reason = format!(
                     "part {} failed after {next} attempts: {why}",
@@ -327,11 +345,12 @@ async fn settle(
 /// What a job whose lease someone else holds becomes: looked at again
 /// later (bounded like any retry), or left to its holder and the reconciler.
 fn next_for_held(ctx: &WorkerCtx, attempt: i64) -> Next {
-    if attempt + 1 >= ctx.max_attempts * 4 {
+    let next = attempt.saturating_add(1);
+    if next >= ctx.max_attempts.saturating_mul(HELD_RETRY_FACTOR) {
         Next::Finished
     } else {
         Next::Retry {
-            attempt: attempt + 1,
+            attempt: next,
             reason: "lease_held",
         }
     }
@@ -407,5 +426,38 @@ async fn handle_jobs(ctx: &WorkerCtx, delivery: Delivery, jobs: &[PartJob], atte
             tokio::time::sleep(Duration::from_secs(1)).await;
             requeue(&delivery).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_attempt_headers_are_clamped() {
+        for (header, want) in [
+            (None, 0),
+            (Some(-1), 0),
+            (Some(i64::MIN), 0),
+            (Some(3), 3),
+            (Some(32), 32),
+            (Some(33), 32),
+            (Some(i64::MAX), 32),
+        ] {
+            assert_eq!(attempt_from_header(header, 8), want, "{header:?}");
+        }
+    }
+
+    #[test]
+    fn retry_messages_of_any_attempt_are_built_at_once() {
+        let started = std::time::Instant::now();
+        for attempt in [i64::MIN, -2, -1, 0, 1, 40, i64::MAX] {
+            let m = retry_message(b"{}".to_vec(), attempt);
+            assert!(
+                m.expiration.unwrap() <= Duration::from_secs(78),
+                "{attempt}"
+            );
+        }
+        assert!(started.elapsed() < Duration::from_millis(100));
     }
 }
