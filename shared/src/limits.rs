@@ -168,6 +168,7 @@ pub enum DestLimitError {
 /// Why a character may not appear in a destination, if it may not.
 fn forbidden_class(c: char) -> Option<&'static str> {
     match c {
+        '\0' => Some("a NUL byte, a control character"),
         c if c.is_control() => Some("a control character"),
         '\u{061C}'
         | '\u{200E}'
@@ -272,6 +273,7 @@ mod tests {
             ('\u{2066}', "U+2066"),
             ('\u{200F}', "U+200F"),
             ('\u{1}', "U+0001"),
+            ('\0', "NUL"),
             ('\u{9f}', "U+009F"),
             ('\u{2029}', "U+2029"),
         ] {
