@@ -120,6 +120,7 @@ fn rejection_event(request_id: &str, dest: &str, e: &RequestError) -> Outgoing {
         md5: None,
         crc32c: None,
         error: Some(e.to_string()),
+        replaced: false,
     };
     Outgoing::event(&event)
 }
