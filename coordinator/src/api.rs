@@ -227,6 +227,7 @@ fn request_problem(e: RequestError) -> Problem {
     if e.is_client_error() {
         let (status, kind) = match &e {
             RequestError::DestExists(_) => (StatusCode::CONFLICT, "dest-exists"),
+            RequestError::DestIsDirectory(_) => (StatusCode::CONFLICT, "dest-is-directory"),
             RequestError::Conflict(_) => (StatusCode::CONFLICT, "request-id-conflict"),
             RequestError::BadRequestId => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-request-id"),
             RequestError::BadDest(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-dest"),

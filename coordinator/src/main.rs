@@ -41,7 +41,7 @@ enum Command {
         database_url: String,
     },
     /// Run the HTTP API, request consumer, outbox relay, reconciler and GC.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Publish ingest requests for local files (and wait for their events).
     Submit(coordinator::submit::SubmitArgs),
 }
@@ -86,7 +86,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Migrate { database_url } => migrate(&database_url).await,
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::Submit(args) => coordinator::submit::submit(args).await,
         }
     });

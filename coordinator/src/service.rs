@@ -229,6 +229,7 @@ fn rejection_event(request_id: &str, dest: &str, reason: &str) -> Outgoing {
         md5: None,
         crc32c: None,
         error: Some(reason.to_string()),
+        replaced: false,
     };
     Outgoing::event(&event)
 }

@@ -848,6 +848,34 @@ async fn existing_dest_needs_overwrite() {
     assert_eq!(api.sessions_from_my_sources().await, 1);
 }
 
+/// Issue 12 item 4: a destination that is a directory is a 409
+/// `dest-is-directory`, with or without `overwrite`, and nothing is created.
+#[tokio::test]
+async fn directory_dest_is_refused() {
+    let api = Api::start(None).await;
+    let root = api.ingest.mfs.resolve(&api.mfs_root).await.unwrap().0;
+    let name = Name::parse("a-directory").unwrap();
+    api.ingest.mfs.mkdir(root, &name, 0o755).await.unwrap();
+    let src = api.source("dir.bin", 10);
+    for overwrite in [false, true] {
+        let rid = request_id();
+        let req = json!({"request_id": rid, "source": src, "dest": "a-directory",
+                         "overwrite": overwrite});
+        let case = format!("directory dest, overwrite {overwrite}");
+        let p = problem(
+            api.post("/v1/uploads", &req).await,
+            StatusCode::CONFLICT,
+            &case,
+        )
+        .await;
+        assert!(
+            p["type"].as_str().unwrap().ends_with("dest-is-directory"),
+            "{p}"
+        );
+        api.assert_no_session(&rid, &case).await;
+    }
+}
+
 #[tokio::test]
 async fn probes_metrics_and_unknown_routes() {
     let api = Api::start(None).await;

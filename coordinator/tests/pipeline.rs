@@ -627,11 +627,11 @@ async fn delayed_retries_come_back_to_the_work_queue_after_their_own_delay() {
 }
 
 /// A single-part session commits its part and completes in one transaction.
-/// When the completion fails (here: a non-empty directory sits where the file
-/// goes), that transaction rolls back but the part is still committed on its
-/// own, and a later completion finishes the file. Staging files take the
-/// session's goal from their goal directory (no per-file SETGOAL), and so do
-/// assembled files.
+/// When the completion fails (here: its commit, after the rename), that
+/// transaction rolls back but the part is still committed on its own, and a
+/// later completion finishes the file (recognising the renamed part).
+/// Staging files take the session's goal from their goal directory (no
+/// per-file SETGOAL), and so do assembled files.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn single_part_commit_survives_a_failed_completion_and_files_keep_their_goal() {
     let p = Pipeline::new("onetx").await;
@@ -641,8 +641,7 @@ async fn single_part_commit_survives_a_failed_completion_and_files_keep_their_go
     req.overwrite = true;
     let (session, _) = p.ingest.submit(&req).await.unwrap();
     assert_eq!(session.part_count, 1);
-    let blocker = p.mount_path("blocked/one.bin/inside");
-    std::fs::create_dir_all(&blocker).unwrap();
+    p.fail_completions(true).await;
 
     let job = PartJob {
         session_id: session.id,
@@ -675,7 +674,7 @@ async fn single_part_commit_survives_a_failed_completion_and_files_keep_their_go
     );
     assert_eq!(p.ingest.mfs.get_goal(staging_inode).await.unwrap(), 2);
 
-    std::fs::remove_dir_all(p.mount_path("blocked/one.bin")).unwrap();
+    p.fail_completions(false).await;
     assert_eq!(
         p.ingest.complete(session.id).await.unwrap(),
         Completion::Completed {
@@ -758,7 +757,7 @@ async fn run_one_part(p: &Pipeline, session_id: uuid::Uuid, part_number: i32) ->
 /// The last part of a multi-part file is committed and the file completed
 /// in ONE transaction (one commit between the last part and the finished
 /// file): the session row and that part row carry the same `xmin`. When
-/// that completion fails (a directory blocks the destination), the part is
+/// that completion fails (its commit, after the rename), the part is
 /// committed alone and a later completion finishes the file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn last_part_commit_completes_its_file_in_the_same_transaction() {
@@ -792,13 +791,13 @@ async fn last_part_commit_completes_its_file_in_the_same_transaction() {
     assert_ne!(part_writers[0], part_writers[1]);
     assert_ne!(part_writers[2], part_writers[1]);
 
-    // The destination is blocked: the last part is committed on its own.
+    // The completion cannot commit: the last part is committed on its own.
     let (url, md5) = p.source("blocked.bin", 150_000, 12);
     let mut req = p.request("lastpart-blocked", &url, "blocked/two.bin");
     req.part_size = Some(65536);
     req.overwrite = true;
     let (session, _) = p.ingest.submit(&req).await.unwrap();
-    std::fs::create_dir_all(p.mount_path("blocked/two.bin/inside")).unwrap();
+    p.fail_completions(true).await;
     // Every part commits, the last one (2) included, and nothing completes.
     for part in 0..3 {
         assert_eq!(
@@ -813,7 +812,7 @@ async fn last_part_commit_completes_its_file_in_the_same_transaction() {
         parts.iter().all(|part| part.committed_token == Some(1)),
         "{parts:?}"
     );
-    std::fs::remove_dir_all(p.mount_path("blocked/two.bin")).unwrap();
+    p.fail_completions(false).await;
     assert!(matches!(
         p.ingest.complete(session.id).await.unwrap(),
         Completion::Completed { .. }
@@ -1012,7 +1011,11 @@ async fn a_group_of_small_files_commits_together_and_each_ends_on_its_own() {
         .unwrap();
     assert_eq!(blocked.state, "failed");
     assert!(
-        blocked.error.as_deref().unwrap_or("").contains("exists"),
+        blocked
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("is a directory"),
         "{blocked:?}"
     );
 

@@ -79,6 +79,18 @@ pub struct ServiceArgs {
     /// (the first included) before it is dead-lettered with the reason.
     #[arg(long, env = "INGEST_REQUEST_MAX_DELIVERIES", default_value_t = crate::limits::DEFAULT_MAX_REQUEST_DELIVERIES)]
     pub request_max_deliveries: u32,
+    /// PostgreSQL `statement_timeout` of every pooled connection, seconds
+    /// (longest statement, lock waits included).
+    #[arg(long, env = "INGEST_DB_STATEMENT_TIMEOUT_SECS", default_value_t = crate::store::DEFAULT_STATEMENT_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub db_statement_timeout_secs: u64,
+    /// PostgreSQL `idle_in_transaction_session_timeout`, seconds; must exceed
+    /// the completion deadline.
+    #[arg(long, env = "INGEST_DB_IDLE_IN_TRANSACTION_SECS", default_value_t = crate::store::DEFAULT_IDLE_IN_TRANSACTION_SECS, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub db_idle_in_transaction_secs: u64,
+    /// Bound on one completion's MooseFS work under the session row lock
+    /// (assembly, MD5 read, rename), seconds; on expiry it is retried later.
+    #[arg(long, env = "INGEST_COMPLETION_DEADLINE_SECS", default_value_t = crate::ingest::DEFAULT_COMPLETION_DEADLINE_SECS, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub completion_deadline_secs: u64,
 }
 
 /// Hides the password of a URL.
@@ -96,7 +108,7 @@ impl ServiceArgs {
     /// One line per setting, secrets masked.
     pub fn describe(&self) -> String {
         format!(
-            "database_url={} amqp_url={} redis_url={} mfs_master={} mfs_root={} source_roots={:?} http_source_hosts={} default_goal={} part_size={} limits={:?}",
+            "database_url={} amqp_url={} redis_url={} mfs_master={} mfs_root={} source_roots={:?} http_source_hosts={} default_goal={} part_size={} limits={:?} db_statement_timeout_secs={} db_idle_in_transaction_secs={} completion_deadline_secs={}",
             mask_url(&self.database_url),
             mask_url(&self.amqp_url),
             mask_url(&self.redis_url),
@@ -110,7 +122,10 @@ impl ServiceArgs {
             },
             self.default_goal,
             self.part_size,
-            self.request_limits()
+            self.request_limits(),
+            self.db_statement_timeout_secs,
+            self.db_idle_in_transaction_secs,
+            self.completion_deadline_secs
         )
     }
 
@@ -133,6 +148,12 @@ impl ServiceArgs {
         limits
             .validate(self.part_size)
             .map_err(|e| ConfigError(format!("request limits: {e}")))?;
+        if self.db_idle_in_transaction_secs <= self.completion_deadline_secs {
+            return Err(ConfigError(format!(
+                "INGEST_DB_IDLE_IN_TRANSACTION_SECS ({}) must exceed INGEST_COMPLETION_DEADLINE_SECS ({}): a completion waits that long inside its transaction",
+                self.db_idle_in_transaction_secs, self.completion_deadline_secs
+            )));
+        }
         Ok(IngestConfig {
             root,
             default_goal: self.default_goal,
@@ -140,7 +161,16 @@ impl ServiceArgs {
             limits,
             sources: SourceConfig::new(self.source_roots.clone())
                 .with_http_hosts(&self.http_source_hosts),
+            completion_deadline: std::time::Duration::from_secs(self.completion_deadline_secs),
         })
+    }
+
+    /// The pool's session timeouts.
+    pub fn db_timeouts(&self) -> crate::store::DbTimeouts {
+        crate::store::DbTimeouts {
+            statement: std::time::Duration::from_secs(self.db_statement_timeout_secs),
+            idle_in_transaction: std::time::Duration::from_secs(self.db_idle_in_transaction_secs),
+        }
     }
 
     /// Connects to PostgreSQL and MooseFS (the client reports to the
@@ -151,7 +181,7 @@ impl ServiceArgs {
         db_connections: u32,
     ) -> Result<Ingest, ConfigError> {
         let cfg = self.ingest_config()?;
-        let store = Store::connect(&self.database_url, db_connections)
+        let store = Store::connect_with(&self.database_url, db_connections, self.db_timeouts())
             .await
             .map_err(|e| {
                 ConfigError(format!("PostgreSQL {}: {e}", mask_url(&self.database_url)))
@@ -175,3 +205,42 @@ impl ServiceArgs {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Args {
+        #[command(flatten)]
+        services: ServiceArgs,
+    }
+
+    fn args(extra: &[&str]) -> ServiceArgs {
+        let mut argv = vec!["test"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv).unwrap().services
+    }
+
+    #[test]
+    fn the_idle_transaction_timeout_must_exceed_the_completion_deadline() {
+        let defaults = args(&[]);
+        assert!(defaults.ingest_config().is_ok());
+        assert!(
+            defaults.db_idle_in_transaction_secs > defaults.completion_deadline_secs,
+            "the defaults agree"
+        );
+        let short = args(&[
+            "--completion-deadline-secs",
+            "600",
+            "--db-idle-in-transaction-secs",
+            "600",
+        ]);
+        let e = short.ingest_config().err().expect("refused");
+        assert!(e.0.contains("INGEST_DB_IDLE_IN_TRANSACTION_SECS"), "{e}");
+        let timeouts = args(&["--db-statement-timeout-secs", "5"]).db_timeouts();
+        assert_eq!(timeouts.statement, std::time::Duration::from_secs(5));
+        assert!(Args::try_parse_from(["test", "--db-statement-timeout-secs", "0"]).is_err());
+    }
+}

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::{StreamExt, TryStreamExt};
 use md5::Digest;
 use uuid::Uuid;
 
@@ -24,6 +25,9 @@ use crate::store::{
 pub const SYSTEM_DIR: &str = ".mfs-ingest";
 /// Largest accepted file.
 pub const MAX_SIZE: u64 = 1 << 40;
+/// Default bound on the MooseFS work of one completion (it runs under the
+/// session row lock), seconds.
+pub const DEFAULT_COMPLETION_DEADLINE_SECS: u64 = 900;
 
 /// Settings both binaries share.
 #[derive(Clone)]
@@ -35,6 +39,10 @@ pub struct IngestConfig {
     /// What one request may ask for (parts, destination, deliveries).
     pub limits: RequestLimits,
     pub sources: SourceConfig,
+    /// Bound on the MooseFS work of one completion under the session row
+    /// lock (assembly, MD5 read, rename); on expiry the completion rolls back
+    /// and is retried. Keep it below the pool's idle-in-transaction timeout.
+    pub completion_deadline: Duration,
 }
 
 impl IngestConfig {
@@ -255,6 +263,8 @@ pub enum RequestError {
     Parts(#[from] PartLimitError),
     #[error("destination {0} exists (set \"overwrite\": true to replace it)")]
     DestExists(String),
+    #[error("destination {0} is a directory")]
+    DestIsDirectory(String),
     #[error("the same request_id was used for a different request (existing session {0})")]
     Conflict(Uuid),
     #[error("MooseFS: {0}")]
@@ -316,8 +326,77 @@ enum Finish {
         md5: Option<String>,
         crc: u32,
         final_inode: u32,
+        /// A foreign file at the destination was replaced (`overwrite`).
+        replaced: bool,
     },
     Failed(String),
+}
+
+/// What a completion found at its destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AtDest {
+    Nothing,
+    Directory,
+    /// The session's committed single part itself (renamed by a run that
+    /// did not commit).
+    ThisFile(u32),
+    /// A file an earlier run of this session's completion put there
+    /// (recorded inode, the session's length and CRC-32C): replaced.
+    Ours,
+    /// Anything else: replaced only with `overwrite`.
+    Foreign,
+}
+
+/// A completion check that did not pass: why the session fails.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct CheckFailed(String);
+
+/// A verified file in the staging directory, ready to be renamed into place.
+struct FinalFile {
+    /// Its staging directory's inode and its name there.
+    dir: u32,
+    name: Name,
+    inode: u32,
+    md5: Option<String>,
+}
+
+/// Why the data's MD5 (if known) is not the one the upload asked for.
+fn md5_mismatch(session: &Session, actual: Option<&str>) -> Option<String> {
+    match (&session.expected_md5, actual) {
+        (Some(expected), Some(actual)) if expected != actual => Some(format!(
+            "md5 mismatch: expected {expected}, the data has {actual}"
+        )),
+        _ => None,
+    }
+}
+
+/// The size and CRC-32C checks of a completion, before anything moves: the
+/// committed parts add up to the session's size and their combined CRC-32C
+/// is the expected one (if one was given). The whole-file CRC-32C, or why
+/// the session fails.
+fn verify_parts(session: &Session, parts: &[crate::store::Part]) -> Result<u32, CheckFailed> {
+    let total: i64 = parts.iter().map(|p| p.size).sum();
+    if total != session.size {
+        return Err(CheckFailed(format!(
+            "size mismatch: the parts hold {total} bytes, the upload has {}",
+            session.size
+        )));
+    }
+    // Whole-file CRC-32C from the parts' CRCs, no data read.
+    let crc = match parts {
+        [one] => one.crc32c.unwrap_or(0) as u32,
+        _ => parts.iter().fold(0u32, |crc, p| {
+            crc32c::crc32c_combine(crc, p.crc32c.unwrap_or(0) as u32, p.size as usize)
+        }),
+    };
+    match session.expected_crc32c {
+        Some(expected) if expected as u32 != crc => Err(CheckFailed(format!(
+            "crc32c mismatch: expected {:08x}, the data has {crc:08x}",
+            expected as u32
+        ))),
+        _ => Ok(crc),
+    }
 }
 
 impl Completion {
@@ -588,9 +667,8 @@ impl Ingest {
             return Err(RequestError::GoalAboveChunkservers { goal, servers });
         }
         let full_dest = self.cfg.dest_path(&req.dest)?;
-        if !req.overwrite && self.dest_exists(&full_dest, &req.dest).await? {
-            return Err(RequestError::DestExists(req.dest.clone()));
-        }
+        self.check_dest(&full_dest, &req.dest, req.overwrite)
+            .await?;
         Ok(NewSession {
             request_id: req.request_id.clone(),
             source: req.source.clone(),
@@ -604,15 +682,35 @@ impl Ingest {
         })
     }
 
-    /// Whether something exists at a destination: its parent directory from
-    /// the cache (one LOOKUP per component the first time), then one LOOKUP.
-    /// A stale cached parent (removed meanwhile) reads as "does not exist";
-    /// the completion checks again under its lock.
-    async fn dest_exists(&self, full_dest: &MfsPath, dest: &str) -> Result<bool, RequestError> {
+    /// What is at a destination may take the file: nothing, or a file if
+    /// `overwrite`; never a directory (a rename onto it could only fail).
+    /// The completion checks again under its lock.
+    async fn check_dest(
+        &self,
+        full_dest: &MfsPath,
+        dest: &str,
+        overwrite: bool,
+    ) -> Result<(), RequestError> {
+        match self.dest_entry(full_dest, dest).await? {
+            Some(attr) if attr.is_dir() => Err(RequestError::DestIsDirectory(dest.to_string())),
+            Some(_) if !overwrite => Err(RequestError::DestExists(dest.to_string())),
+            _ => Ok(()),
+        }
+    }
+
+    /// What exists at a destination (its attributes), if anything: its
+    /// parent directory from the cache (one LOOKUP per component the first
+    /// time), then one LOOKUP. A stale cached parent (removed meanwhile)
+    /// reads as "does not exist".
+    async fn dest_entry(
+        &self,
+        full_dest: &MfsPath,
+        dest: &str,
+    ) -> Result<Option<crate::moosefs::Attr>, RequestError> {
         let (parent_path, name) = full_dest.split_last().expect("dest is not the root");
         let parent = match self.dirs.existing(&self.mfs, &parent_path).await {
             Ok(inode) => inode,
-            Err(MfsError::NotFound(_)) => return Ok(false),
+            Err(MfsError::NotFound(_)) => return Ok(None),
             // A file where a directory should be.
             Err(MfsError::NotDirectory(_)) => {
                 return Err(RequestError::BadDest(format!(
@@ -622,8 +720,8 @@ impl Ingest {
             Err(e) => return Err(e.into()),
         };
         match self.mfs.lookup(parent, name).await {
-            Ok(_) => Ok(true),
-            Err(MfsError::NotFound(_)) => Ok(false),
+            Ok((_, attr)) => Ok(Some(attr)),
+            Err(MfsError::NotFound(_)) => Ok(None),
             Err(e) => {
                 self.dirs.forget();
                 Err(e.into())
@@ -932,6 +1030,15 @@ impl Ingest {
         if commits.is_empty() {
             return Ok(Vec::new());
         }
+        // Before anything is renamed, in a transaction of its own: which
+        // inodes these sessions may put in place (a crash between a rename
+        // and the commit below rolls the part back; the re-run recognises
+        // its own file by this record, see `what_is_at_dest`).
+        let placements: Vec<(Uuid, u32)> = commits
+            .iter()
+            .map(|c| (c.session_id, c.staging_inode))
+            .collect();
+        self.store.record_placements(&placements).await?;
         let ids: Vec<Uuid> = commits.iter().map(|c| c.session_id).collect();
         let (mut tx, sessions) = self.store.lock_sessions(&ids).await?;
         let states: Vec<Option<&str>> = commits
@@ -939,32 +1046,18 @@ impl Ingest {
             .map(|c| sessions.get(&c.session_id).map(|s| s.state.as_str()))
             .collect();
         let committed = Store::commit_parts_in(&mut tx, commits, &states).await?;
-        // The files go in place side by side (MooseFS only), then one
-        // statement records every completed one.
-        let finishing = committed
+        let finishing_sessions = committed
             .iter()
-            .enumerate()
-            .filter_map(|(i, (_, part))| part.as_ref().map(|part| (i, part)))
-            .map(|(i, part)| {
-                let session = &sessions[&commits[i].session_id];
-                async move {
-                    let started = std::time::Instant::now();
-                    if session.part_count != 1 {
-                        return Err(CompletionError::Internal(format!(
-                            "session {} has {} parts, not one",
-                            session.id, session.part_count
-                        )));
-                    }
-                    let inode = part.staging_inode.unwrap_or_default() as u32;
-                    let finish = self
-                        .finish_file(session, std::slice::from_ref(part), &[inode])
-                        .await?;
-                    Ok((i, finish, started.elapsed()))
-                }
-            });
-        let finished = futures::future::try_join_all(finishing)
-            .await
-            .inspect_err(|_| self.completion_failed())?;
+            .zip(commits)
+            .filter(|((_, part), _)| part.is_some())
+            .map(|(_, c)| &sessions[&c.session_id]);
+        let dests_unique = self.lock_destinations(&mut tx, finishing_sessions).await?;
+        // The files go in place (MooseFS only), then one statement records
+        // every completed one.
+        let at_once = if dests_unique { commits.len() } else { 1 };
+        let finished = self
+            .finish_group_files(&sessions, commits, &committed, at_once)
+            .await?;
         let mut completed = vec![false; commits.len()];
         let mut done = Vec::new();
         let mut ended = Vec::new();
@@ -975,6 +1068,7 @@ impl Ingest {
                     md5,
                     crc,
                     final_inode,
+                    replaced,
                 } => {
                     completed[*i] = true;
                     done.push(crate::store::SessionDone {
@@ -982,6 +1076,7 @@ impl Ingest {
                         md5: md5.as_deref(),
                         crc32c: *crc,
                         final_inode: *final_inode,
+                        replaced: *replaced,
                     });
                     ended.push((state::COMPLETED, session.created_at, Some(*own_time)));
                 }
@@ -1017,6 +1112,66 @@ impl Ingest {
                 None => (*outcome, false),
             })
             .collect())
+    }
+
+    /// The MooseFS side of completing the files of a group whose parts
+    /// `committed` recorded: side by side (`at_once`; one after the other
+    /// when two go to the same destination). One `(index, finish, time)`
+    /// per committed part.
+    async fn finish_group_files(
+        &self,
+        sessions: &std::collections::HashMap<Uuid, Session>,
+        commits: &[PartCommit<'_>],
+        committed: &[(CommitOutcome, Option<crate::store::Part>)],
+        at_once: usize,
+    ) -> Result<Vec<(usize, Finish, Duration)>, CompletionError> {
+        let finishing = committed
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, part))| part.as_ref().map(|part| (i, part)))
+            .map(|(i, part)| {
+                let session = &sessions[&commits[i].session_id];
+                async move {
+                    let started = std::time::Instant::now();
+                    if session.part_count != 1 {
+                        return Err(CompletionError::Internal(format!(
+                            "session {} has {} parts, not one",
+                            session.id, session.part_count
+                        )));
+                    }
+                    let inode = part.staging_inode.unwrap_or_default() as u32;
+                    let finish = self
+                        .finish_file(session, std::slice::from_ref(part), &[inode])
+                        .await?;
+                    Ok((i, finish, started.elapsed()))
+                }
+            })
+            .collect::<Vec<_>>();
+        futures::stream::iter(finishing)
+            .buffered(at_once.max(1))
+            .try_collect()
+            .await
+            .inspect_err(|_| self.completion_failed())
+    }
+
+    /// Takes the destination locks of `sessions` in `tx` (see
+    /// [`Store::lock_destinations_in`]): completions to one destination
+    /// run one after the other, each seeing what the one before it left.
+    /// Whether the destinations are all different.
+    async fn lock_destinations<'s>(
+        &self,
+        tx: &mut crate::store::Tx,
+        sessions: impl Iterator<Item = &'s Session>,
+    ) -> Result<bool, CompletionError> {
+        let mut dests = Vec::new();
+        for session in sessions {
+            dests.push(self.cfg.dest_path(&session.dest)?.to_string());
+        }
+        Store::lock_destinations_in(tx, &dests).await?;
+        let count = dests.len();
+        dests.sort_unstable();
+        dests.dedup();
+        Ok(dests.len() == count)
     }
 
     /// Marks a session failed (if still open) and returns the error to report.
@@ -1129,15 +1284,35 @@ impl Ingest {
                 _ => return Ok(Completion::NotReady),
             }
         }
+        self.lock_destinations(tx, std::iter::once(&session))
+            .await?;
         let finish = self.finish_file(&session, &parts, &inodes).await?;
         self.record_finish(tx, &session, parts.len(), finish).await
     }
 
-    /// The MooseFS side of a completion, nothing recorded yet: checks the
-    /// whole-file CRC-32C (combined from the parts'), puts the file in place
-    /// (a rename of a single part, an assembly of several), checks the MD5.
-    /// Recognises a file a crashed run already put in place.
+    /// The MooseFS side of a completion, nothing recorded yet, bounded by
+    /// the completion deadline (it runs under the session row lock): see
+    /// [`Ingest::finish_file_unbounded`].
     async fn finish_file(
+        &self,
+        session: &Session,
+        parts: &[crate::store::Part],
+        inodes: &[u32],
+    ) -> Result<Finish, CompletionError> {
+        let deadline = self.cfg.completion_deadline;
+        tokio::time::timeout(deadline, self.finish_file_unbounded(session, parts, inodes))
+            .await
+            .map_err(|_| CompletionError::Deadline(deadline))?
+    }
+
+    /// Every check that can fail runs before anything at the destination
+    /// changes: the size and the whole-file CRC-32C (combined from the
+    /// parts'), what is at the destination (a directory, a foreign file
+    /// without `overwrite`), the MD5 (a single part's from its write, an
+    /// assembly's read from the assembled staging file). Only then is the
+    /// verified file renamed into place. Recognises a file a crashed run of
+    /// this session already put in place (see [`Ingest::what_is_at_dest`]).
+    async fn finish_file_unbounded(
         &self,
         session: &Session,
         parts: &[crate::store::Part],
@@ -1153,85 +1328,139 @@ impl Ingest {
             }
             Err(e) => return Err(e.into()),
         };
-
-        // Whole-file CRC-32C from the parts' CRCs, no data read.
-        let crc = match parts {
-            [one] => one.crc32c.unwrap_or(0) as u32,
-            _ => parts.iter().fold(0u32, |crc, p| {
-                crc32c::crc32c_combine(crc, p.crc32c.unwrap_or(0) as u32, p.size as usize)
-            }),
+        let crc = match verify_parts(session, parts) {
+            Ok(crc) => crc,
+            Err(CheckFailed(why)) => return Ok(Finish::Failed(why)),
         };
-        if let Some(expected) = session.expected_crc32c {
-            if expected as u32 != crc {
+        let single_md5 = match parts {
+            [one] => one.md5.clone(),
+            _ => None,
+        };
+        // A single part's MD5 is known from its write: checked before
+        // anything else (an assembly's after it is built, below).
+        if let Some(why) = md5_mismatch(session, single_md5.as_deref()) {
+            return Ok(Finish::Failed(why));
+        }
+        let replaced = match self
+            .what_is_at_dest(session, inodes, crc, parent, dest_name)
+            .await?
+        {
+            AtDest::Directory => {
+                let why = format!("destination {} is a directory", session.dest);
+                return Ok(Finish::Failed(why));
+            }
+            AtDest::ThisFile(final_inode) => {
+                return Ok(Finish::Completed {
+                    md5: single_md5,
+                    crc,
+                    final_inode,
+                    replaced: false,
+                })
+            }
+            AtDest::Foreign if !session.overwrite => {
                 let why = format!(
-                    "crc32c mismatch: expected {:08x}, the data has {crc:08x}",
-                    expected as u32
+                    "destination {} exists (set \"overwrite\": true to replace it)",
+                    session.dest
                 );
                 return Ok(Finish::Failed(why));
             }
+            AtDest::Foreign => true,
+            AtDest::Nothing | AtDest::Ours => false,
+        };
+        let file = match self.verified_final_file(session, parts, inodes).await? {
+            Ok(file) => file,
+            Err(CheckFailed(why)) => return Ok(Finish::Failed(why)),
+        };
+        if parts.len() > 1 {
+            // A single part's inode was recorded before the lock.
+            self.store
+                .record_placements(&[(session.id, file.inode)])
+                .await?;
         }
-        let single_md5 = (parts.len() == 1).then(|| parts[0].md5.clone()).flatten();
+        self.mfs
+            .rename(file.dir, &file.name, parent, dest_name)
+            .await?;
+        Ok(Finish::Completed {
+            md5: file.md5,
+            crc,
+            final_inode: file.inode,
+            replaced,
+        })
+    }
 
-        // Already done by a run that crashed before its commit?
-        let existing = match self.mfs.lookup(parent, dest_name).await {
-            Ok((inode, attr)) => Some((inode, attr)),
-            Err(MfsError::NotFound(_)) => None,
+    /// The verified file to put in place, still in the staging directory:
+    /// a single part (its MD5 checked already), or the parts assembled and
+    /// the assembly's MD5 read and checked if one was asked for (a
+    /// mismatching assembly is removed). Its directory inode, name, inode
+    /// and MD5, or why the session fails.
+    async fn verified_final_file(
+        &self,
+        session: &Session,
+        parts: &[crate::store::Part],
+        inodes: &[u32],
+    ) -> Result<Result<FinalFile, CheckFailed>, CompletionError> {
+        if let [one] = parts {
+            let (dir, name) = self.staging_location(&one.staging_path).await?;
+            let md5 = one.md5.clone();
+            return Ok(Ok(FinalFile {
+                dir,
+                name,
+                inode: inodes[0],
+                md5,
+            }));
+        }
+        let (dir, name, inode) = self.assemble(session, parts, inodes).await?;
+        let md5 = match &session.expected_md5 {
+            Some(_) => Some(self.md5_of(inode).await?),
+            None => None,
+        };
+        if let Some(why) = md5_mismatch(session, md5.as_deref()) {
+            // Only the assembly, never anything at the destination.
+            let _ = self.mfs.unlink(dir, &name).await;
+            return Ok(Err(CheckFailed(why)));
+        }
+        Ok(Ok(FinalFile {
+            dir,
+            name,
+            inode,
+            md5,
+        }))
+    }
+
+    /// What is at a session's destination. A file is this session's own
+    /// only by inode identity: the committed single part itself
+    /// ([`AtDest::ThisFile`]), or an inode a run of this session's
+    /// completion recorded before renaming it there (a run that crashed
+    /// before its commit) whose length and whole-file CRC-32C are the
+    /// session's ([`AtDest::Ours`]; the read happens only in that case).
+    /// Anything else, a file with the right length and CRC included, is
+    /// [`AtDest::Foreign`]: a 32-bit CRC is forgeable.
+    async fn what_is_at_dest(
+        &self,
+        session: &Session,
+        inodes: &[u32],
+        crc: u32,
+        parent: u32,
+        dest_name: &Name,
+    ) -> Result<AtDest, CompletionError> {
+        let (inode, attr) = match self.mfs.lookup(parent, dest_name).await {
+            Ok(found) => found,
+            Err(MfsError::NotFound(_)) => return Ok(AtDest::Nothing),
             Err(e) => return Err(e.into()),
         };
-        let already_ours = match &existing {
-            Some((inode, attr)) if attr.length == session.size as u64 => {
-                if parts.len() == 1 {
-                    *inode == inodes[0]
-                } else if self.same_first_chunk(*inode, inodes[0]).await? {
-                    true
-                } else {
-                    // A copied assembly shares no chunks with the parts: the
-                    // content decides (only after a crash between the rename
-                    // and the commit, so the read-back is rare).
-                    self.crc32c_of(*inode).await? == crc
-                }
-            }
-            _ => false,
-        };
-        if existing.is_some() && !already_ours && !session.overwrite {
-            let why = format!(
-                "destination {} exists (set \"overwrite\": true to replace it)",
-                session.dest
-            );
-            return Ok(Finish::Failed(why));
+        if attr.is_dir() {
+            return Ok(AtDest::Directory);
         }
-
-        let final_inode = if already_ours {
-            existing.expect("checked").0
-        } else if parts.len() == 1 {
-            let (staging_dir, name) = self.staging_location(&parts[0].staging_path).await?;
-            self.mfs
-                .rename(staging_dir, &name, parent, dest_name)
-                .await?;
-            inodes[0]
-        } else {
-            self.assemble(session, parts, inodes, parent, dest_name)
-                .await?
-        };
-
-        let md5 = match (&single_md5, &session.expected_md5) {
-            (Some(m), _) => Some(m.clone()),
-            (None, Some(_)) => Some(self.md5_of(final_inode).await?),
-            (None, None) => None,
-        };
-        if let (Some(expected), Some(actual)) = (&session.expected_md5, &md5) {
-            if expected != actual {
-                let why = format!("md5 mismatch: expected {expected}, the data has {actual}");
-                // The file is in place but wrong: move it out of the way.
-                let _ = self.mfs.unlink(parent, dest_name).await;
-                return Ok(Finish::Failed(why));
-            }
+        if attr.length != session.size as u64 {
+            return Ok(AtDest::Foreign);
         }
-        Ok(Finish::Completed {
-            md5,
-            crc,
-            final_inode,
-        })
+        if inodes.len() == 1 && inode == inodes[0] {
+            return Ok(AtDest::ThisFile(inode));
+        }
+        if self.store.placed(session.id, inode).await? && self.crc32c_of(inode).await? == crc {
+            return Ok(AtDest::Ours);
+        }
+        Ok(AtDest::Foreign)
     }
 
     /// Records what [`Ingest::finish_file`] decided, in the transaction
@@ -1248,8 +1477,16 @@ impl Ingest {
                 md5,
                 crc,
                 final_inode,
+                replaced,
             } => {
-                Store::complete_in(tx, session, md5.as_deref(), crc, final_inode).await?;
+                let done = crate::store::SessionDone {
+                    session,
+                    md5: md5.as_deref(),
+                    crc32c: crc,
+                    final_inode,
+                    replaced,
+                };
+                Store::complete_in(tx, done).await?;
                 // A single part IS the final file; the parts of an assembly are garbage.
                 if part_count > 1 {
                     Store::abandon_parts_in(tx, session.id).await?;
@@ -1294,27 +1531,17 @@ impl Ingest {
         Ok((self.dirs.ensure(&self.mfs, &dir).await?, name.clone()))
     }
 
-    async fn same_first_chunk(&self, a: u32, b: u32) -> Result<bool, MfsError> {
-        let (ca, _, _) = self.mfs.check_chunk(a, 0).await?;
-        match self.mfs.check_chunk(b, 0).await {
-            Ok((cb, _, _)) => Ok(ca != 0 && ca == cb),
-            Err(MfsError::NotFound(_)) => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
     /// Builds the final file in a temporary file of the session's staging
-    /// directory and renames it into place: chunk references only
-    /// (APPEND_SLICE) when every part but the last is a whole number of
-    /// chunks, a streamed copy otherwise.
+    /// directory (chunk references only, APPEND_SLICE, when every part but
+    /// the last is a whole number of chunks, a streamed copy otherwise) and
+    /// checks its length; the caller verifies it further and renames it into
+    /// place. Returns its directory inode, name and inode.
     async fn assemble(
         &self,
         session: &Session,
         parts: &[crate::store::Part],
         inodes: &[u32],
-        parent: u32,
-        dest_name: &Name,
-    ) -> Result<u32, CompletionError> {
+    ) -> Result<(u32, Name, u32), CompletionError> {
         let goal = session.goal as u8;
         let staging_dir = self.staging_dir_inode(goal).await?;
         let assembly = self.cfg.assembly_file(goal, session.id);
@@ -1363,10 +1590,7 @@ impl Ingest {
                 session.size
             )));
         }
-        self.mfs
-            .rename(staging_dir, &name, parent, dest_name)
-            .await?;
-        Ok(file.inode)
+        Ok((staging_dir, name, file.inode))
     }
 
     /// Streams a file through `consume` (for whole-file digests).
@@ -1506,6 +1730,8 @@ pub enum CompletionError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Internal(String),
+    #[error("the completion's MooseFS work did not finish within its deadline of {0:?}")]
+    Deadline(Duration),
 }
 
 impl From<sqlx::Error> for CompletionError {

@@ -198,6 +198,10 @@ pub struct UploadEvent {
     pub crc32c: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
+    /// `upload.completed` only: the file replaced one that was at `dest`
+    /// (`overwrite`); of two uploads to one destination the later one says so.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub replaced: bool,
 }
 
 /// The body of every message on [`EVENTS_EXCHANGE`]: `{"events":[...]}`.
@@ -682,6 +686,7 @@ mod tests {
             md5: None,
             crc32c: Some(n as u32),
             error: None,
+            replaced: false,
         }
     }
 

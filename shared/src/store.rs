@@ -70,6 +70,8 @@ pub struct SessionDone<'a> {
     pub md5: Option<&'a str>,
     pub crc32c: u32,
     pub final_inode: u32,
+    /// Whether it replaced a file that was at the destination.
+    pub replaced: bool,
 }
 
 /// Every part of one session, in order.
@@ -252,6 +254,37 @@ pub struct OutboxRow {
     pub payload: serde_json::Value,
 }
 
+/// Session settings of every pooled connection, so that no statement and no
+/// transaction left idle (a completion stuck in MooseFS work, a process
+/// frozen mid-transaction) holds its row locks without bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbTimeouts {
+    /// `statement_timeout`: the longest any one statement may run (waiting
+    /// for a row or advisory lock included).
+    pub statement: Duration,
+    /// `idle_in_transaction_session_timeout`: the longest a transaction may
+    /// wait between statements, e.g. while a completion does its MooseFS work
+    /// under the session row lock; must exceed the completion deadline.
+    pub idle_in_transaction: Duration,
+}
+
+impl Default for DbTimeouts {
+    fn default() -> Self {
+        DbTimeouts {
+            statement: Duration::from_secs(DEFAULT_STATEMENT_TIMEOUT_SECS),
+            idle_in_transaction: Duration::from_secs(DEFAULT_IDLE_IN_TRANSACTION_SECS),
+        }
+    }
+}
+
+/// Default `statement_timeout` of pooled connections, seconds.
+pub const DEFAULT_STATEMENT_TIMEOUT_SECS: u64 = 120;
+/// Default `idle_in_transaction_session_timeout`, seconds: the default
+/// completion deadline ([`crate::ingest::DEFAULT_COMPLETION_DEADLINE_SECS`])
+/// plus a minute.
+pub const DEFAULT_IDLE_IN_TRANSACTION_SECS: u64 =
+    crate::ingest::DEFAULT_COMPLETION_DEADLINE_SECS + 60;
+
 /// Handle to the database.
 #[derive(Clone)]
 pub struct Store {
@@ -261,8 +294,30 @@ pub struct Store {
 pub type Tx = Transaction<'static, Postgres>;
 
 impl Store {
-    /// Connects (bounded) with a pool of `max_connections`.
+    /// Connects (bounded) with a pool of `max_connections` and the default
+    /// [`DbTimeouts`].
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        Self::connect_with(url, max_connections, DbTimeouts::default()).await
+    }
+
+    /// Connects (bounded) with a pool of `max_connections`; every connection
+    /// of the pool gets `timeouts` as its session settings.
+    pub async fn connect_with(
+        url: &str,
+        max_connections: u32,
+        timeouts: DbTimeouts,
+    ) -> Result<Store, StoreError> {
+        let options: sqlx::postgres::PgConnectOptions = url.parse()?;
+        let options = options.options([
+            (
+                "statement_timeout",
+                timeouts.statement.as_millis().to_string(),
+            ),
+            (
+                "idle_in_transaction_session_timeout",
+                timeouts.idle_in_transaction.as_millis().to_string(),
+            ),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
@@ -272,13 +327,25 @@ impl Store {
                     Ok(())
                 })
             })
-            .connect(url)
+            .connect_with(options)
             .await?;
         Ok(Store { pool })
     }
 
+    /// Applies the migrations on one connection without a statement
+    /// timeout (a migration may legitimately run long).
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await?;
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("SET statement_timeout = 0")
+            .execute(&mut *conn)
+            .await?;
+        let ran = MIGRATOR.run(&mut *conn).await;
+        // The connection goes back to the pool: its timeout with it.
+        let reset = sqlx::query("RESET statement_timeout")
+            .execute(&mut *conn)
+            .await;
+        ran?;
+        reset?;
         Ok(())
     }
 
@@ -855,23 +922,58 @@ impl Store {
     }
 
     /// Marks a locked session completed and queues its event.
-    pub async fn complete_in(
-        tx: &mut Tx,
-        session: &Session,
-        md5: Option<&str>,
-        crc32c: u32,
-        final_inode: u32,
-    ) -> Result<(), StoreError> {
-        Self::complete_all_in(
-            tx,
-            &[SessionDone {
-                session,
-                md5,
-                crc32c,
-                final_inode,
-            }],
+    pub async fn complete_in(tx: &mut Tx, done: SessionDone<'_>) -> Result<(), StoreError> {
+        Self::complete_all_in(tx, &[done]).await
+    }
+
+    /// Serializes completions per destination: takes a transaction-scoped
+    /// advisory lock on each of `dests` (full MooseFS paths), in a fixed
+    /// order (so two transactions never wait on each other in a cycle),
+    /// after the session rows. Held until `tx` ends.
+    pub async fn lock_destinations_in(tx: &mut Tx, dests: &[String]) -> Result<(), StoreError> {
+        if dests.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(k)
+               FROM (SELECT DISTINCT hashtextextended('mfs-ingest dest ' || d, 0) AS k
+                       FROM UNNEST($1::text[]) AS d ORDER BY 1) AS keys",
         )
-        .await
+        .bind(dests)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Records, in its own transaction, inodes a completion is about to put
+    /// at their sessions' destinations (see `migrations/0003`): one statement.
+    pub async fn record_placements(&self, placements: &[(Uuid, u32)]) -> Result<(), StoreError> {
+        if placements.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO completion_placements (session_id, inode)
+             SELECT * FROM UNNEST($1::uuid[], $2::bigint[])
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(placements.iter().map(|p| p.0).collect::<Vec<_>>())
+        .bind(placements.iter().map(|p| p.1 as i64).collect::<Vec<_>>())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Whether a completion of `session_id` recorded `inode` as put in place
+    /// (committed rows only: those are recorded in transactions of their own).
+    pub async fn placed(&self, session_id: Uuid, inode: u32) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM completion_placements
+                             WHERE session_id = $1 AND inode = $2)",
+        )
+        .bind(session_id)
+        .bind(inode as i64)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     /// Marks locked sessions completed and queues their events, in one
@@ -894,6 +996,7 @@ impl Store {
                     md5: d.md5.map(str::to_string),
                     crc32c: Some(d.crc32c),
                     error: None,
+                    replaced: d.replaced,
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -956,6 +1059,7 @@ impl Store {
             md5: None,
             crc32c: None,
             error: Some(error.to_string()),
+            replaced: false,
         };
         enqueue(tx, &Outgoing::event(&event)).await
     }

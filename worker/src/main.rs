@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Consume part jobs from RabbitMQ and write them to MooseFS.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// MooseFS file operations over the native protocol (no FUSE mount).
     Mfs(mfs_cli::MfsArgs),
 }
@@ -64,7 +64,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => run::run(args).await,
+            Command::Run(args) => run::run(*args).await,
             Command::Mfs(args) => mfs_cli::run(args).await,
         }
     });

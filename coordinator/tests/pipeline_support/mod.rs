@@ -142,6 +142,9 @@ impl Pipeline {
                 default_part_size: 64 << 20,
                 limits: Default::default(),
                 sources: SourceConfig::new(vec![src_dir.clone()]),
+                completion_deadline: Duration::from_secs(
+                    shared::ingest::DEFAULT_COMPLETION_DEADLINE_SECS,
+                ),
             }),
             store,
             mfs,
@@ -346,6 +349,26 @@ impl Pipeline {
                 );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Makes every transaction that marks a session completed fail (a
+    /// trigger in this test's private database) while `on`: the completion's
+    /// MooseFS work is done, its commit is not, as in a crash between them.
+    pub async fn fail_completions(&self, on: bool) {
+        let pool = &self.ingest.store.pool;
+        let statements: &[&str] = if on {
+            &[
+                "CREATE OR REPLACE FUNCTION test_fail() RETURNS trigger LANGUAGE plpgsql
+                 AS $$ BEGIN RAISE EXCEPTION 'simulated crash before the commit'; END $$",
+                "CREATE TRIGGER test_fail_completion BEFORE UPDATE ON upload_sessions
+                 FOR EACH ROW WHEN (NEW.state = 'completed') EXECUTE FUNCTION test_fail()",
+            ]
+        } else {
+            &["DROP TRIGGER IF EXISTS test_fail_completion ON upload_sessions"]
+        };
+        for statement in statements {
+            sqlx::query(statement).execute(pool).await.unwrap();
         }
     }
 
