@@ -715,6 +715,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
         ("unknown field", with("colour", json!("red")), bad, "unknown field `colour`"),
         ("not an object", json!("a string"), bad, "invalid type"),
         ("blank request_id", with("request_id", json!(" ")), unprocessable, "request_id"),
+        ("request_id with NUL", with("request_id", json!("r\u{0}x")), unprocessable, "request_id"),
         ("dest escapes the root", with("dest", json!("../x")), unprocessable, "invalid dest"),
         ("dest escapes in the middle", with("dest", json!("a/../../x")), unprocessable, "invalid dest"),
         ("dest with NUL", with("dest", json!("a\u{0}b")), unprocessable, "NUL"),

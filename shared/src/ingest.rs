@@ -537,7 +537,14 @@ impl Ingest {
                 }
             }
         }
-        let ids: Vec<&str> = reqs.iter().map(|r| r.request_id.as_str()).collect();
+        // Only ids that passed their checks reach PostgreSQL (a NUL byte in
+        // one would fail the whole query, and every request with it).
+        let ids: Vec<&str> = reqs
+            .iter()
+            .zip(&dests)
+            .filter(|(_, dest)| dest.is_some())
+            .map(|(r, _)| r.request_id.as_str())
+            .collect();
         let existing = match self.store.sessions_by_request(&ids).await {
             Ok(found) => found,
             Err(e) => {
