@@ -4,17 +4,22 @@
 //!
 //! Conventions (DESIGN.md): JSON bodies; every error is an RFC 9457
 //! `application/problem+json` document `{"type","title","status","detail"}`;
-//! `/v1/*` needs `Authorization: Bearer <token>` when a token is configured
-//! (compared in constant time); the probes and `/metrics` never need it.
-//! Requests are validated by [`Ingest::submit`] before anything is written,
-//! so a rejected request changes nothing.
+//! `/v1/*` needs `Authorization: Bearer <token>` naming one of the configured
+//! [`ApiTokens`] (unless the server runs with `--insecure-no-auth`), and every
+//! mutating request is logged with the token's name; the probes and
+//! `/metrics` never need a token, and `/readyz` asks PostgreSQL and MooseFS
+//! at most once per [`READY_CACHE_TTL`]. Requests are validated by
+//! [`Ingest::submit`] before anything is written, so a rejected request
+//! changes nothing. The server's limits (timeouts, body limit, concurrency)
+//! are applied around this router by [`crate::server`].
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
 use axum::http::header::{self, HeaderName, HeaderValue};
 use axum::http::{Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
@@ -30,8 +35,12 @@ use shared::limits::PartLimitError;
 use shared::store::{state, Part, Session, StoreError};
 use uuid::Uuid;
 
-/// Largest accepted request body.
-pub const MAX_BODY_BYTES: usize = 1 << 20;
+use crate::auth::ApiTokens;
+
+/// Largest accepted request body unless configured otherwise.
+pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
+/// The default body limit (the name before it became configurable).
+pub const MAX_BODY_BYTES: usize = DEFAULT_BODY_LIMIT;
 /// Most items in one batch (the same cap holds for `ingest.requests`).
 pub const MAX_BATCH_ITEMS: usize = shared::jobs::MAX_BATCH_ITEMS;
 /// Items of a batch submitted at the same time.
@@ -46,24 +55,81 @@ const READ_TIMEOUT: Duration = Duration::from_secs(15);
 const ABORT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound of each readiness check.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a readiness answer is reused: `/readyz` asks PostgreSQL and
+/// MooseFS at most once per this time, however often it is hit.
+pub const READY_CACHE_TTL: Duration = Duration::from_secs(1);
 /// Content type of the Prometheus text exposition format.
 const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
-const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+/// Seconds a shed client is asked to wait.
+const OVERLOAD_RETRY_AFTER: &str = "1";
+
+/// Who may call `/v1/*`.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// A bearer token naming one of these (none configured: nobody).
+    Tokens(ApiTokens),
+    /// Anybody: only with the explicit `--insecure-no-auth`.
+    Open,
+}
+
+/// The caller of a request, as authentication found it (a request
+/// extension): the token's name, or `anonymous` without authentication.
+#[derive(Debug, Clone)]
+pub struct Caller(pub String);
+
+/// The last readiness answer and when it was found.
+#[derive(Default)]
+struct ReadyCache {
+    last: tokio::sync::Mutex<Option<(Instant, Readiness)>>,
+    checks: AtomicU64,
+}
+
+/// The outcome of one readiness check: per service, `Err(reason)` if down.
+#[derive(Clone)]
+struct Readiness {
+    db: Result<(), String>,
+    mfs: Result<(), String>,
+}
 
 /// What the handlers share.
 pub struct ApiState {
     pub ingest: Ingest,
-    /// Bearer token required on `/v1/*`; `None` turns authentication off.
-    /// `Some("")` accepts no request at all (fails closed).
-    pub token: Option<String>,
+    pub auth: Auth,
     /// Renders the Prometheus text exposition for `/metrics`.
     pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
+    /// Largest request body (the same as the server's body limit).
+    body_limit: usize,
+    ready: ReadyCache,
+}
+
+impl ApiState {
+    pub fn new(
+        ingest: Ingest,
+        auth: Auth,
+        metrics: Arc<dyn Fn() -> String + Send + Sync>,
+        body_limit: usize,
+    ) -> ApiState {
+        ApiState {
+            ingest,
+            auth,
+            metrics,
+            body_limit,
+            ready: ReadyCache::default(),
+        }
+    }
+
+    /// How many readiness checks (PostgreSQL and MooseFS round trips) ran.
+    pub fn readiness_checks(&self) -> u64 {
+        self.ready.checks.load(Ordering::Relaxed)
+    }
 }
 
 type AppState = Arc<ApiState>;
 
-/// The API's routes, with authentication, the body limit, and problem
-/// documents for unknown routes and methods.
+/// The API's routes, with authentication, the extractors' body limit, and
+/// problem documents for unknown routes and methods (the server's other
+/// limits are added by [`crate::server::app`]).
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/v1/uploads", post(create_upload))
@@ -76,7 +142,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // The last layer added runs first: authentication before any body is read.
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(state.body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
 }
@@ -110,6 +176,33 @@ impl Problem {
             headers: Vec::new(),
             extra: None,
         }
+    }
+
+    /// A request shed by the concurrency limit.
+    pub fn overloaded() -> Self {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "Too many requests in flight",
+            "the coordinator is handling as many requests as it is configured to; try again shortly",
+        )
+        .header(header::RETRY_AFTER, OVERLOAD_RETRY_AFTER)
+    }
+
+    /// A request that did not complete within the server's request timeout.
+    pub fn request_timeout(limit: Duration) -> Self {
+        Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            "Request timeout",
+            format!("the request was not completed within {}s", limit.as_secs()),
+        )
+    }
+
+    /// Any other error status, for a response that had no document.
+    pub fn bare(status: StatusCode) -> Self {
+        let reason = status.canonical_reason().unwrap_or("Error");
+        Problem::new(status, "http-error", reason, reason.to_string())
     }
 
     fn header(mut self, name: HeaderName, value: &'static str) -> Self {
@@ -182,7 +275,7 @@ impl IntoResponse for Problem {
 }
 
 /// A malformed body: axum's rejection, with serde's message kept.
-fn json_problem(rejection: JsonRejection) -> Problem {
+fn json_problem(rejection: JsonRejection, body_limit: usize) -> Problem {
     match &rejection {
         JsonRejection::JsonSyntaxError(_) => Problem::new(
             StatusCode::BAD_REQUEST,
@@ -202,7 +295,7 @@ fn json_problem(rejection: JsonRejection) -> Problem {
             "Unsupported media type",
             "the body must be JSON sent with Content-Type: application/json",
         ),
-        _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => body_too_large(),
+        _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => body_too_large(body_limit),
         _ => Problem::new(
             StatusCode::BAD_REQUEST,
             "unreadable-body",
@@ -212,12 +305,13 @@ fn json_problem(rejection: JsonRejection) -> Problem {
     }
 }
 
-fn body_too_large() -> Problem {
+/// A body over the limit.
+pub fn body_too_large(limit: usize) -> Problem {
     Problem::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "body-too-large",
         "Request body too large",
-        format!("the request body is larger than the limit of {MAX_BODY_BYTES} bytes"),
+        format!("the request body is larger than the limit of {limit} bytes"),
     )
 }
 
@@ -323,42 +417,66 @@ fn upload_not_found(id: Uuid) -> Problem {
 // ---------------------------------------------------------------------------
 // Authentication
 
-async fn authenticate(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(expected) = st.token.as_deref() else {
-        return next.run(req).await;
-    };
-    let path = req.uri().path();
-    if path != "/v1" && !path.starts_with("/v1/") {
+/// Whether `path` is under `/v1` (the authenticated, limited part).
+pub fn is_v1(path: &str) -> bool {
+    path == "/v1" || path.starts_with("/v1/")
+}
+
+/// Checks the bearer token on `/v1/*` and logs every mutating request with
+/// the caller's token name (never the token).
+pub async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+    if !is_v1(req.uri().path()) {
         return next.run(req).await;
     }
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token);
-    match presented {
-        Some(token)
-            if !expected.is_empty() && constant_time_eq(token.as_bytes(), expected.as_bytes()) =>
-        {
-            next.run(req).await
+    let caller = match &st.auth {
+        Auth::Open => "anonymous".to_string(),
+        Auth::Tokens(tokens) => {
+            let presented = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(bearer_token);
+            match presented.map(|token| tokens.verify(token)) {
+                Some(Some(name)) => name.to_string(),
+                presented => return unauthorized(&req, presented.is_some()),
+            }
         }
-        Some(_) => Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "Unauthorized",
-            "the bearer token is not valid",
-        )
-        .header(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")
-        .into_response(),
-        None => Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "Unauthorized",
-            "this endpoint needs an Authorization: Bearer <token> header",
-        )
-        .header(header::WWW_AUTHENTICATE, "Bearer")
-        .into_response(),
+    };
+    let method = req.method().clone();
+    let mutating = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let path = req.uri().path().to_string();
+    req.extensions_mut().insert(Caller(caller.clone()));
+    let response = next.run(req).await;
+    if mutating {
+        tracing::info!(token = %caller, %method, %path, status = response.status().as_u16(),
+            "API request");
     }
+    response
+}
+
+/// The answer to a `/v1/*` request without a valid token.
+fn unauthorized(req: &Request, had_token: bool) -> Response {
+    tracing::warn!(method = %req.method(), path = %req.uri().path(), had_token,
+        "API request refused: no valid bearer token");
+    let (detail, challenge) = if had_token {
+        (
+            "the bearer token is not valid",
+            "Bearer error=\"invalid_token\"",
+        )
+    } else {
+        (
+            "this endpoint needs an Authorization: Bearer <token> header",
+            "Bearer",
+        )
+    };
+    Problem::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "Unauthorized",
+        detail,
+    )
+    .header(header::WWW_AUTHENTICATE, challenge)
+    .into_response()
 }
 
 /// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive).
@@ -371,15 +489,24 @@ fn bearer_token(value: &str) -> Option<&str> {
     (!token.is_empty()).then_some(token)
 }
 
-/// Compares without an early exit: the time depends on `expected`'s length
-/// only, not on where `presented` differs.
-fn constant_time_eq(presented: &[u8], expected: &[u8]) -> bool {
-    let mut diff = u8::from(presented.len() != expected.len());
-    for (i, e) in expected.iter().enumerate() {
-        let p = presented.get(i).copied().unwrap_or(!*e);
-        diff |= p ^ e;
-    }
-    std::hint::black_box(diff) == 0
+/// Counts every HTTP request by route template (never the raw path, so ids
+/// do not become labels), method and status class, and times it.
+pub async fn track_http(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().clone();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    shared::metrics::http_request(
+        &route,
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 // ---------------------------------------------------------------------------
@@ -490,7 +617,7 @@ async fn create_upload(
     State(st): State<AppState>,
     body: Result<Json<IngestRequest>, JsonRejection>,
 ) -> Result<Response, Problem> {
-    let Json(req) = body.map_err(json_problem)?;
+    let Json(req) = body.map_err(|r| json_problem(r, st.body_limit))?;
     let (session, created) = bounded(
         "creating the upload",
         SUBMIT_TIMEOUT,
@@ -528,7 +655,7 @@ async fn create_batch(
     State(st): State<AppState>,
     body: Result<Json<BatchBody>, JsonRejection>,
 ) -> Result<Response, Problem> {
-    let Json(batch) = body.map_err(json_problem)?;
+    let Json(batch) = body.map_err(|r| json_problem(r, st.body_limit))?;
     if batch.items.is_empty() || batch.items.len() > MAX_BATCH_ITEMS {
         return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -650,7 +777,9 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-async fn readyz(State(st): State<AppState>) -> Response {
+/// Asks PostgreSQL and MooseFS, both under [`READY_TIMEOUT`].
+async fn check_readiness(st: &ApiState) -> Readiness {
+    st.ready.checks.fetch_add(1, Ordering::Relaxed);
     let (db, mfs) = tokio::join!(
         tokio::time::timeout(READY_TIMEOUT, st.ingest.store.ping()),
         tokio::time::timeout(READY_TIMEOUT, st.ingest.mfs.statfs()),
@@ -674,8 +803,28 @@ async fn readyz(State(st): State<AppState>) -> Response {
             }
         }
     }
-    let db = check("PostgreSQL", db);
-    let mfs = check("MooseFS", mfs);
+    Readiness {
+        db: check("PostgreSQL", db),
+        mfs: check("MooseFS", mfs),
+    }
+}
+
+/// The readiness answer, reused for [`READY_CACHE_TTL`]: concurrent hits
+/// wait for the one check in progress instead of starting their own.
+async fn cached_readiness(st: &ApiState) -> Readiness {
+    let mut last = st.ready.last.lock().await;
+    if let Some((at, readiness)) = last.as_ref() {
+        if at.elapsed() < READY_CACHE_TTL {
+            return readiness.clone();
+        }
+    }
+    let readiness = check_readiness(st).await;
+    *last = Some((Instant::now(), readiness.clone()));
+    readiness
+}
+
+async fn readyz(State(st): State<AppState>) -> Response {
+    let Readiness { db, mfs } = cached_readiness(&st).await;
     let word = |r: &Result<(), String>| if r.is_ok() { "ok" } else { "down" };
     let checks = json!({ "postgresql": word(&db), "moosefs": word(&mfs) });
     let down: Vec<String> = [db, mfs].into_iter().filter_map(Result::err).collect();
@@ -728,15 +877,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn constant_time_eq_compares_whole_tokens() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secreT", b"secret"));
-        assert!(!constant_time_eq(b"secret-longer", b"secret"));
-        assert!(!constant_time_eq(b"secre", b"secret"));
-        assert!(!constant_time_eq(b"", b"secret"));
-    }
-
-    #[test]
     fn bearer_tokens_are_parsed() {
         assert_eq!(bearer_token("Bearer abc"), Some("abc"));
         assert_eq!(bearer_token("bearer  abc "), Some("abc"));
@@ -747,7 +887,7 @@ mod tests {
 
     #[test]
     fn problems_have_the_four_members() {
-        let body = body_too_large().body();
+        let body = body_too_large(1000).body();
         for key in ["type", "title", "status", "detail"] {
             assert!(body.get(key).is_some(), "{key} missing");
         }

@@ -1,7 +1,9 @@
 //! The mfs-ingest coordinator as a library (the binary only wires it): the
-//! HTTP API, the ingest-request consumer, the outbox relay, and the
-//! reconciler/garbage-collector loops.
+//! HTTP API and its server, API tokens, the ingest-request consumer, the
+//! outbox relay, and the reconciler/garbage-collector loops.
 
 pub mod api;
+pub mod auth;
+pub mod server;
 pub mod service;
 pub mod submit;

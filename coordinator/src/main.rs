@@ -4,15 +4,16 @@
 //! gauges until SIGTERM.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
-use axum::response::Response;
 use clap::{Args, Parser, Subcommand};
+use coordinator::api::Auth;
+use coordinator::auth::ApiTokens;
+use coordinator::server::HttpLimitArgs;
 use coordinator::service::{self, Intervals};
 use shared::config::{mask_url, ServiceArgs};
 use shared::jobs::{Publisher, REQUESTS_QUEUE};
@@ -53,9 +54,10 @@ struct ServeArgs {
     /// HTTP API and /metrics.
     #[arg(long, env = "INGEST_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     http_addr: SocketAddr,
-    /// Bearer token for /v1/* (unset = no auth, with a warning).
-    #[arg(long, env = "INGEST_API_TOKEN", hide_env_values = true)]
-    api_token: Option<String>,
+    #[command(flatten)]
+    auth: AuthArgs,
+    #[command(flatten)]
+    http_limits: HttpLimitArgs,
     /// Re-publish part jobs uncommitted this many seconds after their publish.
     #[arg(long, env = "INGEST_PART_STALE_SECS", default_value_t = 120)]
     part_stale_secs: u64,
@@ -71,6 +73,54 @@ struct ServeArgs {
     /// Ingest requests handled at the same time.
     #[arg(long, env = "INGEST_REQUEST_CONCURRENCY", default_value_t = 16)]
     request_concurrency: u16,
+}
+
+/// Who may call /v1/*: at least one token, or the explicit --insecure-no-auth.
+#[derive(Args)]
+struct AuthArgs {
+    /// Named API tokens as NAME:SHA256HEX, comma-separated (the SHA-256 of
+    /// each token, e.g. `printf %s "$TOKEN" | sha256sum`).
+    #[arg(long, env = "INGEST_API_TOKENS", hide_env_values = true)]
+    api_tokens: Option<String>,
+    /// A file of named API tokens: one NAME:SHA256HEX a line, # comments.
+    #[arg(long, env = "INGEST_API_TOKENS_FILE")]
+    api_tokens_file: Option<PathBuf>,
+    /// One plain bearer token, named "default" (kept for old deployments).
+    #[arg(long, env = "INGEST_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// Serve /v1/* without authentication (local development only).
+    #[arg(long)]
+    insecure_no_auth: bool,
+}
+
+impl AuthArgs {
+    /// The configured tokens; none at all is an error unless the API is
+    /// explicitly opened.
+    fn auth(&self) -> Result<Auth> {
+        let mut tokens = ApiTokens::default();
+        if let Some(list) = &self.api_tokens {
+            tokens.add_list("INGEST_API_TOKENS", list)?;
+        }
+        if let Some(path) = &self.api_tokens_file {
+            tokens.add_file(path)?;
+        }
+        if let Some(token) = &self.api_token {
+            tokens.add_plain("INGEST_API_TOKEN", "default", token)?;
+        }
+        match (tokens.is_empty(), self.insecure_no_auth) {
+            (false, insecure) => {
+                if insecure {
+                    tracing::warn!("--insecure-no-auth ignored: API tokens are configured");
+                }
+                Ok(Auth::Tokens(tokens))
+            }
+            (true, true) => Ok(Auth::Open),
+            (true, false) => anyhow::bail!(
+                "no API token configured: set INGEST_API_TOKENS, INGEST_API_TOKENS_FILE or \
+                 INGEST_API_TOKEN, or pass --insecure-no-auth to serve the API without authentication"
+            ),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -108,38 +158,24 @@ async fn migrate(database_url: &str) -> Result<()> {
     Ok(())
 }
 
-/// Counts every HTTP request by route template (never the raw path, so ids
-/// do not become labels), method and status class, and times it.
-async fn track_http(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().clone();
-    let started = std::time::Instant::now();
-    let response = next.run(req).await;
-    shared::metrics::http_request(
-        &route,
-        method.as_str(),
-        response.status().as_u16(),
-        started.elapsed(),
-    );
-    response
-}
-
 async fn serve(args: ServeArgs) -> Result<()> {
+    // Refused settings stop the start before anything is connected.
+    let auth = args.auth.auth()?;
+    let limits = args.http_limits.limits()?;
     shared::metrics::set_build_info("coordinator");
+    let token_names = match &auth {
+        Auth::Tokens(tokens) => tokens.names().collect::<Vec<_>>().join(","),
+        Auth::Open => "<none>".to_string(),
+    };
     tracing::info!(
         http_addr = %args.http_addr,
-        api_token = if args.api_token.is_some() { "***" } else { "<unset>" },
+        api_tokens = %token_names,
+        http_limits = ?limits,
         config = %args.services.describe(),
         "starting coordinator"
     );
-    if args.api_token.is_none() {
-        tracing::warn!(
-            "INGEST_API_TOKEN is unset: the HTTP API accepts requests WITHOUT authentication"
-        );
+    if matches!(auth, Auth::Open) {
+        tracing::warn!("--insecure-no-auth: the HTTP API accepts requests WITHOUT authentication");
     }
     let ingest = args
         .services
@@ -220,19 +256,18 @@ async fn serve(args: ServeArgs) -> Result<()> {
         })
     };
 
-    let state = Arc::new(coordinator::api::ApiState {
-        ingest: ingest.clone(),
-        token: args.api_token.clone(),
-        metrics: Arc::new(shared::metrics::render),
-    });
+    let state = Arc::new(coordinator::api::ApiState::new(
+        ingest.clone(),
+        auth,
+        Arc::new(shared::metrics::render),
+        limits.body_limit,
+    ));
     let listener = tokio::net::TcpListener::bind(args.http_addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.http_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "HTTP API listening");
-    let http_shutdown = shutdown.clone();
-    let app = coordinator::api::router(state).layer(axum::middleware::from_fn(track_http));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+    let app = coordinator::server::app(state, &limits);
+    coordinator::server::serve(listener, app, limits, shutdown.clone())
         .await
         .context("HTTP server")?;
     let _ = tokio::join!(relay, maintenance, consumer, backlog);

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use coordinator::api::{router, ApiState};
+use coordinator::api::{ApiState, Auth};
+use coordinator::auth::ApiTokens;
+use coordinator::server::{self, HttpLimits};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use shared::config::ServiceArgs;
@@ -95,16 +97,29 @@ impl Api {
         mfs_root: MfsPath,
         args: ServiceArgs,
     ) -> Api {
-        let state = Arc::new(ApiState {
-            ingest: ingest.clone(),
-            token: token.map(str::to_string),
-            metrics: Arc::new(|| "# TYPE api_test_metric counter\napi_test_metric 1\n".to_string()),
-        });
+        let auth = match token {
+            Some(t) => {
+                let mut tokens = ApiTokens::default();
+                tokens.add_plain("test", "default", t).unwrap();
+                Auth::Tokens(tokens)
+            }
+            None => Auth::Open,
+        };
+        let limits = HttpLimits::default();
+        let state = Arc::new(ApiState::new(
+            ingest.clone(),
+            auth,
+            Arc::new(|| "# TYPE api_test_metric counter\napi_test_metric 1\n".to_string()),
+            limits.body_limit,
+        ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = router(state);
+        let app = server::app(state, &limits);
         let server = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            server::serve(listener, app, limits, shutdown)
+                .await
+                .unwrap();
         });
         Api {
             ingest,

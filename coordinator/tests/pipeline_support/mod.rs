@@ -205,6 +205,15 @@ impl Pipeline {
             .open(log_dir.join(format!("{}-{key}.log", self.tag)))
             .unwrap();
         let mut cmd = Command::new(Self::binary(binary));
+        // The API's authentication comes from the test, never from the
+        // environment the tests run in.
+        for var in [
+            "INGEST_API_TOKEN",
+            "INGEST_API_TOKENS",
+            "INGEST_API_TOKENS_FILE",
+        ] {
+            cmd.env_remove(var);
+        }
         cmd.args(args)
             .envs(self.env())
             .envs(
@@ -226,7 +235,13 @@ impl Pipeline {
             ("INGEST_PART_STALE_SECS", "20"),
         ];
         env.extend_from_slice(extra_env);
-        self.spawn("coordinator", "coordinator", &["serve"], &env);
+        // The pipeline tests do not use the HTTP API; it listens on loopback.
+        self.spawn(
+            "coordinator",
+            "coordinator",
+            &["serve", "--insecure-no-auth"],
+            &env,
+        );
     }
 
     pub fn spawn_worker(&self, key: &str, extra_env: &[(&str, &str)]) {

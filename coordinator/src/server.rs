@@ -1,0 +1,276 @@
+//! The coordinator's HTTP server: the API router with its limits, served by
+//! hyper-util's connection builder so that every limit is ours to set.
+//!
+//! - **Header-read timeout** (hyper's `header_read_timeout`, with a Tokio
+//!   timer): a client has this long to send a request's head, counted from
+//!   the first read of it: on a new connection, and on a kept-alive one from
+//!   the end of the previous response. A client dripping its headers a byte
+//!   at a time (slowloris) is cut off then. Only HTTP/1 is served: the
+//!   HTTP/2 preface sniffing of the auto builder has no such timeout, and no
+//!   client of this API needs cleartext HTTP/2.
+//! - **Request timeout** (tower-http `TimeoutLayer`): the whole request,
+//!   body read and handler included; a late one is a 408 problem document.
+//! - **Body limit** on every route (tower-http `RequestBodyLimitLayer`, and
+//!   axum's extractor limit set to the same value): 413 problem document.
+//! - **Concurrency limit** on `/v1/*`: past it a request is shed at once with
+//!   503 and `Retry-After` (the probes and `/metrics` are never shed).
+//! - **Connection limit**: past it new connections wait in the listen backlog.
+//! - **Graceful shutdown**: stop accepting, let in-flight requests finish
+//!   (kept-alive idle connections are closed), and cut whatever is still
+//!   running after the drain bound.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::api::{self, ApiState, Problem};
+
+/// The server's limits (see the module doc).
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// Time to send a request's head.
+    pub header_timeout: Duration,
+    /// Time for a whole request, body and handler included.
+    pub request_timeout: Duration,
+    /// Largest request body on any route, bytes.
+    pub body_limit: usize,
+    /// `/v1/*` requests handled at the same time.
+    pub concurrency: usize,
+    /// Connections open at the same time.
+    pub max_connections: usize,
+    /// Time in-flight requests get to finish at shutdown.
+    pub drain: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(120),
+            body_limit: api::DEFAULT_BODY_LIMIT,
+            concurrency: 64,
+            max_connections: 1024,
+            drain: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The limits as flags and environment variables.
+#[derive(clap::Args, Debug, Clone)]
+pub struct HttpLimitArgs {
+    /// Seconds a client has to send a request's headers (idle kept-alive
+    /// connections are closed after it too).
+    #[arg(long, env = "INGEST_HTTP_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub http_header_timeout_secs: u64,
+    /// Seconds a whole request may take, body and handler included (408 after).
+    #[arg(long, env = "INGEST_HTTP_REQUEST_TIMEOUT_SECS", default_value_t = 120)]
+    pub http_request_timeout_secs: u64,
+    /// Largest request body on any route, in bytes (413 above).
+    #[arg(long, env = "INGEST_HTTP_BODY_LIMIT_BYTES", default_value_t = api::DEFAULT_BODY_LIMIT)]
+    pub http_body_limit_bytes: usize,
+    /// /v1/* requests handled at the same time (503 with Retry-After above).
+    #[arg(long, env = "INGEST_HTTP_CONCURRENCY", default_value_t = 64)]
+    pub http_concurrency: usize,
+    /// HTTP connections open at the same time (more wait to be accepted).
+    #[arg(long, env = "INGEST_HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub http_max_connections: usize,
+    /// Seconds in-flight requests get to finish at shutdown.
+    #[arg(long, env = "INGEST_HTTP_DRAIN_SECS", default_value_t = 30)]
+    pub http_drain_secs: u64,
+}
+
+/// A limit that makes no sense.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LimitError(String);
+
+impl HttpLimitArgs {
+    pub fn limits(&self) -> Result<HttpLimits, LimitError> {
+        let positive = [
+            (
+                "INGEST_HTTP_HEADER_TIMEOUT_SECS",
+                self.http_header_timeout_secs as usize,
+            ),
+            (
+                "INGEST_HTTP_REQUEST_TIMEOUT_SECS",
+                self.http_request_timeout_secs as usize,
+            ),
+            ("INGEST_HTTP_CONCURRENCY", self.http_concurrency),
+            ("INGEST_HTTP_MAX_CONNECTIONS", self.http_max_connections),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(LimitError(format!("{name} must be at least 1")));
+        }
+        if self.http_body_limit_bytes < 1024 {
+            return Err(LimitError(
+                "INGEST_HTTP_BODY_LIMIT_BYTES must be at least 1024".into(),
+            ));
+        }
+        Ok(HttpLimits {
+            header_timeout: Duration::from_secs(self.http_header_timeout_secs),
+            request_timeout: Duration::from_secs(self.http_request_timeout_secs),
+            body_limit: self.http_body_limit_bytes,
+            concurrency: self.http_concurrency,
+            max_connections: self.http_max_connections,
+            drain: Duration::from_secs(self.http_drain_secs),
+        })
+    }
+}
+
+/// The API with every per-request limit, ready for [`serve`]. The last layer
+/// added runs first: problem documents for bare errors, metrics, body limit,
+/// timeout, the concurrency limit, then (inside [`api::router`])
+/// authentication.
+pub fn app(state: Arc<ApiState>, limits: &HttpLimits) -> Router {
+    let slots = Arc::new(Semaphore::new(limits.concurrency));
+    let request_timeout = limits.request_timeout;
+    api::router(state)
+        .layer(middleware::from_fn_with_state(slots, limit_concurrency))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
+        .layer(RequestBodyLimitLayer::new(limits.body_limit))
+        .layer(middleware::from_fn(api::track_http))
+        .layer(middleware::map_response_with_state(
+            (limits.body_limit, request_timeout),
+            problem_for_bare_errors,
+        ))
+}
+
+/// Sheds `/v1/*` requests past the concurrency limit.
+async fn limit_concurrency(
+    State(slots): State<Arc<Semaphore>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if !api::is_v1(req.uri().path()) {
+        return next.run(req).await;
+    }
+    match slots.try_acquire_owned() {
+        Ok(permit) => {
+            let response = next.run(req).await;
+            drop(permit);
+            response
+        }
+        Err(_) => {
+            tracing::debug!(
+                path = req.uri().path(),
+                "request shed: concurrency limit reached"
+            );
+            Problem::overloaded().into_response()
+        }
+    }
+}
+
+/// Gives the bare error responses of the layers (413 of the body limit, 408
+/// of the timeout) a problem document.
+async fn problem_for_bare_errors(
+    State((body_limit, request_timeout)): State<(usize, Duration)>,
+    response: Response,
+) -> Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v == HeaderValue::from_static(api::PROBLEM_CONTENT_TYPE));
+    if status.as_u16() < 400 || is_problem {
+        return response;
+    }
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => api::body_too_large(body_limit).into_response(),
+        StatusCode::REQUEST_TIMEOUT => Problem::request_timeout(request_timeout).into_response(),
+        other => Problem::bare(other).into_response(),
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` is cancelled, then drains
+/// (bounded by `limits.drain`). Connection errors are logged, not returned.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: HttpLimits,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let mut tasks = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // EMFILE and friends: wait a little rather than spin.
+                    tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        while tasks.try_join_next().is_some() {}
+        let connection = serve_connection(&builder, stream, peer, app.clone());
+        let connection = graceful.watch(connection.into_owned());
+        tasks.spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!(
+        connections = graceful.count(),
+        "HTTP server stopped accepting; draining in-flight requests"
+    );
+    if tokio::time::timeout(limits.drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = tasks.len(),
+            drain = ?limits.drain,
+            "HTTP requests still running after the drain bound were cut"
+        );
+        tasks.abort_all();
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+fn serve_connection<'a>(
+    builder: &'a auto::Builder<TokioExecutor>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+) -> auto::Connection<'a, TokioIo<TcpStream>, TowerToHyperService<Router>, TokioExecutor> {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(%peer, error = %e, "TCP_NODELAY not set");
+    }
+    builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
+}

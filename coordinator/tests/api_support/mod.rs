@@ -1,0 +1,221 @@
+//! A real coordinator HTTP API served in-process on 127.0.0.1:0 for the
+//! server-limit, auth and fuzz tests, against the real PostgreSQL
+//! (`DATABASE_URL`) and MooseFS (`MFS_MASTER`). Each instance has a source
+//! directory of its own under /var/tmp/mfs-ingest/sources/ and a MooseFS root
+//! of its own, `/tests/<prefix>-<pid>-<random>` (trash time 0); dropping it
+//! stops the server, aborts the sessions it left open and removes both.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use coordinator::api::{ApiState, Auth};
+use coordinator::server::{self, HttpLimits};
+use shared::config::ServiceArgs;
+use shared::ingest::Ingest;
+use shared::moosefs::{MfsClient, MfsPath};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const SOURCES_PARENT: &str = "/var/tmp/mfs-ingest/sources";
+
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    services: ServiceArgs,
+}
+
+/// The service addresses from the environment, or the defaults.
+pub fn service_args() -> ServiceArgs {
+    Args::try_parse_from(["api-tests"])
+        .expect("service settings from the environment")
+        .services
+}
+
+/// A running API.
+pub struct TestApi {
+    pub ingest: Ingest,
+    pub state: Arc<ApiState>,
+    pub addr: SocketAddr,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub sources: tempfile::TempDir,
+    pub mfs_root: MfsPath,
+    pub args: ServiceArgs,
+    pub shutdown: CancellationToken,
+    pub server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// Whether dropping this aborts the sessions left open (not needed
+    /// with a private database that is dropped whole).
+    pub abort_open_sessions: bool,
+}
+
+impl TestApi {
+    /// Connects to the services with a fresh root and serves the API.
+    pub async fn start(prefix: &str, auth: Auth, limits: HttpLimits) -> TestApi {
+        let (args, sources, mfs_root) = Self::prepare(prefix);
+        let ingest = args
+            .ingest("mfs-ingest coordinator api tests", 8)
+            .await
+            .expect("PostgreSQL and MooseFS (is `scripts/stack up` running?)");
+        Self::start_with(ingest, args, sources, mfs_root, auth, limits).await
+    }
+
+    /// The settings, a source dir and a MooseFS root name, nothing created
+    /// in MooseFS yet.
+    pub fn prepare(prefix: &str) -> (ServiceArgs, tempfile::TempDir, MfsPath) {
+        std::fs::create_dir_all(SOURCES_PARENT).unwrap();
+        let sources = tempfile::Builder::new()
+            .prefix(&format!("{prefix}-"))
+            .tempdir_in(SOURCES_PARENT)
+            .unwrap();
+        let mfs_root = MfsPath::parse(&format!(
+            "/tests/{prefix}-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ))
+        .unwrap();
+        let mut args = service_args();
+        args.mfs_root = mfs_root.to_string();
+        args.source_roots = vec![sources.path().to_path_buf()];
+        (args, sources, mfs_root)
+    }
+
+    /// Serves an API on `ingest` (whose client may be observed by the test).
+    pub async fn start_with(
+        ingest: Ingest,
+        args: ServiceArgs,
+        sources: tempfile::TempDir,
+        mfs_root: MfsPath,
+        auth: Auth,
+        limits: HttpLimits,
+    ) -> TestApi {
+        let tests = ingest
+            .mfs
+            .mkdir_all(&MfsPath::parse("/tests").unwrap())
+            .await
+            .unwrap();
+        ingest.mfs.set_trash_time(tests, 0, false).await.unwrap();
+        let root = ingest.mfs.mkdir_all(&mfs_root).await.unwrap();
+        ingest.mfs.set_trash_time(root, 0, false).await.unwrap();
+        ingest.store.migrate().await.unwrap();
+        let state = Arc::new(ApiState::new(
+            ingest.clone(),
+            auth,
+            Arc::new(|| "# TYPE api_test_metric counter\napi_test_metric 1\n".to_string()),
+            limits.body_limit,
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let app = server::app(state.clone(), &limits);
+        let server = tokio::spawn(server::serve(listener, app, limits, shutdown.clone()));
+        TestApi {
+            ingest,
+            state,
+            addr,
+            base: format!("http://{addr}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+            sources,
+            mfs_root,
+            args,
+            shutdown,
+            server: Some(server),
+            abort_open_sessions: true,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A sparse source file of `size` bytes; returns its `file://` URL.
+    pub fn source(&self, name: &str, size: u64) -> String {
+        let path = self.sources.path().join(name);
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(size).unwrap();
+        format!("file://{}", path.display())
+    }
+
+    pub fn source_prefix(&self) -> String {
+        format!("file://{}/", self.sources.path().display())
+    }
+}
+
+impl Drop for TestApi {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+        let args = self.args.clone();
+        let prefix = self.abort_open_sessions.then(|| self.source_prefix());
+        let root = self.mfs_root.clone();
+        // Cleanup needs async I/O; run it on a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(cleanup(args, prefix, root));
+        })
+        .join();
+    }
+}
+
+/// Aborts the sessions the test left open and removes its MooseFS root.
+async fn cleanup(args: ServiceArgs, prefix: Option<String>, root: MfsPath) {
+    let ingest = match args.ingest("mfs-ingest api tests cleanup", 1).await {
+        Ok(ingest) => ingest,
+        Err(e) => return eprintln!("cleanup impossible: {e}"),
+    };
+    let open: Vec<Uuid> = match prefix {
+        Some(prefix) => sqlx::query_scalar(
+            "SELECT id FROM upload_sessions WHERE state = 'open' AND starts_with(source, $1)",
+        )
+        .bind(&prefix)
+        .fetch_all(&ingest.store.pool)
+        .await
+        .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    for id in open {
+        if let Err(e) = ingest.end_session(id, "aborted", "test cleanup").await {
+            eprintln!("cleanup: aborting {id} failed: {e}");
+        }
+    }
+    if let Err(e) = ingest.mfs.remove(&root, true).await {
+        eprintln!("cleanup of {root} failed: {e}");
+    }
+    ingest.mfs.close().await;
+}
+
+/// Connects an MfsClient that counts the master requests named `op`.
+pub async fn counting_client(
+    master: &str,
+    op: &'static str,
+) -> (MfsClient, Arc<std::sync::atomic::AtomicU64>) {
+    struct Count {
+        op: &'static str,
+        n: Arc<std::sync::atomic::AtomicU64>,
+    }
+    impl shared::moosefs::observe::Observer for Count {
+        fn master_request(&self, op: &'static str, _seconds: f64, _outcome: &'static str) {
+            if op == self.op {
+                self.n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    }
+    let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let client = MfsClient::connect_observed(
+        shared::moosefs::ClientConfig::new(master),
+        Arc::new(Count { op, n: n.clone() }),
+    )
+    .await
+    .expect("MooseFS master");
+    (client, n)
+}
