@@ -8,6 +8,8 @@
 //! `/tests/api-<pid>-<random>` (trash time 0). A guard aborts the sessions the
 //! test left open and removes both directories, also when the test panics.
 
+mod origin_support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,6 +62,12 @@ struct Api {
 
 impl Api {
     async fn start(token: Option<&str>) -> Api {
+        Api::start_with(token, &[]).await
+    }
+
+    /// An API whose `http(s)://` sources may name these hosts (whatever
+    /// their addresses); none: only hosts with public addresses.
+    async fn start_with(token: Option<&str>, http_source_hosts: &[&str]) -> Api {
         std::fs::create_dir_all(SOURCES_PARENT).unwrap();
         let sources = tempfile::Builder::new()
             .prefix("api-")
@@ -74,6 +82,7 @@ impl Api {
         let mut args = service_args();
         args.mfs_root = mfs_root.to_string();
         args.source_roots = vec![sources.path().to_path_buf()];
+        args.http_source_hosts = http_source_hosts.iter().map(|h| h.to_string()).collect();
         let ingest = args
             .ingest("mfs-ingest coordinator api tests", 4)
             .await
@@ -1047,7 +1056,7 @@ async fn service_failures_are_503_without_internals() {
 
 #[tokio::test]
 async fn http_source_failures_are_told_apart() {
-    let api = Api::start(None).await;
+    let api = Api::start_with(None, &["127.0.0.1"]).await;
     let origin = axum::Router::new()
         .route("/ok.bin", axum::routing::get(|| async { "hello" }))
         .route(
@@ -1288,4 +1297,52 @@ async fn goal_above_the_connected_chunkservers_is_refused() {
         "goal 3",
     )
     .await;
+}
+
+#[tokio::test]
+async fn sources_at_addresses_not_allowed_are_refused_without_contact() {
+    use origin_support::{Behaviour, Origin};
+    let secret = b"internal secret".to_vec();
+    // No allow-list: loopback (by address or by name) is refused.
+    let api = Api::start(None).await;
+    let origin = Origin::start("127.0.0.1", secret.clone(), Behaviour::Plain).await;
+    let port = origin.addr.port();
+    for source in [
+        origin.url("/a.bin"),
+        format!("http://localhost:{port}/a.bin"),
+        format!("http://[::ffff:127.0.0.1]:{port}/a.bin"),
+    ] {
+        let rid = request_id();
+        let req = json!({"request_id": rid, "source": source, "dest": "ssrf/a.bin"});
+        let p = problem(
+            api.post("/v1/uploads", &req).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &source,
+        )
+        .await;
+        assert!(!p.to_string().contains("secret"), "{p}");
+        api.assert_no_session(&rid, &source).await;
+    }
+    assert_eq!(origin.connections(), 0, "a refused source was contacted");
+
+    // Allowed by name, the origin redirects to an address that is not.
+    let named = Api::start_with(None, &["127.0.0.1"]).await;
+    let denied = Origin::start("127.0.0.2", secret, Behaviour::Plain).await;
+    let redirect = Origin::start(
+        "127.0.0.1",
+        Vec::new(),
+        Behaviour::RedirectTo(denied.url("/secret.bin")),
+    )
+    .await;
+    let rid = request_id();
+    let req = json!({"request_id": rid, "source": redirect.url("/a.bin"), "dest": "ssrf/r.bin"});
+    let p = problem(
+        named.post("/v1/uploads", &req).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "redirect to 127.0.0.2",
+    )
+    .await;
+    assert!(!p.to_string().contains("secret"), "{p}");
+    named.assert_no_session(&rid, "redirect to 127.0.0.2").await;
+    assert_eq!(denied.connections(), 0, "the redirect was followed");
 }

@@ -493,8 +493,10 @@ async fn http_sources_are_read_with_range_requests() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    p.spawn_coordinator(&[]);
-    p.spawn_worker("w1", &[("WORKER_CONCURRENCY", "4")]);
+    // The test's own loopback origin must be named to be allowed.
+    let hosts = ("INGEST_HTTP_SOURCE_HOSTS", "127.0.0.1");
+    p.spawn_coordinator(&[hosts]);
+    p.spawn_worker("w1", &[hosts, ("WORKER_CONCURRENCY", "4")]);
     let (_, md5) = p.source("remote.bin", 5 * MIB + 333, 77);
     let mut req = p.request(
         "http",

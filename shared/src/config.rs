@@ -11,7 +11,7 @@ use clap::Args;
 use crate::ingest::{Ingest, IngestConfig};
 use crate::limits::RequestLimits;
 use crate::moosefs::{ClientConfig, MfsClient, MfsPath};
-use crate::source::SourceConfig;
+use crate::source::{PartLimits, SourceConfig};
 use crate::store::Store;
 
 /// Addresses of the services and the MooseFS subtree.
@@ -48,8 +48,9 @@ pub struct ServiceArgs {
         default_value = "/var/tmp/mfs-ingest/sources"
     )]
     pub source_roots: Vec<PathBuf>,
-    /// Hosts `http(s)://` sources may name (comma-separated; unset or empty:
-    /// any host the workers can reach).
+    /// Hosts `http(s)://` sources may name, whatever their addresses
+    /// (comma-separated; unset or empty: any host whose addresses are all
+    /// public — loopback, private, link-local and reserved ones refused).
     #[arg(long, env = "INGEST_HTTP_SOURCE_HOSTS", value_delimiter = ',')]
     pub http_source_hosts: Vec<String>,
     /// Goal for uploads that do not ask for one.
@@ -91,6 +92,41 @@ pub struct ServiceArgs {
     /// (assembly, MD5 read, rename), seconds; on expiry it is retried later.
     #[arg(long, env = "INGEST_COMPLETION_DEADLINE_SECS", default_value_t = crate::ingest::DEFAULT_COMPLETION_DEADLINE_SECS, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub completion_deadline_secs: u64,
+}
+
+/// Limits on reading one part of a source (the worker's settings).
+#[derive(Args, Debug, Clone)]
+pub struct PartLimitArgs {
+    /// Seconds a part may take to read from its source, opening it included
+    /// (0 = no deadline); then the attempt is abandoned and retried.
+    #[arg(long, env = "WORKER_PART_DEADLINE_SECS", default_value_t = PartLimits::default().deadline.as_secs())]
+    pub part_deadline_secs: u64,
+    /// Bytes per second a source must deliver in every throughput window
+    /// (0 = no minimum).
+    #[arg(long, env = "WORKER_MIN_SOURCE_BYTES_PER_SEC", default_value_t = PartLimits::default().min_bytes_per_sec)]
+    pub min_source_bytes_per_sec: u64,
+    /// Seconds of the window the minimum throughput is measured over (the
+    /// first window is the grace period of a new read).
+    #[arg(long, env = "WORKER_SOURCE_RATE_WINDOW_SECS", default_value_t = PartLimits::default().window.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub source_rate_window_secs: u64,
+}
+
+impl PartLimitArgs {
+    pub fn limits(&self) -> PartLimits {
+        PartLimits {
+            deadline: std::time::Duration::from_secs(self.part_deadline_secs),
+            min_bytes_per_sec: self.min_source_bytes_per_sec,
+            window: std::time::Duration::from_secs(self.source_rate_window_secs),
+        }
+    }
+
+    /// One line for the start-up log.
+    pub fn describe(&self) -> String {
+        format!(
+            "part_deadline_secs={} min_source_bytes_per_sec={} source_rate_window_secs={}",
+            self.part_deadline_secs, self.min_source_bytes_per_sec, self.source_rate_window_secs
+        )
+    }
 }
 
 /// Hides the password of a URL.

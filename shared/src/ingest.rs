@@ -16,7 +16,7 @@ use crate::limits::{self, DestLimitError, PartLimitError, RequestLimits};
 use crate::moosefs::{
     CreatedFile, MfsClient, MfsError, MfsPath, Name, ReplicaChoice, WriteOptions, CHUNK_SIZE,
 };
-use crate::source::{Source, SourceConfig, SourceError};
+use crate::source::{Source, SourceConfig, SourceError, SourceVersion, Validator};
 use crate::store::{
     state, AttemptStart, CommitOutcome, NewSession, PartCommit, Session, Store, StoreError,
 };
@@ -422,6 +422,16 @@ fn transient(e: impl std::fmt::Display) -> PartError {
     PartError::Transient(e.to_string())
 }
 
+/// A source that may work later is a transient failure; one that never
+/// will (refused, changed, gone) fails the session.
+fn source_failure(e: SourceError) -> PartError {
+    if e.is_transient() {
+        transient(e)
+    } else {
+        PartError::SessionFailed(e.to_string())
+    }
+}
+
 /// A job found nothing to do (committed already, or its session is not open).
 fn already_done() -> PartOutcome {
     crate::metrics::metrics()
@@ -655,7 +665,8 @@ impl Ingest {
             });
         }
         let source = Source::parse(&req.source, &self.cfg.sources)?;
-        let actual = source.size(&self.cfg.sources).await?;
+        let version = source.probe(&self.cfg.sources).await?;
+        let actual = version.size;
         if let Some(declared) = req.size {
             if declared != actual {
                 return Err(RequestError::SizeMismatch { declared, actual });
@@ -686,6 +697,7 @@ impl Ingest {
             overwrite: req.overwrite,
             expected_md5: req.md5.as_ref().map(|m| m.to_ascii_lowercase()),
             expected_crc32c: req.crc32c,
+            source_validator: version.validator.map(|v| v.to_stored()),
         })
     }
 
@@ -833,30 +845,18 @@ impl Ingest {
 
     /// The attempt up to its commit: the source checked, a fresh staging
     /// inode written (every replica acknowledged and verified). A failed
-    /// write's inode is recorded as abandoned.
+    /// write's inode is recorded as abandoned. The source is read pinned to
+    /// the version seen at validation and under the part's deadline and
+    /// minimum throughput ([`crate::source::PartLimits`]); a read cut short
+    /// by those ends the chunk being written (its lock released) and is
+    /// retried like any transient failure.
     async fn write_attempt(
         &self,
         job: PartJob,
         start: AttemptStart,
     ) -> Result<WrittenPart, PartError> {
         crate::metrics::metrics().parts_started.inc();
-        let source = match Source::parse(&start.source, &self.cfg.sources) {
-            Ok(s) => s,
-            Err(e) if e.is_transient() => return Err(transient(e)),
-            Err(e) => return Err(self.fail_session(job.session_id, &e.to_string()).await),
-        };
-        match source.size(&self.cfg.sources).await {
-            Ok(n) if n == start.session_size as u64 => {}
-            Ok(n) => {
-                let why = format!(
-                    "source changed size: {n} bytes now, {} when the upload was created",
-                    start.session_size
-                );
-                return Err(self.fail_session(job.session_id, &why).await);
-            }
-            Err(e) if e.is_transient() => return Err(transient(e)),
-            Err(e) => return Err(self.fail_session(job.session_id, &e.to_string()).await),
-        }
+        let (source, pinned) = self.check_source(&job, &start).await?;
 
         let _budget = self.write_budget.reserve(start.size as u64).await;
         let goal = start.goal as u8;
@@ -876,15 +876,17 @@ impl Ingest {
             // (new token, new name) is the clean way forward.
             Err(e) => return Err(transient(e)),
         };
-        let written = async {
+        // The error and the reason its inode is abandoned.
+        let written: Result<_, (PartError, &str)> = async {
             let reader = source
                 .open_range(
                     start.part_offset as u64,
                     start.size as u64,
+                    &pinned,
                     &self.cfg.sources,
                 )
                 .await
-                .map_err(transient)?;
+                .map_err(|e| (source_failure(e), "attempt failed"))?;
             let opts = WriteOptions {
                 required_copies: Some(start.goal as u8),
                 // Only a single part's MD5 is the file's; a multi-part file's
@@ -896,12 +898,18 @@ impl Ingest {
                 .mfs
                 .write_new_file(&file, reader, &opts)
                 .await
-                .map_err(transient)?;
+                .map_err(|e| match &e {
+                    MfsError::Source(io) if crate::source::PartReadLimitError::is_in(io) => {
+                        (transient(e), "source too slow")
+                    }
+                    _ => (transient(e), "attempt failed"),
+                })?;
             if outcome.length != start.size as u64 {
-                return Err(PartError::SessionFailed(format!(
+                let why = format!(
                     "source ended early: part {} has {} of {} bytes",
                     job.part_number, outcome.length, start.size
-                )));
+                );
+                return Err((PartError::SessionFailed(why), "attempt failed"));
             }
             Ok(outcome)
         }
@@ -915,7 +923,7 @@ impl Ingest {
                 file,
                 staging_path,
             }),
-            Err(e) => {
+            Err((e, reason)) => {
                 // The staging inode is nobody's: record it for the collector.
                 let _ = self
                     .store
@@ -925,18 +933,55 @@ impl Ingest {
                         start.token,
                         file.inode,
                         &staging_path,
-                        "attempt failed",
+                        reason,
                     )
                     .await;
                 crate::metrics::metrics()
                     .parts_abandoned
-                    .with_label_values(&["attempt_failed"])
+                    .with_label_values(&[if reason == "source too slow" {
+                        "source_too_slow"
+                    } else {
+                        "attempt_failed"
+                    }])
                     .inc();
                 Err(match e {
                     PartError::SessionFailed(why) => self.fail_session(job.session_id, &why).await,
                     other => other,
                 })
             }
+        }
+    }
+
+    /// An attempt's source: parsed, and its size and validator now compared
+    /// with the version the upload was created from (a different one fails
+    /// the session).
+    async fn check_source(
+        &self,
+        job: &PartJob,
+        start: &AttemptStart,
+    ) -> Result<(Source, SourceVersion), PartError> {
+        let pinned = SourceVersion {
+            size: start.session_size as u64,
+            validator: start
+                .source_validator
+                .as_deref()
+                .and_then(Validator::from_stored),
+        };
+        let checked = async {
+            let source = Source::parse(&start.source, &self.cfg.sources)?;
+            let now = source.probe(&self.cfg.sources).await?;
+            Ok::<_, SourceError>((source, now))
+        }
+        .await;
+        match checked {
+            Ok((source, now)) => match pinned.change_to(&now) {
+                None => Ok((source, pinned)),
+                Some(why) => Err(self.fail_session(job.session_id, &why).await),
+            },
+            Err(e) => match source_failure(e) {
+                PartError::SessionFailed(why) => Err(self.fail_session(job.session_id, &why).await),
+                other => Err(other),
+            },
         }
     }
 

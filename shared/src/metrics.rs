@@ -125,7 +125,12 @@ pub const PART_OUTCOMES: &[&str] = &["committed", "discarded", "already_done", "
 /// Why a part job went to the retry queue (`reason` label).
 pub const RETRY_REASONS: &[&str] = &["error", "lease_held"];
 /// Why a part attempt's staging inode was abandoned (`reason` label).
-pub const ABANDON_REASONS: &[&str] = &["attempt_failed", "superseded", "session_closed"];
+pub const ABANDON_REASONS: &[&str] = &[
+    "attempt_failed",
+    "source_too_slow",
+    "superseded",
+    "session_closed",
+];
 /// Where a duplicate part job was recognised (`by` label).
 pub const DUPLICATE_DETECTORS: &[&str] = &["redis", "postgres"];
 /// Queues and exchanges (`queue` label); anything else is `other`.
@@ -452,7 +457,7 @@ impl Metrics {
             ),
             parts_abandoned: b.counter_vec(
                 "mfs_ingest_parts_abandoned_total",
-                "Part attempts whose written staging inode was recorded as abandoned, by reason (attempt_failed, superseded by a newer attempt, session_closed).",
+                "Part attempts whose written staging inode was recorded as abandoned, by reason (attempt_failed, source_too_slow: the part deadline or minimum throughput cut the source read, superseded by a newer attempt, session_closed).",
                 &["reason"],
             ),
             part_duration: b.histogram_vec(

@@ -141,6 +141,8 @@ pub struct NewSession {
     pub overwrite: bool,
     pub expected_md5: Option<String>,
     pub expected_crc32c: Option<u32>,
+    /// The source's validator at validation ([`crate::source::Validator::to_stored`]).
+    pub source_validator: Option<String>,
 }
 
 /// A part attempt that just started: its fencing token and what to write.
@@ -153,6 +155,8 @@ pub struct AttemptStart {
     pub session_size: i64,
     pub goal: i16,
     pub part_count: i32,
+    /// The source's validator at validation: every part read is pinned to it.
+    pub source_validator: Option<String>,
 }
 
 /// A written staging file offered as a part.
@@ -216,7 +220,7 @@ pub const START_ATTEMPTS_SQL: &str = "UPDATE upload_parts p
         AND (p.committed_token IS NULL) IS TRUE
         AND s.id = p.session_id AND (s.state = 'open') IS TRUE
      RETURNING p.session_id, p.part_number, p.attempts AS token, p.part_offset, p.size,
-               s.source, s.size AS session_size, s.goal, s.part_count";
+               s.source, s.size AS session_size, s.goal, s.part_count, s.source_validator";
 
 /// [`Store::backlog`]: the backlog gauges' values.
 ///
@@ -385,10 +389,10 @@ impl Store {
         let created: Vec<Session> = sqlx::query_as(
             "INSERT INTO upload_sessions
                 (id, request_id, source, dest, size, part_size, part_count, goal, overwrite,
-                 expected_md5, expected_crc32c)
+                 expected_md5, expected_crc32c, source_validator)
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[],
                                   $6::bigint[], $7::int[], $8::smallint[], $9::bool[],
-                                  $10::text[], $11::bigint[])
+                                  $10::text[], $11::bigint[], $12::text[])
              ON CONFLICT (request_id) DO NOTHING
              RETURNING *",
         )
@@ -413,6 +417,11 @@ impl Store {
         .bind(
             news.iter()
                 .map(|n| n.expected_crc32c.map(i64::from))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            news.iter()
+                .map(|n| n.source_validator.clone())
                 .collect::<Vec<_>>(),
         )
         .fetch_all(&mut *tx)

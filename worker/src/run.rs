@@ -17,7 +17,7 @@ use clap::Args;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use lapin::types::AMQPValue;
-use shared::config::ServiceArgs;
+use shared::config::{PartLimitArgs, ServiceArgs};
 use shared::idempotency::{part_done_key, part_lease_key, Idempotency, Lease, PartClaim};
 use shared::ingest::{Ingest, PartError, PartOutcome, WriteBudget};
 use shared::jobs::{
@@ -30,6 +30,8 @@ use shared::metrics::{metrics, InFlight};
 pub struct RunArgs {
     #[command(flatten)]
     services: ServiceArgs,
+    #[command(flatten)]
+    part_limits: PartLimitArgs,
     /// Parts handled at the same time (also the RabbitMQ prefetch).
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     concurrency: u16,
@@ -78,6 +80,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         concurrency = args.concurrency,
         http_addr = %args.http_addr,
         config = %args.services.describe(),
+        part_limits = %args.part_limits.describe(),
         "starting worker"
     );
     shared::metrics::set_build_info("worker");
@@ -96,6 +99,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         )
         .await
         .context("starting the worker")?;
+    Arc::make_mut(&mut ingest.cfg).sources.part_limits = args.part_limits.limits();
     if args.max_in_flight_mib > 0 {
         ingest.write_budget = WriteBudget::mib(args.max_in_flight_mib);
     }

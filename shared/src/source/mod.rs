@@ -1,15 +1,33 @@
 //! Where ingested bytes come from: `file://` URLs confined to configured
 //! roots, and `http(s)://` URLs read with Range requests. Parsing checks the
-//! scheme and confinement once; `size` and `open_range` do the I/O, each
-//! under a timeout.
+//! scheme and confinement without touching the filesystem or the network;
+//! [`Source::probe`] takes the size (and an HTTP source's validator) at
+//! validation, and [`Source::open_range`] reads one part of that same
+//! version, under the part's deadline and minimum throughput.
+//!
+//! - [`file`]: opening beneath a root (`openat2`), never by path.
+//! - [`guard`]: which hosts and addresses an HTTP source may reach.
+//! - [`http`]: redirects checked hop by hop, ranges pinned to a validator.
+//! - [`limits`]: the per-part deadline and minimum throughput.
+
+pub mod file;
+pub mod guard;
+pub mod http;
+pub mod limits;
 
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::TryStreamExt;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
+
+pub use file::FileSource;
+pub use http::Validator;
+pub use limits::{PartReadLimitError, PartLimits};
+
+use file::OpenBeneathError;
 
 /// Why a source cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -20,8 +38,20 @@ pub enum SourceError {
     UnsupportedScheme(String),
     #[error("source {0} is outside the allowed source roots")]
     OutsideRoots(String),
+    #[error("source {0}: a symbolic link or `..` below the source root was refused")]
+    Escape(String),
     #[error("source host {0} is not in the allowed HTTP source hosts")]
     HostNotAllowed(String),
+    #[error("source host {0} is (or resolves to) a loopback, private, link-local or reserved address; name it in INGEST_HTTP_SOURCE_HOSTS to allow it")]
+    AddressNotAllowed(String),
+    #[error(
+        "source {0} redirects to a host or address that is not allowed (or more than 5 times)"
+    )]
+    RedirectRefused(String),
+    #[error("source {url} changed since the upload was created: {detail}")]
+    Changed { url: String, detail: String },
+    #[error("source {url} answered a wrong range: {detail}")]
+    BadRange { url: String, detail: String },
     #[error("source {0} does not exist")]
     Missing(String),
     #[error("source {0} is not a regular file")]
@@ -47,8 +77,36 @@ impl SourceError {
 /// A validated source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    File(PathBuf),
+    File(FileSource),
     Http(url::Url),
+}
+
+/// One version of a source: its size, and for HTTP its validator, as seen
+/// at validation. Part reads refuse any other version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceVersion {
+    pub size: u64,
+    pub validator: Option<Validator>,
+}
+
+impl SourceVersion {
+    /// How `now` differs from this version, if it does.
+    pub fn change_to(&self, now: &SourceVersion) -> Option<String> {
+        if now.size != self.size {
+            return Some(format!(
+                "source changed size: {} bytes now, {} when the upload was created",
+                now.size, self.size
+            ));
+        }
+        match (&self.validator, &now.validator) {
+            (Some(then), Some(now)) if then != now => Some(format!(
+                "source changed since the upload was created: {} now, {} then",
+                now.to_stored(),
+                then.to_stored()
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// A byte stream of part of a source.
@@ -57,49 +115,63 @@ pub type SourceReader = Pin<Box<dyn AsyncRead + Send>>;
 /// Shared settings for reading sources.
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
-    /// `file://` sources must be inside one of these (canonical) directories.
+    /// `file://` sources must be inside one of these directories (each
+    /// root as configured and canonical).
     pub allowed_roots: Vec<PathBuf>,
     /// `http(s)://` sources must name one of these hosts (lower case, no
-    /// port); `None` allows any host.
-    pub allowed_http_hosts: Option<Vec<String>>,
+    /// port); `None` allows any host whose addresses are all public.
+    pub allowed_http_hosts: guard::AllowedHosts,
+    /// Connects only through [`guard::GuardedResolver`], follows no
+    /// redirects by itself, uses no proxy.
     pub http: reqwest::Client,
     pub timeout: Duration,
+    /// Deadline and minimum throughput of each part read.
+    pub part_limits: PartLimits,
 }
 
 impl SourceConfig {
     pub fn new(allowed_roots: Vec<PathBuf>) -> Self {
         let timeout = Duration::from_secs(30);
+        let mut roots = Vec::new();
+        for root in allowed_roots {
+            if let Ok(real) = std::fs::canonicalize(&root) {
+                if real != root {
+                    roots.push(real);
+                }
+            }
+            roots.push(root);
+        }
         SourceConfig {
-            allowed_roots: allowed_roots
-                .into_iter()
-                .map(|r| std::fs::canonicalize(&r).unwrap_or(r))
-                .collect(),
+            allowed_roots: roots,
             allowed_http_hosts: None,
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(10))
-                .read_timeout(timeout)
-                .build()
-                .expect("HTTP client"),
+            http: http::client(&None, timeout),
             timeout,
+            part_limits: PartLimits::default(),
         }
     }
 
-    /// Only these hosts may be named by `http(s)://` sources (so a request
-    /// cannot make the workers fetch from anywhere they can reach); an empty
-    /// list allows any host.
+    /// Only these hosts may be named by `http(s)://` sources, whatever
+    /// their addresses (loopback and private ones included); an empty list
+    /// allows any host whose addresses are all public.
     pub fn with_http_hosts(mut self, hosts: &[String]) -> Self {
         let hosts: Vec<String> = hosts
             .iter()
             .map(|h| h.trim().to_ascii_lowercase())
             .filter(|h| !h.is_empty())
             .collect();
-        self.allowed_http_hosts = (!hosts.is_empty()).then_some(hosts);
+        self.allowed_http_hosts = (!hosts.is_empty()).then(|| Arc::new(hosts));
+        self.http = http::client(&self.allowed_http_hosts, self.timeout);
+        self
+    }
+
+    pub fn with_part_limits(mut self, limits: PartLimits) -> Self {
+        self.part_limits = limits;
         self
     }
 }
 
 impl Source {
-    /// Parses and confines a source URL.
+    /// Parses and confines a source URL (no filesystem or network access).
     pub fn parse(raw: &str, cfg: &SourceConfig) -> Result<Source, SourceError> {
         let url = url::Url::parse(raw).map_err(|e| SourceError::Invalid {
             url: raw.to_string(),
@@ -111,35 +183,26 @@ impl Source {
                     url: raw.to_string(),
                     reason: "not a local absolute path".into(),
                 })?;
-                // Confinement is checked before the filesystem is touched (no
-                // existence oracle outside the roots), then again after
-                // resolving symlinks.
+                // Confinement is lexical here; opening beneath the root
+                // (no symbolic links, no `..`) keeps it at every read.
                 let lexical = lexically_normal(&path);
-                let inside = |p: &Path| cfg.allowed_roots.iter().any(|root| p.starts_with(root));
-                if !inside(&lexical) {
-                    return Err(SourceError::OutsideRoots(path.display().to_string()));
+                let outside = || SourceError::OutsideRoots(path.display().to_string());
+                let root = cfg
+                    .allowed_roots
+                    .iter()
+                    .find(|root| lexical.starts_with(root))
+                    .ok_or_else(outside)?;
+                let relative = lexical.strip_prefix(root).map_err(|_| outside())?;
+                if relative.as_os_str().is_empty() {
+                    return Err(SourceError::NotAFile(path.display().to_string()));
                 }
-                let real = std::fs::canonicalize(&lexical)
-                    .map_err(|_| SourceError::Missing(path.display().to_string()))?;
-                if !inside(&real) {
-                    return Err(SourceError::OutsideRoots(path.display().to_string()));
-                }
-                Ok(Source::File(real))
+                Ok(Source::File(FileSource {
+                    root: root.clone(),
+                    relative: relative.to_path_buf(),
+                }))
             }
             "http" | "https" => {
-                let Some(host) = url.host_str() else {
-                    return Err(SourceError::Invalid {
-                        url: raw.to_string(),
-                        reason: "no host".into(),
-                    });
-                };
-                if let Some(allowed) = &cfg.allowed_http_hosts {
-                    // The URL parser lower-cases and normalises host names
-                    // (and IP literals), so this compares like with like.
-                    if !allowed.iter().any(|a| a == host) {
-                        return Err(SourceError::HostNotAllowed(host.to_string()));
-                    }
-                }
+                http::check_url(&url, cfg)?;
                 Ok(Source::Http(url))
             }
             other => Err(SourceError::UnsupportedScheme(other.to_string())),
@@ -148,101 +211,112 @@ impl Source {
 
     fn display(&self) -> String {
         match self {
-            Source::File(p) => p.display().to_string(),
+            Source::File(f) => f.path().display().to_string(),
             Source::Http(u) => masked(u),
+        }
+    }
+
+    /// The source's current size and validator (opened beneath its root;
+    /// `HEAD` for HTTP, redirects checked hop by hop).
+    pub async fn probe(&self, cfg: &SourceConfig) -> Result<SourceVersion, SourceError> {
+        match self {
+            Source::File(f) => {
+                let f = f.clone();
+                let (_, size) = open_file(f).await?;
+                Ok(SourceVersion {
+                    size,
+                    validator: None,
+                })
+            }
+            Source::Http(url) => http::probe(url, cfg).await,
         }
     }
 
     /// The source's current size in bytes.
     pub async fn size(&self, cfg: &SourceConfig) -> Result<u64, SourceError> {
-        match self {
-            Source::File(path) => file_size(path).await,
-            Source::Http(url) => {
-                let resp = tokio::time::timeout(cfg.timeout, cfg.http.head(url.clone()).send())
-                    .await
-                    .map_err(|_| SourceError::Timeout(cfg.timeout))?
-                    .map_err(|e| http_error(url, e.to_string()))?;
-                if resp.status() == reqwest::StatusCode::NOT_FOUND {
-                    return Err(SourceError::Missing(masked(url)));
-                }
-                if !resp.status().is_success() {
-                    return Err(http_error(url, format!("HEAD answered {}", resp.status())));
-                }
-                resp.headers()
-                    .get(reqwest::header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok())
-                    .ok_or_else(|| http_error(url, "no Content-Length".into()))
-            }
-        }
+        Ok(self.probe(cfg).await?.size)
     }
 
-    /// Reads `len` bytes at `offset`. The stream yields at most `len` bytes;
-    /// a source that has fewer yields fewer (the caller checks the count).
+    /// Reads `len` bytes at `offset` of `version` of the source. The stream
+    /// yields at most `len` bytes; a source that has fewer yields fewer (the
+    /// caller checks the count). It fails (an I/O error holding a
+    /// [`PartReadLimitError`]) when the part's deadline passes or the source
+    /// falls below the minimum throughput, counted from this call.
     pub async fn open_range(
         &self,
         offset: u64,
         len: u64,
+        version: &SourceVersion,
         cfg: &SourceConfig,
     ) -> Result<SourceReader, SourceError> {
-        match self {
-            Source::File(path) => {
-                let io = |error| SourceError::Io {
-                    url: path.display().to_string(),
-                    error,
-                };
-                let path = path.clone();
-                // Opened, positioned and the first piece read in ONE
-                // hand-off to the blocking pool (a small file's only one).
-                let (file, first) = blocking_io(move || {
-                    let mut file = std::fs::File::open(&path)?;
-                    file.seek(std::io::SeekFrom::Start(offset))?;
-                    let first = read_piece(&file, len.min(FILE_READ_BYTES))?;
-                    Ok((file, first))
-                })
-                .await
-                .map_err(io)?;
-                Ok(Box::pin(file_range_reader(file, first, len)))
+        let started = tokio::time::Instant::now();
+        let limits = cfg.part_limits;
+        let open = async {
+            match self {
+                Source::File(f) => file_range(f, offset, len, version).await,
+                Source::Http(url) => http::open_range(url, offset, len, version, cfg).await,
             }
-            Source::Http(url) => {
-                if len == 0 {
-                    return Ok(Box::pin(tokio::io::empty()));
-                }
-                let range = format!("bytes={}-{}", offset, offset + len - 1);
-                let resp = tokio::time::timeout(
-                    cfg.timeout,
-                    cfg.http
-                        .get(url.clone())
-                        .header(reqwest::header::RANGE, range)
-                        .send(),
-                )
+        };
+        let reader = if limits.deadline.is_zero() {
+            open.await?
+        } else {
+            tokio::time::timeout(limits.deadline, open)
                 .await
-                .map_err(|_| SourceError::Timeout(cfg.timeout))?
-                .map_err(|e| http_error(url, e.to_string()))?;
-                let status = resp.status();
-                if status == reqwest::StatusCode::NOT_FOUND {
-                    return Err(SourceError::Missing(masked(url)));
-                }
-                let whole_body = status == reqwest::StatusCode::OK && offset == 0;
-                if status != reqwest::StatusCode::PARTIAL_CONTENT && !whole_body {
-                    return Err(http_error(
-                        url,
-                        format!("range request answered {status} (the server must support Range)"),
-                    ));
-                }
-                let stream = resp
-                    .bytes_stream()
-                    .map_err(|e| std::io::Error::other(e.to_string()));
-                let reader = tokio_util::io::StreamReader::new(stream);
-                Ok(Box::pin(reader.take(len)))
-            }
-        }
+                .map_err(|_| SourceError::Timeout(limits.deadline))??
+        };
+        Ok(Box::pin(limits::LimitedReader::new(
+            reader, limits, started,
+        )))
     }
 
     /// Human-readable location for errors.
     pub fn describe(&self) -> String {
         self.display()
     }
+}
+
+/// Opens a file source beneath its root on the blocking pool: the file and
+/// its size, both from the one descriptor.
+async fn open_file(f: FileSource) -> Result<(std::fs::File, u64), SourceError> {
+    let shown = f.path().display().to_string();
+    let opened = tokio::task::spawn_blocking(move || f.open())
+        .await
+        .map_err(|e| OpenBeneathError::Io(std::io::Error::other(e)));
+    match opened.and_then(|r| r) {
+        Ok(opened) => Ok(opened),
+        Err(OpenBeneathError::Missing) => Err(SourceError::Missing(shown)),
+        Err(OpenBeneathError::Escape) => Err(SourceError::Escape(shown)),
+        Err(OpenBeneathError::NotAFile) => Err(SourceError::NotAFile(shown)),
+        Err(OpenBeneathError::Io(error)) => Err(SourceError::Io { url: shown, error }),
+    }
+}
+
+/// A range of a file source: opened beneath its root, its size checked on
+/// that descriptor, positioned and the first piece read in ONE hand-off to
+/// the blocking pool (a small file's only one).
+async fn file_range(
+    f: &FileSource,
+    offset: u64,
+    len: u64,
+    version: &SourceVersion,
+) -> Result<SourceReader, SourceError> {
+    let shown = f.path().display().to_string();
+    let (file, size) = open_file(f.clone()).await?;
+    if size != version.size {
+        return Err(SourceError::Changed {
+            url: shown,
+            detail: format!("its size is now {size} bytes, was {}", version.size),
+        });
+    }
+    let (file, first) = blocking_io(move || {
+        let mut file = file;
+        file.seek(std::io::SeekFrom::Start(offset))?;
+        let first = read_piece(&file, len.min(FILE_READ_BYTES))?;
+        Ok((file, first))
+    })
+    .await
+    .map_err(|error| SourceError::Io { url: shown, error })?;
+    Ok(Box::pin(file_range_reader(file, first, len)))
 }
 
 /// Bytes a local file is read in, per blocking read.
@@ -306,25 +380,8 @@ async fn blocking_io<T: Send + 'static>(
         .map_err(std::io::Error::other)?
 }
 
-async fn file_size(path: &Path) -> Result<u64, SourceError> {
-    let meta = tokio::fs::metadata(path)
-        .await
-        .map_err(|_| SourceError::Missing(path.display().to_string()))?;
-    if !meta.is_file() {
-        return Err(SourceError::NotAFile(path.display().to_string()));
-    }
-    Ok(meta.len())
-}
-
-fn http_error(url: &url::Url, detail: String) -> SourceError {
-    SourceError::Http {
-        url: masked(url),
-        detail,
-    }
-}
-
 /// The URL without its password.
-fn masked(url: &url::Url) -> String {
+pub(crate) fn masked(url: &url::Url) -> String {
     let mut u = url.clone();
     if u.password().is_some() {
         let _ = u.set_password(Some("***"));
@@ -350,6 +407,7 @@ fn lexically_normal(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     #[tokio::test]
     async fn a_file_range_is_read_exactly_across_read_boundaries() {
@@ -361,12 +419,18 @@ mod tests {
         std::fs::write(&path, &data).unwrap();
         let cfg = SourceConfig::new(vec![root.path().to_path_buf()]);
         let source = Source::parse(&format!("file://{}", path.display()), &cfg).unwrap();
+        let version = source.probe(&cfg).await.unwrap();
+        assert_eq!(version.size, data.len() as u64);
         let read = |offset: u64, len: u64| {
             let source = source.clone();
             let cfg = cfg.clone();
+            let version = version.clone();
             async move {
                 let mut out = Vec::new();
-                let mut reader = source.open_range(offset, len, &cfg).await.unwrap();
+                let mut reader = source
+                    .open_range(offset, len, &version, &cfg)
+                    .await
+                    .unwrap();
                 reader.read_to_end(&mut out).await.unwrap();
                 out
             }
@@ -396,8 +460,8 @@ mod tests {
         assert_eq!(read(70_000, 65_536).await, &data[70_000..135_536]);
     }
 
-    #[test]
-    fn file_sources_are_confined_to_the_roots() {
+    #[tokio::test]
+    async fn file_sources_are_confined_to_the_roots() {
         let root = tempfile::tempdir().unwrap();
         let inside = root.path().join("a.bin");
         std::fs::write(&inside, b"x").unwrap();
@@ -418,9 +482,14 @@ mod tests {
             Source::parse("file:///etc/hostname", &cfg),
             Err(SourceError::OutsideRoots(_))
         ));
+        let missing = Source::parse(&format!("file://{}/missing", root.path().display()), &cfg);
         assert!(matches!(
-            Source::parse(&format!("file://{}/missing", root.path().display()), &cfg),
+            missing.unwrap().probe(&cfg).await,
             Err(SourceError::Missing(_))
+        ));
+        assert!(matches!(
+            Source::parse(&format!("file://{}/", root.path().display()), &cfg),
+            Err(SourceError::NotAFile(_))
         ));
         assert!(matches!(
             Source::parse("ftp://host/x", &cfg),
@@ -468,5 +537,31 @@ mod tests {
                 .is_none(),
             "an empty list allows any host"
         );
+    }
+
+    #[test]
+    fn private_ip_literals_are_refused_unless_named() {
+        let any = SourceConfig::new(Vec::new());
+        for refused in [
+            "http://127.0.0.1:9000/a.bin",
+            "http://169.254.169.254/latest/meta-data",
+            "http://10.213.47.10:9421/",
+            "http://192.168.0.1/",
+            "http://[::1]/a",
+            "http://[::ffff:127.0.0.1]/a",
+            "http://[fd00::1]/a",
+            "http://0.0.0.0/a",
+            "http://2130706433/a", // 127.0.0.1 as one number
+        ] {
+            let e = Source::parse(refused, &any).unwrap_err();
+            assert!(
+                matches!(e, SourceError::AddressNotAllowed(_)),
+                "{refused}: {e}"
+            );
+            assert!(!e.is_transient());
+        }
+        assert!(Source::parse("http://8.8.8.8/a.bin", &any).is_ok());
+        let named = SourceConfig::new(Vec::new()).with_http_hosts(&["[::1]".into()]);
+        assert!(Source::parse("http://[::1]:8000/a.bin", &named).is_ok());
     }
 }
