@@ -161,6 +161,8 @@ pub const WRITE_STATUSES: &[&str] = &[
 pub const STATUS_CLASSES: &[&str] = &["2xx", "4xx", "5xx"];
 /// Outcomes of a maintenance round (`outcome` label).
 pub const ROUND_OUTCOMES: &[&str] = &["ok", "error"];
+/// Steps of a maintenance round (`step` label).
+pub const MAINTENANCE_STEPS: &[&str] = &["republish", "complete", "expire", "sweep", "gc"];
 
 /// External services (`service` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,6 +278,7 @@ pub struct Metrics {
     pub reconciler_republished: IntCounter,
     pub reconciler_completed: IntCounter,
     pub maintenance_rounds: IntCounterVec,
+    pub maintenance_errors: IntCounterVec,
     pub maintenance_duration: Histogram,
 
     // HTTP
@@ -612,6 +615,11 @@ impl Metrics {
                 "Reconciler / garbage-collector rounds, by outcome (ok, error).",
                 &["outcome"],
             ),
+            maintenance_errors: b.counter_vec(
+                "mfs_ingest_maintenance_errors_total",
+                "Errors in maintenance rounds, by step (republish, complete, expire, sweep, gc); each step runs whatever the others met.",
+                &["step"],
+            ),
             maintenance_duration: b.histogram(
                 "mfs_ingest_maintenance_round_duration_seconds",
                 "Duration of reconciler / garbage-collector rounds.",
@@ -658,6 +666,7 @@ impl Metrics {
         init_counters(&m.service_errors, &services);
         init_counters(&m.service_reconnects, &services);
         init_counters(&m.maintenance_rounds, ROUND_OUTCOMES);
+        init_counters(&m.maintenance_errors, MAINTENANCE_STEPS);
         m.families = b.families;
         m
     }
@@ -931,6 +940,7 @@ mod tests {
             &m.service_errors,
             &m.service_reconnects,
             &m.maintenance_rounds,
+            &m.maintenance_errors,
             &m.http_requests,
         ] {
             touch(v, |l| {
