@@ -163,6 +163,8 @@ pub const STATUS_CLASSES: &[&str] = &["2xx", "4xx", "5xx"];
 pub const ROUND_OUTCOMES: &[&str] = &["ok", "error"];
 /// Steps of a maintenance round (`step` label).
 pub const MAINTENANCE_STEPS: &[&str] = &["republish", "complete", "expire", "sweep", "gc"];
+/// Outcomes of a lease renewal (`outcome` label).
+pub const LEASE_RENEWAL_OUTCOMES: &[&str] = &["renewed", "lost", "unknown"];
 
 /// External services (`service` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,6 +242,7 @@ pub struct Metrics {
     pub worker_concurrency: IntGaugeVec,
     pub duplicate_jobs: IntCounterVec,
     pub dead_letters: IntCounterVec,
+    pub lease_renewals: IntCounterVec,
 
     // MooseFS
     pub mfs_request_duration: HistogramVec,
@@ -489,6 +492,11 @@ impl Metrics {
                 "Messages sent to ingest.dead, by the queue they came from.",
                 &["queue"],
             ),
+            lease_renewals: b.counter_vec(
+                "mfs_ingest_lease_renewals_total",
+                "Renewals of part leases while attempts run, by outcome (renewed; lost: another worker holds it or it expired; unknown: Redis did not answer).",
+                &["outcome"],
+            ),
             mfs_request_duration: b.histogram_vec(
                 "mfs_ingest_mfs_request_duration_seconds",
                 "Latency of MooseFS master requests, by operation.",
@@ -667,6 +675,7 @@ impl Metrics {
         init_counters(&m.service_reconnects, &services);
         init_counters(&m.maintenance_rounds, ROUND_OUTCOMES);
         init_counters(&m.maintenance_errors, MAINTENANCE_STEPS);
+        init_counters(&m.lease_renewals, LEASE_RENEWAL_OUTCOMES);
         m.families = b.families;
         m
     }
@@ -941,6 +950,7 @@ mod tests {
             &m.service_reconnects,
             &m.maintenance_rounds,
             &m.maintenance_errors,
+            &m.lease_renewals,
             &m.http_requests,
         ] {
             touch(v, |l| {
