@@ -67,6 +67,11 @@ struct ServeArgs {
     /// Seconds after a session ended before its staging leftovers are collected.
     #[arg(long, env = "INGEST_STAGING_GRACE_SECS", default_value_t = 60)]
     staging_grace_secs: u64,
+    /// Seconds a staging file of no known session (another deployment
+    /// sharing MFS_ROOT, a file put there by hand) stays unchanged before
+    /// the sweep collects it.
+    #[arg(long, env = "INGEST_ORPHAN_GRACE_SECS", default_value_t = 86400)]
+    orphan_grace_secs: u64,
     /// Seconds between reconciler / GC rounds.
     #[arg(long, env = "INGEST_MAINTENANCE_SECS", default_value_t = 5)]
     maintenance_secs: u64,
@@ -220,6 +225,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         session_max_age: Duration::from_secs(args.session_max_age_secs),
         tick: Duration::from_secs(args.maintenance_secs),
         staging_grace: Duration::from_secs(args.staging_grace_secs),
+        orphan_grace: Duration::from_secs(args.orphan_grace_secs),
         ..Intervals::default()
     };
     let backlog = tokio::spawn(service::run_backlog_gauges(

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
+use shared::gc::SweepGrace;
 use shared::ingest::{Completion, Ingest};
 use shared::jobs::{
     Outgoing, Publisher, RequestMessage, UploadEvent, MAX_BATCH_ITEMS, REQUESTS_QUEUE,
@@ -15,6 +16,9 @@ use shared::jobs::{
 use shared::metrics::{metrics, Service};
 use shared::store::{state, Store};
 use tokio_util::sync::CancellationToken;
+
+/// Abandoned rows the collector takes per round.
+const GC_BATCH: i64 = 500;
 
 /// Timing of the background loops.
 #[derive(Debug, Clone)]
@@ -27,6 +31,8 @@ pub struct Intervals {
     pub session_max_age: Duration,
     /// Staging leftovers of ended sessions are collected after this.
     pub staging_grace: Duration,
+    /// Staging files of no known session are collected once unchanged this long.
+    pub orphan_grace: Duration,
     /// Pause between reconciler / GC rounds.
     pub tick: Duration,
     /// Pause between updates of the backlog gauges.
@@ -40,6 +46,7 @@ impl Default for Intervals {
             completion_stale_after: Duration::from_secs(10),
             session_max_age: Duration::from_secs(24 * 3600),
             staging_grace: Duration::from_secs(60),
+            orphan_grace: Duration::from_secs(24 * 3600),
             tick: Duration::from_secs(5),
             stats: Duration::from_secs(5),
         }
@@ -355,12 +362,14 @@ pub async fn run_maintenance(ingest: Ingest, intervals: Intervals, shutdown: Can
     let m = metrics();
     while !shutdown.is_cancelled() {
         let started = std::time::Instant::now();
-        let outcome = match maintenance_round(&ingest, &intervals).await {
-            Ok(()) => "ok",
-            Err(e) => {
-                tracing::warn!(error = %e, "maintenance round failed");
-                "error"
-            }
+        let report = maintenance_round(&ingest, &intervals).await;
+        for (step, error) in &report.errors {
+            tracing::warn!(step, %error, "maintenance step failed");
+        }
+        let outcome = if report.errors.is_empty() {
+            "ok"
+        } else {
+            "error"
         };
         m.maintenance_rounds.with_label_values(&[outcome]).inc();
         m.maintenance_duration
@@ -372,67 +381,128 @@ pub async fn run_maintenance(ingest: Ingest, intervals: Intervals, shutdown: Can
     }
 }
 
+/// What went wrong in one maintenance round: `(step, error)`, each also
+/// counted in `mfs_ingest_maintenance_errors_total{step}`. Empty = all well.
+#[derive(Debug, Default)]
+pub struct RoundReport {
+    pub errors: Vec<(&'static str, String)>,
+}
+
+impl RoundReport {
+    fn failed(&mut self, step: &'static str, error: impl std::fmt::Display) {
+        metrics()
+            .maintenance_errors
+            .with_label_values(&[step])
+            .inc();
+        self.errors.push((step, error.to_string()));
+    }
+}
+
 /// One round: re-publish stale parts, complete forgotten sessions, expire
-/// old ones, collect staging leftovers, delete abandoned inodes.
-pub async fn maintenance_round(ingest: &Ingest, intervals: &Intervals) -> Result<(), String> {
-    let republished = ingest
+/// old ones, collect staging leftovers, delete abandoned inodes. Every step
+/// runs whatever the others did; a failing item does not stop its step.
+pub async fn maintenance_round(ingest: &Ingest, intervals: &Intervals) -> RoundReport {
+    let mut report = RoundReport::default();
+    republish_stale(ingest, intervals, &mut report).await;
+    complete_forgotten(ingest, intervals, &mut report).await;
+    expire_old(ingest, intervals, &mut report).await;
+    collect_staging(ingest, intervals, &mut report).await;
+    report
+}
+
+async fn republish_stale(ingest: &Ingest, intervals: &Intervals, report: &mut RoundReport) {
+    match ingest
         .store
         .republish_stale_parts(intervals.part_stale_after)
         .await
-        .map_err(|e| e.to_string())?;
-    let m = metrics();
-    m.reconciler_republished.inc_by(republished);
-    if republished > 0 {
-        tracing::info!(republished, "re-published stale part jobs");
+    {
+        Ok(republished) => {
+            metrics().reconciler_republished.inc_by(republished);
+            if republished > 0 {
+                tracing::info!(republished, "re-published stale part jobs");
+            }
+        }
+        Err(e) => report.failed("republish", e),
     }
-    for id in ingest
+}
+
+async fn complete_forgotten(ingest: &Ingest, intervals: &Intervals, report: &mut RoundReport) {
+    let ids = match ingest
         .store
         .sessions_awaiting_completion(intervals.completion_stale_after)
         .await
-        .map_err(|e| e.to_string())?
     {
+        Ok(ids) => ids,
+        Err(e) => return report.failed("complete", e),
+    };
+    for id in ids {
         match ingest.complete(id).await {
             Ok(outcome) => {
                 if matches!(outcome, Completion::Completed { .. }) {
-                    m.reconciler_completed.inc();
+                    metrics().reconciler_completed.inc();
                 }
                 tracing::info!(session = %id, ?outcome, "reconciler completed a session")
             }
             Err(e) => tracing::warn!(session = %id, error = %e, "completion failed; will retry"),
         }
     }
-    for id in ingest
+}
+
+async fn expire_old(ingest: &Ingest, intervals: &Intervals, report: &mut RoundReport) {
+    let ids = match ingest
         .store
         .expired_sessions(intervals.session_max_age)
         .await
-        .map_err(|e| e.to_string())?
     {
-        let why = format!(
-            "expired: not completed within {:?}",
-            intervals.session_max_age
-        );
-        if ingest
-            .end_session(id, state::FAILED, &why)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            tracing::warn!(session = %id, "session expired");
+        Ok(ids) => ids,
+        Err(e) => return report.failed("expire", e),
+    };
+    let why = format!(
+        "expired: not completed within {:?}",
+        intervals.session_max_age
+    );
+    for id in ids {
+        match ingest.end_session(id, state::FAILED, &why).await {
+            Ok(true) => tracing::warn!(session = %id, "session expired"),
+            Ok(false) => {}
+            Err(e) => report.failed("expire", format!("session {id}: {e}")),
         }
     }
-    let swept = ingest
-        .sweep_staging(intervals.staging_grace)
-        .await
-        .map_err(|e| e.to_string())?;
-    let deleted = ingest
-        .collect_garbage(500)
-        .await
-        .map_err(|e| e.to_string())?;
+}
+
+/// The staging sweep, then the collector: the collector runs whatever the
+/// sweep met.
+async fn collect_staging(ingest: &Ingest, intervals: &Intervals, report: &mut RoundReport) {
+    let grace = SweepGrace {
+        ended: intervals.staging_grace,
+        orphan: intervals.orphan_grace,
+    };
+    let mut swept = 0;
+    match ingest.sweep_staging(grace).await {
+        Ok(sweep) => {
+            swept = sweep.recorded;
+            for failure in sweep.failures {
+                report.failed("sweep", failure);
+            }
+        }
+        Err(e) => report.failed("sweep", e),
+    }
+    let mut deleted = 0;
+    match ingest.collect_garbage_batch(GC_BATCH).await {
+        Ok(gc) => {
+            deleted = gc.deleted;
+            for failure in gc.failures {
+                report.failed("gc", failure);
+            }
+        }
+        Err(e) => report.failed("gc", e),
+    }
+    let m = metrics();
     m.gc_swept.inc_by(swept);
     m.gc_deleted.inc_by(deleted);
     if swept > 0 || deleted > 0 {
         tracing::info!(swept, deleted, "garbage collected");
     }
-    Ok(())
 }
 
 /// Updates the backlog gauges (pending parts and the oldest one's age, open

@@ -1,5 +1,6 @@
 //! Redis as an accelerator, never as the truth: part leases ("someone is on
-//! it", `SET NX PX`, released by compare-and-delete) and "done" markers that
+//! it", `SET NX PX`, renewed by compare-and-extend every third of their
+//! lifetime while the attempt runs, released by compare-and-delete) and "done" markers that
 //! let duplicate deliveries skip the database, each checked and set in one
 //! round trip per part or group of parts (a Lua script before, one after). Every
 //! call is bounded by a short timeout, and when Redis is unreachable the
@@ -41,10 +42,20 @@ end
 return 0
 "#;
 
+/// While an attempt runs: extends the lease (KEYS[1]) to ARGV[2] ms only
+/// if we (ARGV[1]) still hold it: compare-and-extend, never someone else's.
+const RENEW_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#;
+
 /// The scripts, hashed once: `EVALSHA` sends the hash, so building a
 /// `Script` (which computes the SHA-1) per part would only repeat that work.
 static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(CLAIM_SCRIPT));
 static FINISH: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(FINISH_SCRIPT));
+static RENEW: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RENEW_SCRIPT));
 
 /// What Redis says before a part attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +75,29 @@ pub enum Lease {
     Held,
     /// Redis did not answer: proceed, PostgreSQL fencing keeps it correct.
     Unknown,
+}
+
+/// What a lease renewal found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// Still ours, extended by a full lifetime.
+    Renewed,
+    /// Expired or someone else's: the attempt goes on, its fencing token
+    /// decides at commit.
+    Lost,
+    /// Redis did not answer.
+    Unknown,
+}
+
+impl Renewal {
+    /// The `outcome` label of `mfs_ingest_lease_renewals_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Renewal::Renewed => "renewed",
+            Renewal::Lost => "lost",
+            Renewal::Unknown => "unknown",
+        }
+    }
 }
 
 /// Redis-backed leases and markers.
@@ -229,6 +263,84 @@ impl Idempotency {
             })
             .collect();
         let _ = self.run_scripts::<i64>(&FINISH, &invocations).await;
+    }
+
+    /// Extends our leases (`lease_keys`) to `ttl` from now, in one round
+    /// trip; one answer per lease, in order.
+    pub async fn renew_leases(
+        &self,
+        lease_keys: &[&str],
+        owner: &str,
+        ttl: Duration,
+    ) -> Vec<Renewal> {
+        let invocations: Vec<redis::ScriptInvocation<'_>> = lease_keys
+            .iter()
+            .map(|key| {
+                let mut invocation = RENEW.key(*key);
+                invocation.arg(owner).arg(ttl.as_millis() as u64);
+                invocation
+            })
+            .collect();
+        match self.run_scripts::<i64>(&RENEW, &invocations).await {
+            Some(answers) if answers.len() == lease_keys.len() => answers
+                .iter()
+                .map(|a| {
+                    if *a == 1 {
+                        Renewal::Renewed
+                    } else {
+                        Renewal::Lost
+                    }
+                })
+                .collect(),
+            _ => vec![Renewal::Unknown; lease_keys.len()],
+        }
+    }
+
+    /// Runs `work` while renewing our leases (`lease_keys`) every `ttl / 3`,
+    /// so an attempt that runs longer than one lease lifetime keeps it; the
+    /// renewals stop when `work` ends. A lease found lost is logged and
+    /// counted once, and not renewed again (it is someone else's now, or
+    /// anyone's to take): the attempt goes on, its fencing token decides.
+    pub async fn renewing_while<T>(
+        &self,
+        lease_keys: &[&str],
+        owner: &str,
+        ttl: Duration,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        let renewals = async {
+            let every = (ttl / 3).max(Duration::from_millis(10));
+            let mut held: Vec<&str> = lease_keys.to_vec();
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !held.is_empty() {
+                tick.tick().await;
+                let answers = self.renew_leases(&held, owner, ttl).await;
+                let mut still = Vec::with_capacity(held.len());
+                for (key, answer) in held.iter().zip(answers) {
+                    crate::metrics::metrics()
+                        .lease_renewals
+                        .with_label_values(&[answer.label()])
+                        .inc();
+                    if answer == Renewal::Lost {
+                        tracing::warn!(
+                            lease = *key,
+                            owner,
+                            "part lease lost while the attempt runs; the fencing token decides"
+                        );
+                    } else {
+                        still.push(*key);
+                    }
+                }
+                held = still;
+            }
+            std::future::pending::<std::convert::Infallible>().await
+        };
+        // Both in this task: the work is polled while a renewal waits for Redis.
+        tokio::select! {
+            out = work => out,
+            never = renewals => match never {},
+        }
     }
 
     /// Runs invocations of one script in one pipeline (led by `SCRIPT LOAD`,

@@ -1670,81 +1670,6 @@ impl Ingest {
         self.digest_file(inode, |b| h.update(b)).await?;
         Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
     }
-
-    /// Deletes up to `limit` abandoned staging inodes; returns how many.
-    pub async fn collect_garbage(&self, limit: i64) -> Result<u64, CompletionError> {
-        let (mut tx, rows) = self.store.claim_abandoned(limit).await?;
-        let mut done = Vec::new();
-        for row in &rows {
-            let path = MfsPath::parse(&row.path)?;
-            let (parent_path, name) = match path.split_last() {
-                Some(x) => x,
-                None => continue,
-            };
-            let parent = match self.mfs.resolve(&parent_path).await {
-                Ok((p, _)) => p,
-                Err(MfsError::NotFound(_)) => {
-                    done.push(row.id);
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            match self.mfs.lookup(parent, name).await {
-                // Only the very inode that was recorded.
-                Ok((inode, _)) if inode as i64 == row.inode => {
-                    match self.mfs.unlink(parent, name).await {
-                        Ok(()) | Err(MfsError::NotFound(_)) => done.push(row.id),
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                Ok(_) | Err(MfsError::NotFound(_)) => done.push(row.id),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Store::mark_deleted(&mut tx, &done).await?;
-        tx.commit().await?;
-        Ok(done.len() as u64)
-    }
-
-    /// Staging files of sessions that ended more than `grace` ago that no
-    /// transaction recorded (attempts that crashed between creating the file
-    /// and recording it) are recorded as abandoned, for the collector. The
-    /// staging directories hold only in-flight and abandoned files (a
-    /// completed single-part file was renamed away), so a round is one
-    /// READDIR per goal directory and one query per non-empty directory.
-    pub async fn sweep_staging(&self, grace: Duration) -> Result<u64, CompletionError> {
-        let root = self.cfg.staging_root();
-        let (root_inode, _) = match self.mfs.resolve(&root).await {
-            Ok(x) => x,
-            Err(MfsError::NotFound(_)) => return Ok(0),
-            Err(e) => return Err(e.into()),
-        };
-        let mut recorded = 0;
-        for dir in self.mfs.readdir(root_inode).await? {
-            let dir_path = root.join(&Name::parse(&dir.name)?);
-            let leftovers: Vec<(Uuid, i64, String)> = self
-                .mfs
-                .readdir(dir.inode)
-                .await?
-                .into_iter()
-                .filter_map(|e| {
-                    let session = staging_file_session(&e.name)?;
-                    let path = dir_path.join(&Name::parse(&e.name).ok()?).to_string();
-                    Some((session, e.inode as i64, path))
-                })
-                .collect();
-            if !leftovers.is_empty() {
-                recorded += self.store.record_leftovers(&leftovers, grace).await?;
-            }
-        }
-        Ok(recorded)
-    }
-}
-
-/// The session a staging file name (`<session uuid>-…`) belongs to.
-fn staging_file_session(name: &str) -> Option<Uuid> {
-    let (id, rest) = name.split_at_checked(36)?;
-    rest.starts_with('-').then(|| id.parse().ok()).flatten()
 }
 
 /// An `AsyncWrite` that hands every buffer to a function.
@@ -1795,6 +1720,7 @@ impl From<sqlx::Error> for CompletionError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn write_budget_lets_small_parts_share_and_big_parts_take_turns() {

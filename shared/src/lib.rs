@@ -5,12 +5,14 @@
 //! - [`store`]: PostgreSQL (sessions, parts, abandoned inodes, outbox).
 //! - [`idempotency`]: Redis leases and markers.
 //! - [`source`]: `file://` and `http(s)://` sources.
-//! - [`ingest`]: the pipeline's steps (submit, part attempt, completion, GC).
+//! - [`ingest`]: the pipeline's steps (submit, part attempt, completion).
+//! - [`gc`]: garbage collection of staging inodes and the staging sweep.
 //! - [`process`]: logging and the shutdown signal.
 //! - [`retry`]: bounded exponential backoff, the one retry mechanism.
 //! - [`limits`]: what one ingest request may ask for (parts, destinations, deliveries).
 
 pub mod config;
+pub mod gc;
 pub mod idempotency;
 pub mod ingest;
 pub mod jobs;

@@ -166,6 +166,10 @@ pub const WRITE_STATUSES: &[&str] = &[
 pub const STATUS_CLASSES: &[&str] = &["2xx", "4xx", "5xx"];
 /// Outcomes of a maintenance round (`outcome` label).
 pub const ROUND_OUTCOMES: &[&str] = &["ok", "error"];
+/// Steps of a maintenance round (`step` label).
+pub const MAINTENANCE_STEPS: &[&str] = &["republish", "complete", "expire", "sweep", "gc"];
+/// Outcomes of a lease renewal (`outcome` label).
+pub const LEASE_RENEWAL_OUTCOMES: &[&str] = &["renewed", "lost", "unknown"];
 
 /// External services (`service` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,6 +247,7 @@ pub struct Metrics {
     pub worker_concurrency: IntGaugeVec,
     pub duplicate_jobs: IntCounterVec,
     pub dead_letters: IntCounterVec,
+    pub lease_renewals: IntCounterVec,
 
     // MooseFS
     pub mfs_request_duration: HistogramVec,
@@ -281,6 +286,7 @@ pub struct Metrics {
     pub reconciler_republished: IntCounter,
     pub reconciler_completed: IntCounter,
     pub maintenance_rounds: IntCounterVec,
+    pub maintenance_errors: IntCounterVec,
     pub maintenance_duration: Histogram,
 
     // HTTP
@@ -491,6 +497,11 @@ impl Metrics {
                 "Messages sent to ingest.dead, by the queue they came from.",
                 &["queue"],
             ),
+            lease_renewals: b.counter_vec(
+                "mfs_ingest_lease_renewals_total",
+                "Renewals of part leases while attempts run, by outcome (renewed; lost: another worker holds it or it expired; unknown: Redis did not answer).",
+                &["outcome"],
+            ),
             mfs_request_duration: b.histogram_vec(
                 "mfs_ingest_mfs_request_duration_seconds",
                 "Latency of MooseFS master requests, by operation.",
@@ -617,6 +628,11 @@ impl Metrics {
                 "Reconciler / garbage-collector rounds, by outcome (ok, error).",
                 &["outcome"],
             ),
+            maintenance_errors: b.counter_vec(
+                "mfs_ingest_maintenance_errors_total",
+                "Errors in maintenance rounds, by step (republish, complete, expire, sweep, gc); each step runs whatever the others met.",
+                &["step"],
+            ),
             maintenance_duration: b.histogram(
                 "mfs_ingest_maintenance_round_duration_seconds",
                 "Duration of reconciler / garbage-collector rounds.",
@@ -663,6 +679,8 @@ impl Metrics {
         init_counters(&m.service_errors, &services);
         init_counters(&m.service_reconnects, &services);
         init_counters(&m.maintenance_rounds, ROUND_OUTCOMES);
+        init_counters(&m.maintenance_errors, MAINTENANCE_STEPS);
+        init_counters(&m.lease_renewals, LEASE_RENEWAL_OUTCOMES);
         m.families = b.families;
         m
     }
@@ -936,6 +954,8 @@ mod tests {
             &m.service_errors,
             &m.service_reconnects,
             &m.maintenance_rounds,
+            &m.maintenance_errors,
+            &m.lease_renewals,
             &m.http_requests,
         ] {
             touch(v, |l| {

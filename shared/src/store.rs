@@ -1232,25 +1232,32 @@ impl Store {
         })
     }
 
-    /// Records staging files (session, inode, path) found in MooseFS as
-    /// abandoned when their session ended more than `grace` ago (or does not
-    /// exist) and no row records them yet. Returns how many it recorded.
+    /// Records staging files found in MooseFS as abandoned when no row
+    /// records them yet and either their session ended more than `grace`
+    /// ago, or no session row names them at all (another deployment sharing
+    /// the root, a file someone put there) and the file is older than
+    /// `orphan_grace`. Returns how many it recorded.
     pub async fn record_leftovers(
         &self,
-        files: &[(Uuid, i64, String)],
+        files: &[Leftover],
         grace: Duration,
+        orphan_grace: Duration,
     ) -> Result<u64, StoreError> {
-        let sessions: Vec<Uuid> = files.iter().map(|f| f.0).collect();
-        let inodes: Vec<i64> = files.iter().map(|f| f.1).collect();
-        let paths: Vec<&str> = files.iter().map(|f| f.2.as_str()).collect();
+        let sessions: Vec<Uuid> = files.iter().map(|f| f.session_id).collect();
+        let inodes: Vec<i64> = files.iter().map(|f| f.inode).collect();
+        let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        let ages: Vec<f64> = files.iter().map(|f| f.age.as_secs_f64()).collect();
         let done = sqlx::query(
             "INSERT INTO abandoned_inodes (inode, path, session_id, part_number, fencing_token, reason)
-             SELECT f.inode, f.path, f.session_id, -1, 0, 'left by an attempt that never committed'
-               FROM UNNEST($1::uuid[], $2::bigint[], $3::text[]) AS f(session_id, inode, path)
+             SELECT f.inode, f.path, f.session_id, -1, 0,
+                    CASE WHEN s.id IS NULL THEN 'staging file of no known session'
+                         ELSE 'left by an attempt that never committed' END
+               FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::float8[])
+                    AS f(session_id, inode, path, age)
                LEFT JOIN upload_sessions s ON s.id = f.session_id
-              WHERE (s.id IS NULL
+              WHERE ((s.id IS NULL AND f.age > $6)
                      OR (s.state NOT IN ('open', 'completing')
-                         AND s.finished_at < now() - make_interval(secs => $4)))
+                         AND s.finished_at < now() - make_interval(secs => $5)))
                 AND NOT EXISTS (SELECT 1 FROM abandoned_inodes a
                                  WHERE a.session_id = f.session_id
                                    AND a.inode = f.inode AND a.path = f.path)",
@@ -1258,10 +1265,28 @@ impl Store {
         .bind(&sessions)
         .bind(&inodes)
         .bind(&paths)
+        .bind(&ages)
         .bind(grace.as_secs_f64())
+        .bind(orphan_grace.as_secs_f64())
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
+    }
+
+    /// Ends an abandoned row that can never be collected (its path is not
+    /// a MooseFS path): it leaves the collector's queue with the reason
+    /// appended, and the file, if any, is left to the staging sweep.
+    pub async fn mark_uncollectable(tx: &mut Tx, id: i64, why: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE abandoned_inodes SET deleted_at = now(),
+                    reason = reason || ' (not collected: ' || $2 || ')'
+              WHERE id = $1",
+        )
+        .bind(id)
+        .bind(why)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
     }
 
     /// Abandoned inodes not deleted yet (for status and tests).
@@ -1286,6 +1311,16 @@ impl Store {
         .fetch_all(&self.pool)
         .await?)
     }
+}
+
+/// A staging file the sweep found: its session (from the name), inode,
+/// path, and age (since its last change).
+#[derive(Debug, Clone)]
+pub struct Leftover {
+    pub session_id: Uuid,
+    pub inode: i64,
+    pub path: String,
+    pub age: Duration,
 }
 
 struct Abandon {

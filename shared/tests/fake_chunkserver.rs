@@ -2,7 +2,8 @@
 //! proven against an in-process fake head chunkserver: `WRITE_FINISH` goes out
 //! only after the chain set-up status (write id 0) *and* one OK status per data
 //! packet, however late they come; a missing, failed or out-of-order status
-//! fails the session without `WRITE_FINISH`.
+//! fails the session without `WRITE_FINISH`. Also: a chunkserver's block
+//! count above a chunk's 1024 blocks is an error, never a slice bound.
 
 use std::net::SocketAddrV4;
 use std::sync::{Arc, Mutex};
@@ -10,7 +11,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use shared::moosefs::chunkserver::{
-    ChunkserverTimeouts, RawBlock, SessionEvent, WriteSession, WriteTarget, WRITE_DATA_HEADER,
+    ChunkserverTimeouts, CsLink, RawBlock, SessionEvent, WriteSession, WriteTarget,
+    WRITE_DATA_HEADER,
 };
 use shared::moosefs::codec::{FrameReader, Packet};
 use shared::moosefs::proto::msg;
@@ -272,4 +274,74 @@ async fn out_of_order_statuses_fail_without_finish() {
     let err = result.unwrap_err();
     assert!(err.contains("expected"), "{err}");
     assert!(!wire.contains(&Wire::GotFinish), "FINISH sent: {wire:?}");
+}
+
+/// A chunkserver that answers `GET_CHUNK_CHECKSUM_TAB` with a full table and
+/// `GET_CHUNK_BLOCKS` with `blocks` (a real one never says more than 1024).
+async fn fake_crc_server(blocks: u16) -> (SocketAddrV4, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = match listener.local_addr().unwrap() {
+        std::net::SocketAddr::V4(a) => a,
+        _ => unreachable!(),
+    };
+    let task = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (rd, mut wr) = stream.into_split();
+        let mut reader = FrameReader::new(rd, 1 << 20);
+        while let Ok(Some(frame)) = reader.read_frame().await {
+            let answer = match frame.kind {
+                msg::ANTOCS_GET_CHUNK_CHECKSUM_TAB => {
+                    let mut p = Packet::new(msg::CSTOAN_CHUNK_CHECKSUM_TAB, 12 + 4096)
+                        .u64(CHUNK_ID)
+                        .u32(VERSION);
+                    for i in 0..1024u32 {
+                        p = p.u32(i);
+                    }
+                    p.finish()
+                }
+                msg::ANTOCS_GET_CHUNK_BLOCKS => Packet::new(msg::CSTOAN_CHUNK_BLOCKS, 15)
+                    .u64(CHUNK_ID)
+                    .u32(VERSION)
+                    .u16(blocks)
+                    .u8(0)
+                    .finish(),
+                other => panic!("fake got packet type {other}"),
+            };
+            if wr.write_all(&answer).await.is_err() {
+                return;
+            }
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn a_chunkserver_claiming_5000_blocks_is_an_error_not_a_panic() {
+    let (addr, fake) = fake_crc_server(5000).await;
+    let mut link = CsLink::connect(addr, Duration::from_secs(3)).await.unwrap();
+    let result = link
+        .crc_table(CHUNK_ID, VERSION, Duration::from_secs(5))
+        .await;
+    match result {
+        Err(e) => assert!(e.to_string().contains("5000 blocks"), "{e}"),
+        Ok(table) => panic!(
+            "a table of {} blocks was accepted (digest {})",
+            table.blocks,
+            table.digest()
+        ),
+    }
+    fake.abort();
+}
+
+#[tokio::test]
+async fn a_chunkserver_claiming_1024_blocks_is_read() {
+    let (addr, fake) = fake_crc_server(1024).await;
+    let mut link = CsLink::connect(addr, Duration::from_secs(3)).await.unwrap();
+    let table = link
+        .crc_table(CHUNK_ID, VERSION, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(table.blocks, 1024);
+    assert!(table.same_data(&table.clone()));
+    fake.abort();
 }

@@ -129,3 +129,72 @@ async fn a_group_is_claimed_and_finished_in_one_round_trip_each() {
     let removed: i64 = del.query_async(&mut conn).await.unwrap();
     assert_eq!(removed, 3, "two done markers and worker-b's lease");
 }
+
+#[tokio::test]
+async fn a_lease_is_renewed_while_its_work_runs_and_only_while_it_is_ours() {
+    let redis = Idempotency::new(&redis_url());
+    let session = uuid::Uuid::new_v4();
+    let (done, lease) = (part_done_key(session, 1), part_lease_key(session, 1));
+    let (done2, lease2) = (part_done_key(session, 2), part_lease_key(session, 2));
+    let ttl = Duration::from_millis(600);
+    for (d, l) in [(&done, &lease), (&done2, &lease2)] {
+        assert_eq!(
+            redis.claim_part(d, l, "worker-a", ttl).await,
+            PartClaim::Lease(Lease::Acquired)
+        );
+    }
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let work = async {
+        // Lease 2 is taken over by someone else (as after an expiry): its
+        // renewals must stop, never extend the other holder's lease.
+        let _: () = redis::cmd("SET")
+            .arg(&lease2)
+            .arg("worker-b")
+            .arg("PX")
+            .arg(60_000)
+            .query_async(&mut conn.clone())
+            .await
+            .unwrap();
+        let mut probes = Vec::new();
+        for _ in 0..8 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            probes.push(redis.claim_part(&done, &lease, "intruder", ttl).await);
+        }
+        probes
+    };
+    let probes = redis
+        .renewing_while(&[&lease, &lease2], "worker-a", ttl, work)
+        .await;
+    assert!(
+        probes.iter().all(|p| *p == PartClaim::Lease(Lease::Held)),
+        "the lease was lost during 2 s of work with a 0.6 s lifetime: {probes:?}"
+    );
+    let holder2: Option<String> = redis::cmd("GET")
+        .arg(&lease2)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(holder2.as_deref(), Some("worker-b"));
+    let ttl2: i64 = redis::cmd("PTTL")
+        .arg(&lease2)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        ttl2 > 50_000,
+        "someone else's lease was shortened to {ttl2} ms"
+    );
+    // Once the work is over nothing renews it: it expires.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(
+        redis.claim_part(&done, &lease, "worker-c", ttl).await,
+        PartClaim::Lease(Lease::Acquired)
+    );
+    let _: i64 = redis::cmd("DEL")
+        .arg(&lease)
+        .arg(&lease2)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}

@@ -52,7 +52,8 @@ pub struct RunArgs {
     /// Attempts of one part job before its session fails.
     #[arg(long, env = "WORKER_MAX_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(i64).range(1..=1000))]
     max_attempts: i64,
-    /// Lifetime of a part lease in Redis, seconds.
+    /// Lifetime of a part lease in Redis, seconds; renewed every third of it
+    /// while the part runs.
     #[arg(long, env = "WORKER_LEASE_SECS", default_value_t = 30)]
     lease_secs: u64,
     /// How long a shutdown waits for in-flight parts, seconds.
@@ -379,9 +380,22 @@ async fn handle_jobs(ctx: &WorkerCtx, delivery: Delivery, jobs: &[PartJob], atte
     if !ours.is_empty() {
         let started = std::time::Instant::now();
         let ours_jobs: Vec<PartJob> = ours.iter().map(|c| c.job).collect();
+        // Our leases are renewed while the attempts run (a part may take
+        // longer than one lease lifetime); leases Redis did not answer for
+        // (`Unknown`) are not ours to renew.
+        let leases: Vec<&str> = ours
+            .iter()
+            .filter(|c| c.lease == Lease::Acquired)
+            .map(|c| c.lease_key.as_str())
+            .collect();
         let results = ctx
-            .ingest
-            .run_parts_together(&ours_jobs, &ctx.worker_id)
+            .idempotency
+            .renewing_while(
+                &leases,
+                &ctx.worker_id,
+                ctx.lease_ttl,
+                ctx.ingest.run_parts_together(&ours_jobs, &ctx.worker_id),
+            )
             .await;
         let mut ended = Vec::with_capacity(ours.len());
         for (c, result) in ours.iter().zip(results) {

@@ -21,9 +21,10 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::{timeout, Instant};
 
-use super::codec::{Frame, FrameReader, Packet, PayloadReader};
+use super::codec::{Frame, FrameReader, Packet};
+use super::decode;
 use super::error::{MfsError, Result};
-use super::proto::{msg, Status, BLOCKS_PER_CHUNK, BLOCK_SIZE};
+use super::proto::{msg, Status, BLOCK_SIZE};
 
 /// Largest packet we accept from a chunkserver (a block plus headers).
 const MAX_CS_PAYLOAD: usize = 128 * 1024;
@@ -144,15 +145,11 @@ impl CsLink {
             let frame = self.recv(timeouts.read, "read data").await?;
             match frame.kind {
                 msg::CSTOCL_READ_DATA => {
-                    let mut r = PayloadReader::new(frame.payload);
-                    let id = r.u64()?;
-                    let block = r.u16()? as u64;
-                    let block_off = r.u16()? as u64;
-                    let len = r.u32()? as usize;
-                    let crc = r.u32()?;
-                    let data = r.bytes(len)?;
-                    r.finish("READ_DATA")?;
-                    let pos = block * BLOCK_SIZE as u64 + block_off;
+                    let packet = decode::read_data(frame.payload)?;
+                    let (id, block, crc) = (packet.chunk_id, packet.block, packet.crc);
+                    let pos = packet.position();
+                    let data = packet.data;
+                    let len = data.len();
                     if id != chunk_id || pos != expected_pos || pos + len as u64 > end {
                         return Err(cs_error(
                             self.server,
@@ -171,9 +168,7 @@ impl CsLink {
                     expected_pos += len as u64;
                 }
                 msg::CSTOCL_READ_STATUS => {
-                    let mut r = PayloadReader::new(frame.payload);
-                    let _id = r.u64()?;
-                    let status = Status(r.u8()?);
+                    let (_id, status) = decode::read_status(frame.payload)?;
                     if status != Status::OK {
                         return Err(cs_error(self.server, format!("read status {status}")));
                     }
@@ -230,19 +225,8 @@ impl CsLink {
                 format!("answer type {} to GET_CHUNK_CHECKSUM_TAB", frame.kind),
             ));
         }
-        let mut r = PayloadReader::new(frame.payload);
-        r.u64()?;
-        r.u32()?;
-        if r.remaining() == 1 {
-            let status = Status(r.u8()?);
-            return Err(cs_error(self.server, format!("checksum table: {status}")));
-        }
-        let mut crcs = Vec::with_capacity(BLOCKS_PER_CHUNK);
-        for _ in 0..BLOCKS_PER_CHUNK {
-            crcs.push(r.u32()?);
-        }
-        r.finish("CHUNK_CHECKSUM_TAB")?;
-        Ok(crcs)
+        decode::checksum_tab(frame.payload)?
+            .map_err(|status| cs_error(self.server, format!("checksum table: {status}")))
     }
 
     /// The number of blocks in the replica's chunk file:
@@ -265,15 +249,8 @@ impl CsLink {
                 format!("answer type {} to GET_CHUNK_BLOCKS", frame.kind),
             ));
         }
-        let mut r = PayloadReader::new(frame.payload);
-        r.u64()?;
-        r.u32()?;
-        let blocks = r.u16()?;
-        let status = Status(r.u8()?);
-        if status != Status::OK {
-            return Err(cs_error(self.server, format!("block count: {status}")));
-        }
-        Ok(blocks)
+        decode::chunk_blocks(frame.payload)?
+            .map_err(|status| cs_error(self.server, format!("block count: {status}")))
     }
 }
 
@@ -367,18 +344,29 @@ pub struct ReplicaCrcTable {
 }
 
 impl ReplicaCrcTable {
-    /// Whether two replicas hold the same blocks with the same CRCs. Entries
-    /// past the block count are not data (chunkservers leave them unset).
-    pub fn same_data(&self, other: &ReplicaCrcTable) -> bool {
-        self.blocks == other.blocks
-            && self.crcs[..self.blocks as usize] == other.crcs[..other.blocks as usize]
+    /// The CRCs of the blocks in the chunk file; `None` if the block count
+    /// exceeds the table (the decoders refuse such answers, but the fields
+    /// are public).
+    pub fn data_crcs(&self) -> Option<&[u32]> {
+        self.crcs.get(..self.blocks as usize)
     }
 
-    /// The digest `mfsfileinfo -c` prints: MD5 of the first `blocks` CRCs.
+    /// Whether two replicas hold the same blocks with the same CRCs. Entries
+    /// past the block count are not data (chunkservers leave them unset). A
+    /// table whose block count exceeds its CRCs matches nothing.
+    pub fn same_data(&self, other: &ReplicaCrcTable) -> bool {
+        match (self.data_crcs(), other.data_crcs()) {
+            (Some(a), Some(b)) => self.blocks == other.blocks && a == b,
+            _ => false,
+        }
+    }
+
+    /// The digest `mfsfileinfo -c` prints: MD5 of the first `blocks` CRCs
+    /// (of every CRC there is if the block count exceeds the table).
     pub fn digest(&self) -> String {
         use md5::{Digest, Md5};
         let mut h = Md5::new();
-        for crc in &self.crcs[..self.blocks as usize] {
+        for crc in self.data_crcs().unwrap_or(&self.crcs) {
             h.update(crc.to_be_bytes());
         }
         h.finalize().iter().map(|b| format!("{b:02X}")).collect()
@@ -735,11 +723,7 @@ impl WriteSession {
                         ))
                     }
                 }
-                let mut r = PayloadReader::new(frame.payload);
-                let chunk_id = r.u64()?;
-                let write_id = r.u32()?;
-                let status = Status(r.u8()?);
-                r.finish("WRITE_STATUS")?;
+                let (chunk_id, write_id, status) = decode::write_status(frame.payload)?;
                 record(SessionEvent::GotStatus(write_id));
                 observer.write_status(status);
                 progress_deadline = Instant::now() + timeouts.status;

@@ -11,11 +11,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::chunkserver::{ChunkserverTimeouts, ReplicaCrcTable};
-use super::codec::{Packet, PayloadReader, ProtocolError};
+use super::codec::{Packet, ProtocolError};
+use super::decode;
 use super::error::{MfsError, Result};
 use super::master::{answer_status, MasterConfig, MasterSession, OpenInodeGuard, SessionInfo};
 use super::path::{MfsPath, Name};
 use super::proto::{msg, Attr, ChunkLocation, CopyState, Status, CHUNK_SIZE, ROOT_INODE};
+
+/// Deepest directory tree [`MfsClient::remove`] descends into: a master
+/// whose directories contain themselves must not make it recurse forever.
+pub const MAX_REMOVE_DEPTH: usize = 1024;
 use super::write::WriteOptions;
 
 /// Everything the client needs to know.
@@ -145,13 +150,10 @@ pub struct MfsClient {
 pub const CHUNKSERVER_COUNT_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// An answer that is either one status byte or a payload.
-fn payload_or_status(
-    op: &'static str,
-    answer: Bytes,
-) -> std::result::Result<PayloadReader, MfsError> {
+fn payload_or_status(op: &'static str, answer: Bytes) -> std::result::Result<Bytes, MfsError> {
     match answer_status(&answer) {
         Some(status) => Err(MfsError::status(op, status)),
-        None => Ok(PayloadReader::new(answer)),
+        None => Ok(answer),
     }
 }
 
@@ -242,14 +244,14 @@ impl MfsClient {
         let answer = self
             .idempotent(msg::CLTOMA_FUSE_STATFS, "statfs", |p| p)
             .await?;
-        let mut r = payload_or_status("statfs", answer)?;
+        let a = decode::statfs(payload_or_status("statfs", answer)?)?;
         Ok(StatFs {
-            total_bytes: r.u64()?,
-            avail_bytes: r.u64()?,
-            free_bytes: r.u64()?,
-            trash_bytes: r.u64()?,
-            sustained_bytes: r.u64()?,
-            inodes: r.u32()?,
+            total_bytes: a.total_bytes,
+            avail_bytes: a.avail_bytes,
+            free_bytes: a.free_bytes,
+            trash_bytes: a.trash_bytes,
+            sustained_bytes: a.sustained_bytes,
+            inodes: a.inodes,
         })
     }
 
@@ -260,10 +262,8 @@ impl MfsClient {
                 self.ugid(p.u32(parent).name(name.as_bytes()))
             })
             .await?;
-        let mut r = payload_or_status("lookup", answer).map_err(|e| namespace_error(e, name))?;
-        let inode = r.u32()?;
-        let attr = Attr::parse(&mut r)?;
-        Ok((inode, attr))
+        let answer = payload_or_status("lookup", answer).map_err(|e| namespace_error(e, name))?;
+        Ok(decode::inode_attr(answer)?)
     }
 
     /// Resolves a path to its inode and attributes.
@@ -298,9 +298,9 @@ impl MfsClient {
                 p.u32(inode).u8(0).u32(self.cfg.uid).u32(self.cfg.gid)
             })
             .await?;
-        let mut r = payload_or_status("getattr", answer)
+        let answer = payload_or_status("getattr", answer)
             .map_err(|e| namespace_error(e, format!("inode {inode}")))?;
-        Ok(Attr::parse(&mut r)?)
+        Ok(decode::attr(answer)?)
     }
 
     pub async fn mkdir(&self, parent: u32, name: &Name, mode: u16) -> Result<(u32, Attr)> {
@@ -311,9 +311,8 @@ impl MfsClient {
                     .u8(0)
             })
             .await?;
-        let mut r = payload_or_status("mkdir", answer).map_err(|e| namespace_error(e, name))?;
-        let inode = r.u32()?;
-        Ok((inode, Attr::parse(&mut r)?))
+        let answer = payload_or_status("mkdir", answer).map_err(|e| namespace_error(e, name))?;
+        Ok(decode::inode_attr(answer)?)
     }
 
     /// `mkdir -p`: creates missing directories; returns the last one's inode.
@@ -349,10 +348,8 @@ impl MfsClient {
                 self.ugid(p.u32(parent).name(name.as_bytes()).u16(mode).u16(0))
             })
             .await?;
-        let mut r = payload_or_status("create", answer).map_err(|e| namespace_error(e, name))?;
-        let _oflags = r.u8()?;
-        let inode = r.u32()?;
-        let attr = Attr::parse(&mut r)?;
+        let answer = payload_or_status("create", answer).map_err(|e| namespace_error(e, name))?;
+        let (inode, attr) = decode::created(answer)?;
         let open = self.master.hold_open(inode);
         Ok(CreatedFile { inode, attr, open })
     }
@@ -391,7 +388,7 @@ impl MfsClient {
         })?;
         if attr.is_dir() {
             if recursive {
-                self.remove_tree(inode).await?;
+                self.remove_tree(inode, 1).await?;
             }
             self.rmdir(parent, name).await.map_err(|e| match e {
                 MfsError::DirectoryNotEmpty(_) => MfsError::DirectoryNotEmpty(path.to_string()),
@@ -402,16 +399,23 @@ impl MfsClient {
         }
     }
 
-    /// Removes everything inside directory `dir`.
+    /// Removes everything inside directory `dir`, `depth` levels below the
+    /// directory being removed (at most [`MAX_REMOVE_DEPTH`]).
     fn remove_tree(
         &self,
         dir: u32,
+        depth: usize,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + '_>> {
         Box::pin(async move {
+            if depth > MAX_REMOVE_DEPTH {
+                return Err(MfsError::InvalidArgument(format!(
+                    "directory tree deeper than {MAX_REMOVE_DEPTH} levels"
+                )));
+            }
             for entry in self.readdir(dir).await? {
                 let name = Name::parse(&entry.name)?;
                 if entry.attr.is_dir() {
-                    self.remove_tree(entry.inode).await?;
+                    self.remove_tree(entry.inode, depth + 1).await?;
                     self.rmdir(dir, &name).await?;
                 } else {
                     self.unlink(dir, &name).await?;
@@ -440,9 +444,9 @@ impl MfsClient {
                 )
             })
             .await?;
-        let mut r =
+        let answer =
             payload_or_status("rename", answer).map_err(|e| namespace_error(e, src_name))?;
-        Ok(r.u32()?)
+        Ok(decode::renamed(answer)?)
     }
 
     /// Sets a file's length (shrinks or zero-extends). Returns the new attributes.
@@ -453,10 +457,9 @@ impl MfsClient {
                 self.ugid(p.u32(inode).u8(0)).u64(length)
             })
             .await?;
-        let mut r = payload_or_status("truncate", answer)
+        let answer = payload_or_status("truncate", answer)
             .map_err(|e| namespace_error(e, format!("inode {inode}")))?;
-        let _previous = r.u64()?;
-        Ok(Attr::parse(&mut r)?)
+        Ok(decode::truncated(answer)?)
     }
 
     /// Entries of a directory, without `.` and `..`.
@@ -466,24 +469,17 @@ impl MfsClient {
                 self.ugid(p.u32(inode)).u8(0x01).u32(u32::MAX).u64(0)
             })
             .await?;
-        let mut r = payload_or_status("readdir", answer)
+        let answer = payload_or_status("readdir", answer)
             .map_err(|e| namespace_error(e, format!("inode {inode}")))?;
-        let _next_edge = r.u64()?;
-        let mut entries = Vec::new();
-        while r.remaining() > 0 {
-            let name = r.name()?;
-            let child = r.u32()?;
-            let attr = Attr::parse(&mut r)?;
-            if &name[..] == b"." || &name[..] == b".." {
-                continue;
-            }
-            entries.push(DirEntry {
+        Ok(decode::dir_entries(answer)?
+            .into_iter()
+            .filter(|(name, _, _)| &name[..] != b"." && &name[..] != b"..")
+            .map(|(name, inode, attr)| DirEntry {
                 name: String::from_utf8_lossy(&name).into_owned(),
-                inode: child,
+                inode,
                 attr,
-            });
-        }
-        Ok(entries)
+            })
+            .collect())
     }
 
     /// Sets the goal (number of copies, 1..=9); `recursive` for directories.
@@ -505,8 +501,8 @@ impl MfsClient {
                     .u8(if recursive { 4 } else { 0 })
             })
             .await?;
-        let mut r = payload_or_status("set goal", answer)?;
-        let (_changed, _unchanged, not_permitted) = (r.u32()?, r.u32()?, r.u32()?);
+        let (_changed, _unchanged, not_permitted) =
+            decode::set_goal_counts(payload_or_status("set goal", answer)?)?;
         if not_permitted > 0 {
             return Err(MfsError::status("set goal", Status::EPERM));
         }
@@ -520,13 +516,7 @@ impl MfsClient {
                 p.u32(inode).u8(0)
             })
             .await?;
-        let mut r = payload_or_status("get goal", answer)?;
-        let files = r.u8()?;
-        let dirs = r.u8()?;
-        if files as u16 + dirs as u16 == 0 {
-            return Err(ProtocolError::new("get goal: empty answer").into());
-        }
-        let goal = r.u8()?;
+        let goal = decode::goal(payload_or_status("get goal", answer)?)?;
         if goal == 0xFF {
             return Err(MfsError::InvalidArgument(
                 "inode uses a named storage class, not a simple goal".into(),
@@ -594,8 +584,10 @@ impl MfsClient {
                 p.u32(inode).u32(index).u8(0)
             })
             .await?;
-        let mut r = payload_or_status("read chunk", answer)?;
-        Ok(ChunkLocation::parse(&mut r)?)
+        Ok(decode::chunk_location(payload_or_status(
+            "read chunk",
+            answer,
+        )?)?)
     }
 
     /// Low level: takes the write lock of a chunk (creating it if needed).
@@ -607,8 +599,10 @@ impl MfsClient {
                 p.u32(inode).u32(index).u8(flags)
             })
             .await?;
-        let mut r = payload_or_status("write chunk", answer)?;
-        Ok(ChunkLocation::parse(&mut r)?)
+        Ok(decode::chunk_location(payload_or_status(
+            "write chunk",
+            answer,
+        )?)?)
     }
 
     /// Low level: releases a write lock and grows the file to `file_length`
@@ -638,17 +632,10 @@ impl MfsClient {
                 p.u32(inode).u32(index)
             })
             .await?;
-        let mut r = payload_or_status("check chunk", answer)?;
-        let chunk_id = r.u64()?;
-        let version = r.u32()?;
-        let mut copies = Vec::new();
-        while r.remaining() > 0 {
-            let ip = std::net::Ipv4Addr::from(r.u32()?);
-            let port = r.u16()?;
-            let state = CopyState::from_code(r.u8()?);
-            copies.push((SocketAddrV4::new(ip, port), state));
-        }
-        Ok((chunk_id, version, copies))
+        Ok(decode::chunk_copies(payload_or_status(
+            "check chunk",
+            answer,
+        )?)?)
     }
 
     /// Every copy of chunk `index` with its CRC table, read from each chunkserver.
@@ -686,9 +673,14 @@ impl MfsClient {
 
     /// [`MfsClient::chunk_report`] for every chunk of a file.
     pub async fn replica_report(&self, inode: u32) -> Result<Vec<ChunkReport>> {
+        // The attributes' decoder bounds the length (MAX_FILE_LENGTH), so
+        // this is a chunk count MooseFS can hold; the capacity is bounded
+        // anyway, the reports grow as the answers come.
         let length = self.getattr(inode).await?.length;
-        let chunks = length.div_ceil(CHUNK_SIZE) as u32;
-        let mut reports = Vec::with_capacity(chunks as usize);
+        let chunks = u32::try_from(length.div_ceil(CHUNK_SIZE)).map_err(|_| {
+            ProtocolError::new(format!("a file of {length} bytes has too many chunks"))
+        })?;
+        let mut reports = Vec::with_capacity(chunks.min(1024) as usize);
         for index in 0..chunks {
             reports.push(self.chunk_report(inode, index).await?);
         }

@@ -141,6 +141,26 @@ impl PayloadReader {
     }
 }
 
+/// The `(type, payload length)` of the frame at the start of `buf`, once its
+/// header is complete (`None` before); a length above `max_payload` is an
+/// error before anything is allocated for it.
+pub fn decode_frame_header(
+    buf: &[u8],
+    max_payload: usize,
+) -> Result<Option<(u32, usize)>, ProtocolError> {
+    let (Some(kind), Some(len)) = (buf.get(0..4), buf.get(4..8)) else {
+        return Ok(None);
+    };
+    let kind = u32::from_be_bytes(kind.try_into().expect("4 bytes"));
+    let len = u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize;
+    if len > max_payload {
+        return Err(ProtocolError::new(format!(
+            "packet type {kind} announces {len} bytes, limit {max_payload}"
+        )));
+    }
+    Ok(Some((kind, len)))
+}
+
 /// One received packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
@@ -167,20 +187,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// Parses one frame if the buffer holds a whole one.
     fn parse(&mut self) -> std::io::Result<Option<Frame>> {
-        if self.buf.len() < HEADER_LEN {
+        let Some((kind, len)) = decode_frame_header(&self.buf, self.max_payload)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?
+        else {
             return Ok(None);
-        }
-        let kind = u32::from_be_bytes(self.buf[0..4].try_into().expect("4 bytes"));
-        let len = u32::from_be_bytes(self.buf[4..8].try_into().expect("4 bytes")) as usize;
-        if len > self.max_payload {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!(
-                    "packet type {kind} announces {len} bytes, limit {}",
-                    self.max_payload
-                ),
-            ));
-        }
+        };
         if self.buf.len() < HEADER_LEN + len {
             self.buf.reserve(HEADER_LEN + len - self.buf.len());
             return Ok(None);

@@ -546,11 +546,7 @@ async fn open_session(
             .u64(old.meta_id)
             .finish();
         let answer = register_exchange(cfg, &mut reader, &mut wr, packet).await?;
-        let status = match answer.len() {
-            5 => Status(answer[4]),
-            1 => Status(answer[0]),
-            n => return Err(ProtocolError::new(format!("reconnect answer of {n} bytes")).into()),
-        };
+        let status = reconnect_status(&answer)?;
         if status == Status::OK {
             return Ok((reader, wr, old));
         }
@@ -596,7 +592,20 @@ async fn open_session(
     Ok((reader, wr, info))
 }
 
-fn parse_new_session(answer: &Bytes) -> Result<SessionInfo> {
+/// The status of a RECONNECT answer (1 byte, or 5 with a version before it).
+pub fn reconnect_status(answer: &[u8]) -> Result<Status, ProtocolError> {
+    match *answer {
+        [_, _, _, _, status] | [status] => Ok(Status(status)),
+        _ => Err(ProtocolError::new(format!(
+            "reconnect answer of {} bytes",
+            answer.len()
+        ))),
+    }
+}
+
+/// The NEWSESSION answer: a status (refused), a redirect, or the 49-byte
+/// session record.
+pub fn parse_new_session(answer: &Bytes) -> Result<SessionInfo> {
     match answer.len() {
         1 => {
             let status = Status(answer[0]);

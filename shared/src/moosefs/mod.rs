@@ -5,12 +5,15 @@
 //! records, `master` keeps the master session, `chunkserver` speaks to
 //! chunkservers (write chains, reads, CRC tables), `client` offers the
 //! namespace operations, `write` and `read` stream file data, `path`
-//! validates names, `cservers` asks for the chunkserver list. The module depends only on the crate's `retry` module.
+//! validates names, `cservers` asks for the chunkserver list, `decode` turns
+//! every answer into values (bounded). The module depends only on the crate's
+//! `retry` module.
 
 pub mod chunkserver;
 pub mod client;
 pub mod codec;
 pub mod cservers;
+pub mod decode;
 pub mod error;
 pub mod master;
 pub mod observe;

@@ -15,6 +15,13 @@ pub const BLOCK_SIZE: u32 = 1 << 16;
 pub const BLOCKS_PER_CHUNK: usize = 1024;
 /// Largest chunk index the master accepts.
 pub const MAX_CHUNK_INDEX: u64 = 0x7FFF_FFFF;
+/// Longest file MooseFS can hold: every chunk index in use. A larger length
+/// in an answer is a protocol error, not a loop bound.
+pub const MAX_FILE_LENGTH: u64 = (MAX_CHUNK_INDEX + 1) * CHUNK_SIZE;
+/// Most copies of one chunk an answer may list (goals go up to 9; copies
+/// being replicated or removed come on top). More is a protocol error: each
+/// copy costs a connection when its CRC table is read.
+pub const MAX_CHUNK_COPIES: usize = 64;
 /// Root inode (of the exported subfolder).
 pub const ROOT_INODE: u32 = 1;
 /// Largest name of one path component.
@@ -298,6 +305,12 @@ impl Attr {
             nlink: r.u32()?,
             length: r.u64()?,
         };
+        if attr.length > MAX_FILE_LENGTH {
+            return Err(ProtocolError::new(format!(
+                "attributes with a length of {} bytes, more than MooseFS can hold",
+                attr.length
+            )));
+        }
         let _winattr = r.u8()?;
         Ok(attr)
     }
@@ -354,7 +367,14 @@ impl ChunkLocation {
         let file_length = r.u64()?;
         let chunk_id = r.u64()?;
         let version = r.u32()?;
-        let mut servers = Vec::with_capacity(r.remaining() / 14);
+        let count = r.remaining() / 14;
+        if count > MAX_CHUNK_COPIES || !r.remaining().is_multiple_of(14) {
+            return Err(ProtocolError::new(format!(
+                "chunk location with {} bytes of servers (at most {MAX_CHUNK_COPIES} records of 14)",
+                r.remaining()
+            )));
+        }
+        let mut servers = Vec::with_capacity(count);
         while r.remaining() > 0 {
             servers.push(ChunkServer::parse(r)?);
         }

@@ -470,7 +470,9 @@ impl MfsClient {
             .map_err(mismatch)?;
         let tables: Vec<(SocketAddrV4, &super::chunkserver::ReplicaCrcTable)> =
             tables.iter().map(|(s, t)| (*s, t)).collect();
-        let (first_server, first) = tables[0];
+        let Some(&(first_server, first)) = tables.first() else {
+            return Err(mismatch("no replica to compare".into()));
+        };
         for (server, table) in &tables[1..] {
             if !table.same_data(first) {
                 return Err(mismatch(format!(

@@ -25,7 +25,7 @@ use tokio::io::AsyncRead;
 
 pub use file::FileSource;
 pub use http::Validator;
-pub use limits::{PartReadLimitError, PartLimits};
+pub use limits::{PartLimits, PartReadLimitError};
 
 use file::OpenBeneathError;
 
