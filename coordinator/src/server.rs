@@ -180,7 +180,7 @@ async fn limit_concurrency(
 }
 
 /// Gives the bare error responses of the layers (413 of the body limit, 408
-/// of the timeout) a problem document.
+/// of the timeout) a problem document, and every error `Connection: close`.
 async fn problem_for_bare_errors(
     State((body_limit, request_timeout)): State<(usize, Duration)>,
     response: Response,
@@ -190,14 +190,24 @@ async fn problem_for_bare_errors(
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v == HeaderValue::from_static(api::PROBLEM_CONTENT_TYPE));
-    if status.as_u16() < 400 || is_problem {
+    if status.as_u16() < 400 {
         return response;
     }
-    match status {
+    let mut response = match status {
+        _ if is_problem => response,
         StatusCode::PAYLOAD_TOO_LARGE => api::body_too_large(body_limit).into_response(),
         StatusCode::REQUEST_TIMEOUT => Problem::request_timeout(request_timeout).into_response(),
         other => Problem::bare(other).into_response(),
-    }
+    };
+    // An error may be answered before the request body was read (401, 404,
+    // 415, 413, a shed request): hyper then closes the connection after the
+    // response, and a client that put it back in its pool races that close
+    // with its next request ("connection closed before message completed",
+    // seen in the API fuzz run). Saying so lets every client stop reusing it.
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// Serves `app` on `listener` until `shutdown` is cancelled, then drains

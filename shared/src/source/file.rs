@@ -138,7 +138,8 @@ fn open_by_walk(root: &OwnedFd, relative: &Path) -> Result<OwnedFd, OpenBeneathE
 
 fn classify(e: io::Error) -> OpenBeneathError {
     match Errno::from_io_error(&e) {
-        Some(Errno::NOENT) => OpenBeneathError::Missing,
+        // A name too long for the filesystem names nothing that exists.
+        Some(Errno::NOENT | Errno::NAMETOOLONG) => OpenBeneathError::Missing,
         // ELOOP: a symbolic link (RESOLVE_NO_SYMLINKS, O_NOFOLLOW);
         // EXDEV: `..` or an absolute link out of the root (RESOLVE_BENEATH).
         Some(Errno::LOOP | Errno::XDEV) => OpenBeneathError::Escape,

@@ -173,6 +173,7 @@ impl SourceConfig {
 impl Source {
     /// Parses and confines a source URL (no filesystem or network access).
     pub fn parse(raw: &str, cfg: &SourceConfig) -> Result<Source, SourceError> {
+        check_raw_url(raw)?;
         let url = url::Url::parse(raw).map_err(|e| SourceError::Invalid {
             url: raw.to_string(),
             reason: e.to_string(),
@@ -193,6 +194,7 @@ impl Source {
                     .find(|root| lexical.starts_with(root))
                     .ok_or_else(outside)?;
                 let relative = lexical.strip_prefix(root).map_err(|_| outside())?;
+                check_file_path(raw, &lexical, relative)?;
                 if relative.as_os_str().is_empty() {
                     return Err(SourceError::NotAFile(path.display().to_string()));
                 }
@@ -404,6 +406,61 @@ fn lexically_normal(path: &Path) -> PathBuf {
     out
 }
 
+/// Longest accepted source URL, in bytes.
+pub const MAX_SOURCE_URL_BYTES: usize = 8192;
+/// Longest name of one path component on Linux filesystems.
+const MAX_FILE_NAME_BYTES: usize = 255;
+/// Longest path the kernel accepts (`PATH_MAX`, its NUL included).
+const MAX_FILE_PATH_BYTES: usize = 4095;
+
+/// A source URL as received: bounded, and no control characters (the URL
+/// parser would drop tabs and newlines silently, and a NUL byte cannot be
+/// stored or opened).
+fn check_raw_url(raw: &str) -> Result<(), SourceError> {
+    let invalid = |reason: String| SourceError::Invalid {
+        url: raw
+            .chars()
+            .take(200)
+            .collect::<String>()
+            .escape_debug()
+            .to_string(),
+        reason,
+    };
+    if raw.len() > MAX_SOURCE_URL_BYTES {
+        return Err(invalid(format!("longer than {MAX_SOURCE_URL_BYTES} bytes")));
+    }
+    match raw.chars().find(|c| c.is_control()) {
+        Some(c) => Err(invalid(format!(
+            "contains the control character U+{:04X}",
+            c as u32
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A `file://` path the kernel can open: no NUL byte (`%00` decodes to
+/// one), no component over 255 bytes, the whole under `PATH_MAX`.
+fn check_file_path(raw: &str, path: &Path, relative: &Path) -> Result<(), SourceError> {
+    use std::os::unix::ffi::OsStrExt;
+    let invalid = |reason: &str| SourceError::Invalid {
+        url: raw.to_string(),
+        reason: reason.to_string(),
+    };
+    if path.as_os_str().as_bytes().contains(&0) {
+        return Err(invalid("the path contains a NUL byte"));
+    }
+    if path.as_os_str().len() > MAX_FILE_PATH_BYTES {
+        return Err(invalid("the path is longer than 4095 bytes"));
+    }
+    if relative
+        .components()
+        .any(|c| c.as_os_str().len() > MAX_FILE_NAME_BYTES)
+    {
+        return Err(invalid("a path component is longer than 255 bytes"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,6 +525,24 @@ mod tests {
         let cfg = SourceConfig::new(vec![root.path().to_path_buf()]);
         let ok = format!("file://{}", inside.display());
         assert!(matches!(Source::parse(&ok, &cfg), Ok(Source::File(_))));
+        // Paths no kernel opens and URLs with control characters are
+        // invalid input (not a transient I/O error, nothing stored).
+        for bad in [
+            format!("file://{}%00.bin", inside.display()),
+            format!("file://{}\u{0}", inside.display()),
+            format!("file://{}\n", inside.display()),
+            format!("file://{}/{}", root.path().display(), "n".repeat(256)),
+            format!("file://{}/{}", root.path().display(), "d/".repeat(2100)),
+            format!(
+                "file://{}/{}",
+                root.path().display(),
+                "x".repeat(MAX_SOURCE_URL_BYTES)
+            ),
+        ] {
+            let e = Source::parse(&bad, &cfg).unwrap_err();
+            assert!(matches!(e, SourceError::Invalid { .. }), "{bad:.80}: {e}");
+            assert!(!e.is_transient());
+        }
         let escape = format!("file://{}/../etc/passwd", root.path().display());
         assert!(matches!(
             Source::parse(&escape, &cfg),
