@@ -208,7 +208,7 @@ fn the_real_protocol_holds_with_every_fault_and_2_retries_used() {
 }
 
 #[test]
-#[ignore = "larger bounds, many minutes: run with --ignored"]
+#[ignore = "larger bounds, minutes: run with --ignored"]
 fn the_real_protocol_holds_for_3_workers() {
     let mut model = bounded(Design::Locked, [1, 1, 1, 2, 1]);
     model.workers = 3;
