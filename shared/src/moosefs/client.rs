@@ -72,16 +72,7 @@ pub struct DirEntry {
     pub attr: Attr,
 }
 
-/// Cluster space, as `df` would show it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StatFs {
-    pub total_bytes: u64,
-    pub avail_bytes: u64,
-    pub free_bytes: u64,
-    pub trash_bytes: u64,
-    pub sustained_bytes: u64,
-    pub inodes: u32,
-}
+pub use super::decode::StatFs;
 
 /// A file created (and opened) by this session. While this value lives the
 /// master keeps the inode writable even if it is unlinked; dropping it
@@ -244,15 +235,7 @@ impl MfsClient {
         let answer = self
             .idempotent(msg::CLTOMA_FUSE_STATFS, "statfs", |p| p)
             .await?;
-        let a = decode::statfs(payload_or_status("statfs", answer)?)?;
-        Ok(StatFs {
-            total_bytes: a.total_bytes,
-            avail_bytes: a.avail_bytes,
-            free_bytes: a.free_bytes,
-            trash_bytes: a.trash_bytes,
-            sustained_bytes: a.sustained_bytes,
-            inodes: a.inodes,
-        })
+        Ok(decode::statfs(payload_or_status("statfs", answer)?)?)
     }
 
     /// Looks `name` up in directory `parent`.

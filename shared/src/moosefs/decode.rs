@@ -17,9 +17,9 @@ use super::proto::{
     Attr, ChunkLocation, CopyState, Status, BLOCKS_PER_CHUNK, BLOCK_SIZE, MAX_CHUNK_COPIES,
 };
 
-/// `statfs`: totals of the file system.
+/// `statfs`: cluster space, as `df` would show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StatFsAnswer {
+pub struct StatFs {
     pub total_bytes: u64,
     pub avail_bytes: u64,
     pub free_bytes: u64,
@@ -29,9 +29,9 @@ pub struct StatFsAnswer {
 }
 
 /// `STATFS`.
-pub fn statfs(payload: Bytes) -> Result<StatFsAnswer, ProtocolError> {
+pub fn statfs(payload: Bytes) -> Result<StatFs, ProtocolError> {
     let mut r = PayloadReader::new(payload);
-    Ok(StatFsAnswer {
+    Ok(StatFs {
         total_bytes: r.u64()?,
         avail_bytes: r.u64()?,
         free_bytes: r.u64()?,
