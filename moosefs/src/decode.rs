@@ -243,7 +243,7 @@ pub fn chunk_blocks(payload: Bytes) -> Result<Result<u16, Status>, ProtocolError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::moosefs::codec::Packet;
+    use crate::codec::Packet;
 
     fn payload(p: Packet) -> Bytes {
         p.finish().slice(8..)

@@ -1,4 +1,4 @@
-//! A native MooseFS 3.0.117 client: talks to the master (metadata, chunk
+//! A native MooseFS 3.0 client: talks to the master (metadata, chunk
 //! locks) and to the chunkservers (data) directly, without a FUSE mount.
 //!
 //! Layout: `codec` frames packets, `proto` holds the wire constants and
@@ -6,8 +6,7 @@
 //! chunkservers (write chains, reads, CRC tables), `client` offers the
 //! namespace operations, `write` and `read` stream file data, `path`
 //! validates names, `cservers` asks for the chunkserver list, `decode` turns
-//! every answer into values (bounded). The module depends only on the crate's
-//! `retry` module.
+//! every answer into values (bounded), `retry` paces every retry.
 
 pub mod chunkserver;
 pub mod client;
@@ -20,6 +19,7 @@ pub mod observe;
 pub mod path;
 pub mod proto;
 pub mod read;
+pub mod retry;
 pub mod write;
 
 pub use chunkserver::{ChunkserverTimeouts, ReplicaCrcTable};
@@ -34,3 +34,6 @@ pub use path::{MfsPath, Name};
 pub use proto::{Attr, CopyState, NodeType, Status, BLOCK_SIZE, CHUNK_SIZE};
 pub use read::ReplicaChoice;
 pub use write::{WriteOptions, WriteOutcome};
+
+#[cfg(feature = "test-support")]
+pub mod testing;

@@ -10,12 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use shared::moosefs::chunkserver::{
+use moosefs::chunkserver::{
     ChunkserverTimeouts, CsLink, RawBlock, SessionEvent, WriteSession, WriteTarget,
     WRITE_DATA_HEADER,
 };
-use shared::moosefs::codec::{FrameReader, Packet};
-use shared::moosefs::proto::msg;
+use moosefs::codec::{FrameReader, Packet};
+use moosefs::proto::msg;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -187,7 +187,7 @@ async fn run_session(script: Script) -> (Result<(), String>, Vec<Wire>, Vec<Sess
             &target,
             &timeouts,
             Some(&events),
-            &shared::moosefs::NoObserver,
+            &moosefs::NoObserver,
             &Default::default(),
         )
         .await
