@@ -9,7 +9,6 @@
 
 use std::net::SocketAddrV4;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::BytesMut;
 use md5::{Digest, Md5};
@@ -17,43 +16,14 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
-use super::chunkserver::{AckedBlock, RawBlock, WriteSession, WriteTarget, WRITE_DATA_HEADER};
-use super::client::{ClientStats, MfsClient};
-use super::error::{MfsError, Result};
-use super::proto::{BLOCK_SIZE, CHUNK_SIZE, MAX_CHUNK_INDEX};
-use crate::retry::{retry, AttemptError, RetryPolicy};
-
-/// How a write behaves.
-#[derive(Debug, Clone)]
-pub struct WriteOptions {
-    /// Compare every replica's CRC table with what was sent (costs ~4 KiB per replica per chunk).
-    pub verify: bool,
-    /// Copies a write chain must have; `None` = the file's goal.
-    pub required_copies: Option<u8>,
-    /// Attempts of one chunk write (fresh lock and chain each time).
-    pub chunk_retry: RetryPolicy,
-    /// Chunks of one stream written at the same time.
-    pub parallel_chunks: usize,
-    /// Compute the MD5 of the stream (CRC-32C is always computed).
-    pub compute_md5: bool,
-}
-
-impl Default for WriteOptions {
-    fn default() -> Self {
-        WriteOptions {
-            verify: true,
-            required_copies: None,
-            chunk_retry: RetryPolicy::new(
-                Duration::from_millis(100),
-                Duration::from_secs(5),
-                10,
-                Duration::from_secs(120),
-            ),
-            parallel_chunks: 2,
-            compute_md5: true,
-        }
-    }
-}
+use crate::chunkserver::{AckedBlock, RawBlock, WriteSession, WriteTarget, WRITE_DATA_HEADER};
+use crate::client::{CreatedFile, MfsClient};
+use crate::config::WriteOptions;
+use crate::error::{MfsError, Result};
+use crate::observe::ClientStats;
+use crate::proto::{BLOCK_SIZE, CHUNK_SIZE, MAX_CHUNK_INDEX};
+use crate::retry::{retry, AttemptError};
+use crate::verify::{ChunkJob, WrittenChunk};
 
 /// What a finished write produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,23 +43,6 @@ impl WriteOutcome {
         self.md5
             .map(|d| d.iter().map(|b| format!("{b:02x}")).collect())
     }
-}
-
-/// Where a chunk write landed.
-struct WrittenChunk {
-    chunk_id: u64,
-    version: u32,
-    servers: Vec<SocketAddrV4>,
-}
-
-/// Facts about the file a chunk task needs.
-#[derive(Clone, Copy)]
-struct ChunkJob {
-    inode: u32,
-    index: u32,
-    required_copies: usize,
-    /// File length before this write started: blocks wholly beyond it held zeros.
-    old_length: u64,
 }
 
 /// Reads up to `want` bytes into `buf`, stopping early only at end of stream.
@@ -139,7 +92,7 @@ impl MfsClient {
     /// Writes a file this session just created (no attribute round trip).
     pub async fn write_new_file<R: AsyncRead + Unpin>(
         &self,
-        file: &super::client::CreatedFile,
+        file: &CreatedFile,
         reader: R,
         opts: &WriteOptions,
     ) -> Result<WriteOutcome> {
@@ -155,90 +108,37 @@ impl MfsClient {
         mut reader: R,
         opts: &WriteOptions,
     ) -> Result<WriteOutcome> {
-        let required = match opts.required_copies {
+        let required_copies = match opts.required_copies {
             Some(n) => n,
             None => self.get_goal(inode).await?,
         } as usize;
-
-        let slots = Arc::new(Semaphore::new(opts.parallel_chunks.max(1)));
-        let mut chunk_tasks: JoinSet<Result<()>> = JoinSet::new();
-        let mut current: Option<(u32, mpsc::Sender<RawBlock>)> = None;
-        let mut md5 = opts.compute_md5.then(Md5::new);
-        let mut crc32c = 0u32;
+        let job = ChunkJob {
+            inode,
+            index: 0,
+            required_copies,
+            old_length,
+        };
+        let mut writers = ChunkWriters::new(self, job, opts);
+        let mut digest = StreamDigest::new(opts.compute_md5);
         let mut pos = offset;
-        let mut chunks = 0u32;
         let mut failure: Option<MfsError> = None;
-
         loop {
             // A chunk task that failed ends the whole write early.
-            while let Some(done) = chunk_tasks.try_join_next() {
-                if let Err(e) = flatten(done) {
-                    failure.get_or_insert(e);
-                }
-            }
-            if failure.is_some() {
+            if let Some(e) = writers.first_failure() {
+                failure = Some(e);
                 break;
             }
-            let index = pos / CHUNK_SIZE;
-            if index > MAX_CHUNK_INDEX {
-                failure = Some(MfsError::InvalidArgument(format!(
-                    "write beyond the largest MooseFS file size (offset {pos})"
-                )));
-                break;
-            }
-            let index = index as u32;
-            let in_chunk = (pos % CHUNK_SIZE) as u32;
-            let block = (in_chunk / BLOCK_SIZE) as u16;
-            let block_offset = (in_chunk % BLOCK_SIZE) as u16;
-            let want = (BLOCK_SIZE - block_offset as u32) as usize;
-
-            let mut buf = BytesMut::with_capacity(WRITE_DATA_HEADER + want);
-            buf.resize(WRITE_DATA_HEADER, 0);
-            let got = match fill(&mut reader, &mut buf, want).await {
-                Ok(n) => n,
+            let block = match read_block(&mut reader, pos).await {
+                Ok(Some(block)) => block,
+                Ok(None) => break,
                 Err(e) => {
                     failure = Some(e);
                     break;
                 }
             };
-            if got == 0 {
-                break;
-            }
-            let data = &buf[WRITE_DATA_HEADER..];
-            let crc = crc32fast::hash(data);
-            crc32c = crc32c::crc32c_append(crc32c, data);
-            if let Some(h) = md5.as_mut() {
-                h.update(data);
-            }
-
-            if current.as_ref().map(|(i, _)| *i) != Some(index) {
-                drop(current.take()); // closes the previous chunk's stream
-                let permit = slots.clone().acquire_owned().await.expect("semaphore open");
-                let (tx, rx) = mpsc::channel(16);
-                let job = ChunkJob {
-                    inode,
-                    index,
-                    required_copies: required,
-                    old_length,
-                };
-                let client = self.clone();
-                let opts = opts.clone();
-                chunk_tasks.spawn(async move {
-                    let res = client.write_chunk_stream(job, rx, &opts).await;
-                    drop(permit);
-                    res
-                });
-                current = Some((index, tx));
-                chunks += 1;
-            }
-            let tx = &current.as_ref().expect("current chunk").1;
-            let raw = RawBlock {
-                buf,
-                block,
-                offset: block_offset,
-                crc,
-            };
-            if tx.send(raw).await.is_err() {
+            digest.update(&block.raw.buf[WRITE_DATA_HEADER..]);
+            let (got, want) = (block.got, block.want);
+            if !writers.send(block.index, block.raw).await {
                 // The chunk task ended early: its error is collected below.
                 break;
             }
@@ -247,21 +147,13 @@ impl MfsClient {
                 break;
             }
         }
-        drop(current);
-        while let Some(done) = chunk_tasks.join_next().await {
-            if let Err(e) = flatten(done) {
-                failure.get_or_insert(e);
-            }
-        }
-        if let Some(e) = failure {
-            return Err(e);
-        }
+        let chunks = writers.finish(failure).await?;
         let length = pos - offset;
         ClientStats::add(&self.stats.bytes_written, length);
         Ok(WriteOutcome {
             length,
-            md5: md5.map(|h| h.finalize().into()),
-            crc32c,
+            md5: digest.md5.map(|h| h.finalize().into()),
+            crc32c: digest.crc32c,
             chunks,
         })
     }
@@ -354,7 +246,6 @@ impl MfsClient {
             .run(
                 &target,
                 &self.cfg.chunkservers,
-                None,
                 self.observer.as_ref(),
                 &self.pool,
             )
@@ -389,122 +280,154 @@ impl MfsClient {
             }
         }
     }
+}
 
-    /// One question to every server of the chain that acknowledged a chunk
-    /// (in parallel, on pooled links): their answers, or why there are not
-    /// enough of them (an unreadable replica, fewer than `required`).
-    async fn ask_replicas<T, F>(
-        &self,
-        written: &WrittenChunk,
-        required: usize,
-        ask: F,
-    ) -> std::result::Result<Vec<(SocketAddrV4, T)>, String>
-    where
-        F: for<'a> Fn(
-                &'a mut super::chunkserver::CsLink,
-            ) -> futures::future::BoxFuture<'a, Result<T>>
-            + Copy,
-    {
-        let connect = self.cfg.chunkservers.connect;
-        let answers = futures::future::join_all(
-            written
-                .servers
-                .iter()
-                .map(|server| self.pool.with_link(*server, connect, ask)),
-        )
-        .await;
-        let mut tables = Vec::with_capacity(answers.len());
-        for (server, answer) in written.servers.iter().zip(answers) {
-            match answer {
-                Ok(t) => tables.push((*server, t)),
-                Err(e) => return Err(format!("replica on {server} unreadable: {e}")),
-            }
+/// One block read from the source, for chunk `index`.
+struct SourceBlock {
+    index: u32,
+    raw: RawBlock,
+    /// Bytes read; fewer than `want` only at the end of the stream.
+    got: usize,
+    /// Bytes up to the end of the 64 KiB block.
+    want: usize,
+}
+
+/// Reads the block that starts at stream position `pos` (up to the next
+/// 64 KiB boundary), with its CRC-32; `None` at the end of the stream.
+async fn read_block<R: AsyncRead + Unpin>(reader: &mut R, pos: u64) -> Result<Option<SourceBlock>> {
+    let index = pos / CHUNK_SIZE;
+    if index > MAX_CHUNK_INDEX {
+        return Err(MfsError::InvalidArgument(format!(
+            "write beyond the largest MooseFS file size (offset {pos})"
+        )));
+    }
+    let in_chunk = (pos % CHUNK_SIZE) as u32;
+    let block = (in_chunk / BLOCK_SIZE) as u16;
+    let offset = (in_chunk % BLOCK_SIZE) as u16;
+    let want = (BLOCK_SIZE - offset as u32) as usize;
+
+    let mut buf = BytesMut::with_capacity(WRITE_DATA_HEADER + want);
+    buf.resize(WRITE_DATA_HEADER, 0);
+    let got = fill(reader, &mut buf, want).await?;
+    if got == 0 {
+        return Ok(None);
+    }
+    let crc = crc32fast::hash(&buf[WRITE_DATA_HEADER..]);
+    Ok(Some(SourceBlock {
+        index: index as u32,
+        raw: RawBlock {
+            buf,
+            block,
+            offset,
+            crc,
+        },
+        got,
+        want,
+    }))
+}
+
+/// MD5 (if asked for) and CRC-32C of the whole stream.
+struct StreamDigest {
+    md5: Option<Md5>,
+    crc32c: u32,
+}
+
+impl StreamDigest {
+    fn new(compute_md5: bool) -> Self {
+        StreamDigest {
+            md5: compute_md5.then(Md5::new),
+            crc32c: 0,
         }
-        if tables.len() < required {
-            return Err(format!("{} copies, {required} required", tables.len()));
-        }
-        Ok(tables)
     }
 
-    /// Checks every replica of a chunk just written against the CRCs sent.
-    async fn verify_chunk(
-        &self,
-        job: ChunkJob,
-        written: &WrittenChunk,
-        session: &WriteSession,
-    ) -> Result<()> {
-        let chunk_id = written.chunk_id;
-        let mismatch = |detail: String| {
-            ClientStats::add(&self.stats.replica_mismatches, 1);
-            self.observer.replica_mismatch();
-            MfsError::ReplicaMismatch {
-                inode: job.inode,
-                chunk_index: job.index,
-                chunk_id,
-                detail,
+    fn update(&mut self, data: &[u8]) {
+        self.crc32c = crc32c::crc32c_append(self.crc32c, data);
+        if let Some(h) = self.md5.as_mut() {
+            h.update(data);
+        }
+    }
+}
+
+/// The chunk tasks of one stream: one task per chunk, at most
+/// `parallel_chunks` of them running, each fed its blocks through a small
+/// queue.
+struct ChunkWriters<'a> {
+    client: &'a MfsClient,
+    /// The facts every chunk shares (`index` is set per chunk).
+    job: ChunkJob,
+    opts: &'a WriteOptions,
+    slots: Arc<Semaphore>,
+    tasks: JoinSet<Result<()>>,
+    /// The chunk being fed, and its queue.
+    current: Option<(u32, mpsc::Sender<RawBlock>)>,
+    started: u32,
+}
+
+impl<'a> ChunkWriters<'a> {
+    fn new(client: &'a MfsClient, job: ChunkJob, opts: &'a WriteOptions) -> Self {
+        ChunkWriters {
+            client,
+            job,
+            opts,
+            slots: Arc::new(Semaphore::new(opts.parallel_chunks.max(1))),
+            tasks: JoinSet::new(),
+            current: None,
+            started: 0,
+        }
+    }
+
+    /// The first error among the chunk tasks that already ended.
+    fn first_failure(&mut self) -> Option<MfsError> {
+        let mut failure = None;
+        while let Some(done) = self.tasks.try_join_next() {
+            if let Err(e) = flatten(done) {
+                failure.get_or_insert(e);
             }
-        };
-        let (version, limit) = (written.version, self.cfg.chunkservers.read);
-        if job.old_length <= job.index as u64 * CHUNK_SIZE {
-            // The chunk held no data before this write (every chunk of a new
-            // file): each replica's CRC of every block written must be the
-            // CRC sent. One question per replica, not two.
-            let tables = self
-                .ask_replicas(written, job.required_copies, |link| {
-                    Box::pin(link.checksum_tab(chunk_id, version, limit))
-                })
+        }
+        failure
+    }
+
+    /// Hands a block to chunk `index`'s task, starting that task (once a
+    /// slot is free) when the stream enters a new chunk. False if the task
+    /// already ended.
+    async fn send(&mut self, index: u32, raw: RawBlock) -> bool {
+        if self.current.as_ref().map(|(i, _)| *i) != Some(index) {
+            drop(self.current.take()); // closes the previous chunk's stream
+            let permit = self
+                .slots
+                .clone()
+                .acquire_owned()
                 .await
-                .map_err(mismatch)?;
-            let acked = session.acked.lock().expect("acked");
-            fresh_replicas_hold(&tables, &acked, job).map_err(mismatch)?;
-            ClientStats::add(&self.stats.chunks_verified, 1);
-            return Ok(());
+                .expect("semaphore open");
+            let (tx, rx) = mpsc::channel(16);
+            let job = ChunkJob { index, ..self.job };
+            let client = self.client.clone();
+            let opts = self.opts.clone();
+            self.tasks.spawn(async move {
+                let res = client.write_chunk_stream(job, rx, &opts).await;
+                drop(permit);
+                res
+            });
+            self.current = Some((index, tx));
+            self.started += 1;
         }
-        // A chunk with earlier data: the replicas must agree on every block,
-        // and hold what was sent where it was written.
-        let tables = self
-            .ask_replicas(written, job.required_copies, |link| {
-                Box::pin(link.crc_table(chunk_id, version, limit))
-            })
-            .await
-            .map_err(mismatch)?;
-        let tables: Vec<(SocketAddrV4, &super::chunkserver::ReplicaCrcTable)> =
-            tables.iter().map(|(s, t)| (*s, t)).collect();
-        let Some(&(first_server, first)) = tables.first() else {
-            return Err(mismatch("no replica to compare".into()));
-        };
-        for (server, table) in &tables[1..] {
-            if !table.same_data(first) {
-                return Err(mismatch(format!(
-                    "replica {first_server} has {} blocks (digest {}), replica {server} has {} blocks (digest {})",
-                    first.blocks,
-                    first.digest(),
-                    table.blocks,
-                    table.digest()
-                )));
+        let tx = &self.current.as_ref().expect("current chunk").1;
+        tx.send(raw).await.is_ok()
+    }
+
+    /// Ends the last chunk's stream and waits for every task. Returns the
+    /// chunks written, or `failure` if given, else the first task error.
+    async fn finish(mut self, mut failure: Option<MfsError>) -> Result<u32> {
+        drop(self.current.take());
+        while let Some(done) = self.tasks.join_next().await {
+            if let Err(e) = flatten(done) {
+                failure.get_or_insert(e);
             }
         }
-        let acked = session.acked.lock().expect("acked");
-        for b in acked.iter() {
-            let Some(expected) = expected_block_crc(b, job) else {
-                continue;
-            };
-            if b.block >= first.blocks {
-                return Err(mismatch(format!(
-                    "block {} was written but the replicas hold only {} blocks",
-                    b.block, first.blocks
-                )));
-            }
-            let stored = first.crcs[b.block as usize];
-            if stored != expected {
-                return Err(mismatch(format!(
-                    "block {}: replicas store CRC {stored:08x}, the client sent {expected:08x}",
-                    b.block
-                )));
-            }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(self.started),
         }
-        ClientStats::add(&self.stats.chunks_verified, 1);
-        Ok(())
     }
 }
 
@@ -513,92 +436,11 @@ fn end_offset(blocks: &[AckedBlock]) -> u64 {
     blocks.iter().map(AckedBlock::end).max().unwrap_or(0)
 }
 
-/// The CRC a replica must store for a block we wrote, when it is knowable: a
-/// full block's CRC is what we sent; a partial block wholly beyond the file's
-/// old end holds zeros around our data.
-/// Whether every replica's CRC table (`(server, 1024 CRCs)`) of a chunk that
-/// held no data before holds, for every block written, the CRC sent.
-fn fresh_replicas_hold(
-    tables: &[(SocketAddrV4, Vec<u32>)],
-    acked: &[AckedBlock],
-    job: ChunkJob,
-) -> std::result::Result<(), String> {
-    for (server, crcs) in tables {
-        for b in acked {
-            let Some(expected) = expected_block_crc(b, job) else {
-                continue;
-            };
-            let stored = crcs.get(b.block as usize).copied();
-            if stored != Some(expected) {
-                return Err(format!(
-                    "replica {server} block {}: stores CRC {}, the client sent {expected:08x}",
-                    b.block,
-                    stored.map_or("nothing".into(), |c| format!("{c:08x}"))
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn expected_block_crc(b: &AckedBlock, job: ChunkJob) -> Option<u32> {
-    if b.size == BLOCK_SIZE {
-        return Some(b.crc);
-    }
-    let block_start = job.index as u64 * CHUNK_SIZE + b.block as u64 * BLOCK_SIZE as u64;
-    (block_start >= job.old_length).then_some(b.zero_padded_crc)
-}
-
 fn flatten(done: std::result::Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
     match done {
         Ok(r) => r,
         Err(e) => Err(MfsError::InvalidArgument(format!(
             "chunk writer task failed: {e}"
         ))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn block(n: u16, crc: u32) -> AckedBlock {
-        AckedBlock {
-            block: n,
-            offset: 0,
-            size: BLOCK_SIZE,
-            crc,
-            zero_padded_crc: crc,
-        }
-    }
-
-    #[test]
-    fn fresh_chunk_check_finds_a_replica_with_other_data() {
-        let job = ChunkJob {
-            inode: 7,
-            index: 0,
-            required_copies: 3,
-            old_length: 0,
-        };
-        let acked = [block(0, 0xAAAA_0000), block(1, 0xBBBB_1111)];
-        let mut crcs = vec![0u32; 1024];
-        crcs[0] = 0xAAAA_0000;
-        crcs[1] = 0xBBBB_1111;
-        let server = |n: u8| SocketAddrV4::new(std::net::Ipv4Addr::new(10, 0, 0, n), 9422);
-        let good: Vec<_> = (1..=3).map(|n| (server(n), crcs.clone())).collect();
-        assert_eq!(fresh_replicas_hold(&good, &acked, job), Ok(()));
-
-        let mut bad = good.clone();
-        bad[2].1[1] = 0xDEAD_BEEF;
-        let why = fresh_replicas_hold(&bad, &acked, job).unwrap_err();
-        assert!(why.contains("10.0.0.3:9422 block 1"), "{why}");
-        assert!(
-            why.contains("deadbeef") && why.contains("bbbb1111"),
-            "{why}"
-        );
-
-        let short: Vec<_> = vec![(server(1), vec![0xAAAA_0000])];
-        let why = fresh_replicas_hold(&short, &acked, job).unwrap_err();
-        assert!(why.contains("stores CRC nothing"), "{why}");
     }
 }

@@ -4,11 +4,11 @@
 //! decoder: `PROPTEST_CASES` (default 2,000; seconds in all).
 
 use bytes::Bytes;
-use proptest::prelude::*;
 use moosefs::codec::{decode_frame_header, Packet, PayloadReader};
 use moosefs::decode;
 use moosefs::master::{parse_new_session, reconnect_status};
 use moosefs::proto::{BLOCKS_PER_CHUNK, BLOCK_SIZE, MAX_CHUNK_COPIES, MAX_FILE_LENGTH};
+use proptest::prelude::*;
 
 /// Cases per decoder: `PROPTEST_CASES` if set, else 2,000.
 fn config() -> ProptestConfig {

@@ -170,7 +170,7 @@ fn blocks(n: u32) -> mpsc::Receiver<RawBlock> {
 
 async fn run_session(script: Script) -> (Result<(), String>, Vec<Wire>, Vec<SessionEvent>) {
     let (addr, log, fake) = fake_head(script).await;
-    let session = WriteSession::new(blocks(BLOCKS));
+    let session = WriteSession::with_event_log(blocks(BLOCKS));
     let timeouts = ChunkserverTimeouts {
         status: Duration::from_secs(5),
         ..ChunkserverTimeouts::default()
@@ -181,12 +181,10 @@ async fn run_session(script: Script) -> (Result<(), String>, Vec<Wire>, Vec<Sess
         version: VERSION,
         chain: &chain,
     };
-    let events = Mutex::new(Vec::new());
     let result = session
         .run(
             &target,
             &timeouts,
-            Some(&events),
             &moosefs::NoObserver,
             &Default::default(),
         )
@@ -194,7 +192,7 @@ async fn run_session(script: Script) -> (Result<(), String>, Vec<Wire>, Vec<Sess
         .map_err(|e| e.to_string());
     let _ = tokio::time::timeout(Duration::from_secs(5), fake).await;
     let wire = log.lock().unwrap().clone();
-    (result, wire, events.into_inner().unwrap())
+    (result, wire, session.events())
 }
 
 fn position(wire: &[Wire], item: &Wire) -> Option<usize> {

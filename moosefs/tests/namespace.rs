@@ -256,10 +256,7 @@ async fn bad_input_is_a_typed_error() {
     // Master unreachable (nothing listens on port 1 of loopback).
     let mut cfg = moosefs::ClientConfig::new("127.0.0.1:1");
     cfg.master.connect_timeout = std::time::Duration::from_secs(2);
-    let err = moosefs::MfsClient::connect(cfg)
-        .await
-        .err()
-        .unwrap();
+    let err = moosefs::MfsClient::connect(cfg).await.err().unwrap();
     assert!(matches!(err, MfsError::MasterUnreachable { .. }), "{err}");
     client.close().await;
 }

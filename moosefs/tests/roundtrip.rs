@@ -7,12 +7,7 @@ use moosefs::{ReplicaChoice, WriteOptions, CHUNK_SIZE};
 
 const MIB: usize = 1 << 20;
 
-async fn put_and_check(
-    client: &moosefs::MfsClient,
-    dir: &TestDir,
-    name: &str,
-    data: &[u8],
-) {
+async fn put_and_check(client: &moosefs::MfsClient, dir: &TestDir, name: &str, data: &[u8]) {
     let (parent, _) = client.resolve(&dir.path).await.unwrap();
     let file = client
         .create(parent, &moosefs::Name::parse(name).unwrap(), 0o644)
@@ -107,11 +102,7 @@ async fn unaligned_writes_match_a_model_of_the_file() {
     let dir = TestDir::new(&client, "unaligned").await;
     let (parent, _) = client.resolve(&dir.path).await.unwrap();
     let file = client
-        .create(
-            parent,
-            &moosefs::Name::parse("u.bin").unwrap(),
-            0o644,
-        )
+        .create(parent, &moosefs::Name::parse("u.bin").unwrap(), 0o644)
         .await
         .unwrap();
     let mut model: Vec<u8> = Vec::new();
