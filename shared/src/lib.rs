@@ -18,8 +18,11 @@ pub mod ingest;
 pub mod jobs;
 pub mod limits;
 pub mod metrics;
-pub mod moosefs;
 pub mod process;
-pub mod retry;
 pub mod source;
 pub mod store;
+
+// The native MooseFS client and the one retry module are the `moosefs` crate;
+// re-exported so `crate::moosefs::…` and `crate::retry::…` keep their paths.
+pub use moosefs;
+pub use moosefs::retry;

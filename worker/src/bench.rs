@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use shared::moosefs::{MfsClient, MfsError, MfsPath, Name, WriteOptions};
+use moosefs::{MfsClient, MfsError, MfsPath, Name, WriteOptions};
 use tokio::io::AsyncRead;
 
 pub struct BenchSpec {

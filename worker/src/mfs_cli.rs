@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use shared::moosefs::{
+use moosefs::{
     ClientConfig, MfsClient, MfsError, MfsPath, Name, ReplicaChoice, WriteOptions, CHUNK_SIZE,
 };
 use tokio::io::AsyncWriteExt;
@@ -429,7 +429,7 @@ async fn cmd_ls(client: &MfsClient, path: &str, long: bool) -> Result<()> {
     let mut entries = if attr.is_dir() {
         client.readdir(inode).await?
     } else {
-        vec![shared::moosefs::DirEntry {
+        vec![moosefs::DirEntry {
             name: path.file_name().map(|n| n.to_string()).unwrap_or_default(),
             inode,
             attr,

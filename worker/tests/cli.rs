@@ -908,7 +908,6 @@ async fn corrupt_one_replica(path: &str) {
         .run(
             &target,
             &ChunkserverTimeouts::default(),
-            None,
             &shared::moosefs::NoObserver,
             &Default::default(),
         )

@@ -1,68 +1,30 @@
 //! [`MfsClient`]: the namespace and metadata operations of the master
 //! protocol (lookup, getattr, mkdir, create, unlink, rename, truncate,
-//! readdir, statfs, goal, trash time, snapshot, append slice, chunk check),
-//! path resolution, and the per-replica checksum report. Data I/O lives in
-//! `write.rs` and `read.rs` as further `impl MfsClient` blocks.
+//! readdir, statfs, goal, trash time, snapshot, append slice, chunk check)
+//! and path resolution. Data I/O lives in `write.rs` and `read.rs`, the
+//! per-replica checksum report in `report.rs`, as further `impl MfsClient`
+//! blocks.
 
 use std::net::SocketAddrV4;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::chunkserver::{ChunkserverTimeouts, ReplicaCrcTable};
-use super::codec::{Packet, ProtocolError};
-use super::decode;
-use super::error::{MfsError, Result};
-use super::master::{answer_status, MasterConfig, MasterSession, OpenInodeGuard, SessionInfo};
-use super::path::{MfsPath, Name};
-use super::proto::{msg, Attr, ChunkLocation, CopyState, Status, CHUNK_SIZE, ROOT_INODE};
+use crate::chunkserver::CsPool;
+use crate::codec::Packet;
+use crate::config::ClientConfig;
+use crate::cservers::{ChunkserverCount, ChunkserverCountCache};
+use crate::decode;
+pub use crate::decode::StatFs;
+use crate::error::{MfsError, Result};
+use crate::master::{answer_status, MasterSession, OpenInodeGuard, SessionInfo};
+use crate::observe::{ClientStats, NoObserver, Observer};
+use crate::path::{MfsPath, Name};
+use crate::proto::{msg, Attr, ChunkLocation, CopyState, Status, CHUNK_SIZE, ROOT_INODE};
 
 /// Deepest directory tree [`MfsClient::remove`] descends into: a master
 /// whose directories contain themselves must not make it recurse forever.
 pub const MAX_REMOVE_DEPTH: usize = 1024;
-use super::write::WriteOptions;
-
-/// Everything the client needs to know.
-#[derive(Debug, Clone)]
-pub struct ClientConfig {
-    pub master: MasterConfig,
-    pub chunkservers: ChunkserverTimeouts,
-    /// Identity sent with namespace requests.
-    pub uid: u32,
-    pub gid: u32,
-    /// Defaults for writes.
-    pub write: WriteOptions,
-}
-
-impl ClientConfig {
-    pub fn new(master_addr: impl Into<String>) -> Self {
-        ClientConfig {
-            master: MasterConfig::new(master_addr),
-            chunkservers: ChunkserverTimeouts::default(),
-            uid: 0,
-            gid: 0,
-            write: WriteOptions::default(),
-        }
-    }
-}
-
-/// Counters of what the client did; read them for metrics.
-#[derive(Debug, Default)]
-pub struct ClientStats {
-    pub bytes_written: AtomicU64,
-    pub chunk_writes: AtomicU64,
-    pub chunk_write_retries: AtomicU64,
-    pub chunks_verified: AtomicU64,
-    pub replica_mismatches: AtomicU64,
-    pub bytes_read: AtomicU64,
-}
-
-impl ClientStats {
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-}
 
 /// A directory entry.
 #[derive(Debug, Clone)]
@@ -71,8 +33,6 @@ pub struct DirEntry {
     pub inode: u32,
     pub attr: Attr,
 }
-
-pub use super::decode::StatFs;
 
 /// A file created (and opened) by this session. While this value lives the
 /// master keeps the inode writable even if it is unlinked; dropping it
@@ -83,58 +43,17 @@ pub struct CreatedFile {
     pub open: OpenInodeGuard,
 }
 
-/// One copy of a chunk as the master lists it, with what the chunkserver reports.
-#[derive(Debug, Clone)]
-pub struct CopyReport {
-    pub server: SocketAddrV4,
-    pub state: CopyState,
-    /// The replica's CRC table, or why it could not be read.
-    pub table: std::result::Result<ReplicaCrcTable, String>,
-}
-
-/// Every copy of one chunk.
-#[derive(Debug, Clone)]
-pub struct ChunkReport {
-    pub index: u32,
-    /// 0 = hole.
-    pub chunk_id: u64,
-    pub version: u32,
-    pub copies: Vec<CopyReport>,
-}
-
-impl ChunkReport {
-    pub fn valid_copies(&self) -> usize {
-        self.copies
-            .iter()
-            .filter(|c| c.state == CopyState::Valid && c.table.is_ok())
-            .count()
-    }
-
-    /// True when every readable valid copy has the same block count and CRCs.
-    pub fn copies_identical(&self) -> bool {
-        let mut tables = self
-            .copies
-            .iter()
-            .filter(|c| c.state == CopyState::Valid)
-            .filter_map(|c| c.table.as_ref().ok());
-        match tables.next() {
-            None => true,
-            Some(first) => tables.all(|t| t.same_data(first)),
-        }
-    }
-}
-
 /// A native MooseFS client: one master session shared by every operation;
 /// chunkserver links opened per data transfer. Cheap to clone.
 #[derive(Clone)]
 pub struct MfsClient {
     pub(crate) master: MasterSession,
-    pub(crate) observer: Arc<dyn super::observe::Observer>,
+    pub(crate) observer: Arc<dyn Observer>,
     pub(crate) cfg: Arc<ClientConfig>,
     pub(crate) stats: Arc<ClientStats>,
-    pub(crate) pool: Arc<super::chunkserver::CsPool>,
+    pub(crate) pool: Arc<CsPool>,
     /// The master's chunkserver count, asked at most every few seconds.
-    pub(crate) chunkserver_count: Arc<super::cservers::ChunkserverCountCache>,
+    pub(crate) chunkserver_count: Arc<ChunkserverCountCache>,
 }
 
 /// How long a chunkserver count from the master is reused.
@@ -162,30 +81,25 @@ fn namespace_error(err: MfsError, what: impl std::fmt::Display) -> MfsError {
 impl MfsClient {
     /// Registers a session with the master.
     pub async fn connect(cfg: ClientConfig) -> Result<Self> {
-        Self::connect_observed(cfg, Arc::new(super::observe::NoObserver)).await
+        Self::connect_observed(cfg, Arc::new(NoObserver)).await
     }
 
     /// [`MfsClient::connect`] reporting wire events to `observer`.
-    pub async fn connect_observed(
-        cfg: ClientConfig,
-        observer: Arc<dyn super::observe::Observer>,
-    ) -> Result<Self> {
+    pub async fn connect_observed(cfg: ClientConfig, observer: Arc<dyn Observer>) -> Result<Self> {
         let master = MasterSession::connect_observed(cfg.master.clone(), observer.clone()).await?;
         Ok(MfsClient {
             master,
             observer,
             cfg: Arc::new(cfg),
             stats: Arc::new(ClientStats::default()),
-            pool: Arc::new(super::chunkserver::CsPool::default()),
-            chunkserver_count: Arc::new(super::cservers::ChunkserverCountCache::new(
-                CHUNKSERVER_COUNT_TTL,
-            )),
+            pool: Arc::new(CsPool::default()),
+            chunkserver_count: Arc::new(ChunkserverCountCache::new(CHUNKSERVER_COUNT_TTL)),
         })
     }
 
     /// How many chunkservers the master knows and how many are connected,
     /// at most [`CHUNKSERVER_COUNT_TTL`] old (asked on a connection of its own).
-    pub async fn chunkserver_count(&self) -> Result<super::cservers::ChunkserverCount> {
+    pub async fn chunkserver_count(&self) -> Result<ChunkserverCount> {
         self.chunkserver_count.get(&self.cfg.master).await
     }
 
@@ -619,54 +533,5 @@ impl MfsClient {
             "check chunk",
             answer,
         )?)?)
-    }
-
-    /// Every copy of chunk `index` with its CRC table, read from each chunkserver.
-    pub async fn chunk_report(&self, inode: u32, index: u32) -> Result<ChunkReport> {
-        let (chunk_id, version, copies) = self.check_chunk(inode, index).await?;
-        let limit = self.cfg.chunkservers.read;
-        let connect = self.cfg.chunkservers.connect;
-        let tables = futures::future::join_all(copies.iter().map(|(server, _)| async move {
-            if chunk_id == 0 {
-                return Err("hole".to_string());
-            }
-            self.pool
-                .with_link(*server, connect, |link| {
-                    Box::pin(link.crc_table(chunk_id, version, limit))
-                })
-                .await
-                .map_err(|e| e.to_string())
-        }))
-        .await;
-        Ok(ChunkReport {
-            index,
-            chunk_id,
-            version,
-            copies: copies
-                .into_iter()
-                .zip(tables)
-                .map(|((server, state), table)| CopyReport {
-                    server,
-                    state,
-                    table,
-                })
-                .collect(),
-        })
-    }
-
-    /// [`MfsClient::chunk_report`] for every chunk of a file.
-    pub async fn replica_report(&self, inode: u32) -> Result<Vec<ChunkReport>> {
-        // The attributes' decoder bounds the length (MAX_FILE_LENGTH), so
-        // this is a chunk count MooseFS can hold; the capacity is bounded
-        // anyway, the reports grow as the answers come.
-        let length = self.getattr(inode).await?.length;
-        let chunks = u32::try_from(length.div_ceil(CHUNK_SIZE)).map_err(|_| {
-            ProtocolError::new(format!("a file of {length} bytes has too many chunks"))
-        })?;
-        let mut reports = Vec::with_capacity(chunks.min(1024) as usize);
-        for index in 0..chunks {
-            reports.push(self.chunk_report(inode, index).await?);
-        }
-        Ok(reports)
     }
 }

@@ -2,18 +2,18 @@
 //! function of its payload bytes (the master's message id already removed).
 //! Each length or count read from the wire is bounded here before it becomes
 //! an index, an allocation size or a loop bound: a hostile or broken peer gets
-//! a [`ProtocolError`], never a panic (`shared/tests/decoders.rs` feeds
+//! a [`ProtocolError`], never a panic (`tests/decoders.rs` feeds
 //! arbitrary bytes to each of these).
 //!
 //! Status-only answers (one byte) are told apart by the caller before these
-//! run; the frame header is [`super::codec::decode_frame_header`].
+//! run; the frame header is [`crate::codec::decode_frame_header`].
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use bytes::Bytes;
 
-use super::codec::{PayloadReader, ProtocolError};
-use super::proto::{
+use crate::codec::{PayloadReader, ProtocolError};
+use crate::proto::{
     Attr, ChunkLocation, CopyState, Status, BLOCKS_PER_CHUNK, BLOCK_SIZE, MAX_CHUNK_COPIES,
 };
 
@@ -243,7 +243,7 @@ pub fn chunk_blocks(payload: Bytes) -> Result<Result<u16, Status>, ProtocolError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::moosefs::codec::Packet;
+    use crate::codec::Packet;
 
     fn payload(p: Packet) -> Bytes {
         p.finish().slice(8..)

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
 
-use super::codec::{FrameReader, Packet, PayloadReader, ProtocolError};
-use super::error::{MfsError, Result};
-use super::master::{connect_tcp, MasterConfig};
-use super::proto::msg;
+use crate::codec::{FrameReader, Packet, PayloadReader, ProtocolError};
+use crate::error::{MfsError, Result};
+use crate::config::MasterConfig;
+use crate::master::connect_tcp;
+use crate::proto::msg;
 
 /// Bytes of one entry of a 3.0 `MATOCL_CSERV_LIST` answer: flags+version
 /// (u32), ip (u32), port (u16), csid (u16), used and total space (2 × u64),

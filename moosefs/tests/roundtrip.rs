@@ -2,22 +2,15 @@
 //! every size boundary, unaligned writes, many concurrent small files; each result
 //! checked through the client, through the FUSE mount, and replica by replica.
 
-mod common;
-
-use common::*;
-use shared::moosefs::{ReplicaChoice, WriteOptions, CHUNK_SIZE};
+use moosefs::testing::*;
+use moosefs::{ReplicaChoice, WriteOptions, CHUNK_SIZE};
 
 const MIB: usize = 1 << 20;
 
-async fn put_and_check(
-    client: &shared::moosefs::MfsClient,
-    dir: &TestDir,
-    name: &str,
-    data: &[u8],
-) {
+async fn put_and_check(client: &moosefs::MfsClient, dir: &TestDir, name: &str, data: &[u8]) {
     let (parent, _) = client.resolve(&dir.path).await.unwrap();
     let file = client
-        .create(parent, &shared::moosefs::Name::parse(name).unwrap(), 0o644)
+        .create(parent, &moosefs::Name::parse(name).unwrap(), 0o644)
         .await
         .unwrap();
     let outcome = client
@@ -109,11 +102,7 @@ async fn unaligned_writes_match_a_model_of_the_file() {
     let dir = TestDir::new(&client, "unaligned").await;
     let (parent, _) = client.resolve(&dir.path).await.unwrap();
     let file = client
-        .create(
-            parent,
-            &shared::moosefs::Name::parse("u.bin").unwrap(),
-            0o644,
-        )
+        .create(parent, &moosefs::Name::parse("u.bin").unwrap(), 0o644)
         .await
         .unwrap();
     let mut model: Vec<u8> = Vec::new();
@@ -187,7 +176,7 @@ async fn two_hundred_small_files_from_sixteen_tasks_have_identical_replicas() {
             let _permit = sem.acquire_owned().await.unwrap();
             let size = 1 + (i as usize * 7919) % (3 * 65536);
             let data = random_bytes(size, 5000 + i);
-            let name = shared::moosefs::Name::parse(&format!("s{i:03}.bin")).unwrap();
+            let name = moosefs::Name::parse(&format!("s{i:03}.bin")).unwrap();
             let file = client.create(parent, &name, 0o644).await.unwrap();
             let out = client
                 .write_stream(file.inode, 0, &data[..], &WriteOptions::default())

@@ -1,14 +1,12 @@
 //! The master's chunkserver list (`CLTOMA_CSERV_LIST`) on the real
 //! three-chunkserver cluster started by `scripts/stack up`.
 
-mod common;
-
 #[tokio::test]
 async fn the_master_lists_the_three_chunkservers_of_the_local_cluster() {
-    let client = common::client().await;
+    let client = moosefs::testing::client().await;
     let count = client.chunkserver_count().await.unwrap();
     assert_eq!((count.known, count.connected), (3, 3), "{count:?}");
-    let list = shared::moosefs::cservers::fetch_cserv_list(&client.config().master)
+    let list = moosefs::cservers::fetch_cserv_list(&client.config().master)
         .await
         .unwrap();
     let mut addrs: Vec<String> = list.iter().map(|e| e.addr.to_string()).collect();

@@ -1,10 +1,12 @@
-//! Hooks through which the client reports what happens on the wire (request
-//! latencies, write statuses, chain lengths, chunkserver errors, reconnects),
-//! so a metrics layer can count them without this module depending on it.
+//! How the client reports what it does: the [`Observer`] hooks for what
+//! happens on the wire (request latencies, write statuses, chain lengths,
+//! chunkserver errors, reconnects), so a metrics layer can count them
+//! without this crate depending on it, and the [`ClientStats`] counters.
 
 use std::net::SocketAddrV4;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::proto::Status;
+use crate::proto::Status;
 
 /// Receives client events. Every method has a no-op default.
 pub trait Observer: Send + Sync {
@@ -31,3 +33,20 @@ pub trait Observer: Send + Sync {
 pub struct NoObserver;
 
 impl Observer for NoObserver {}
+
+/// Counters of what the client did; read them for metrics.
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    pub bytes_written: AtomicU64,
+    pub chunk_writes: AtomicU64,
+    pub chunk_write_retries: AtomicU64,
+    pub chunks_verified: AtomicU64,
+    pub replica_mismatches: AtomicU64,
+    pub bytes_read: AtomicU64,
+}
+
+impl ClientStats {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::client::{ClientStats, MfsClient};
-use super::error::{MfsError, Result};
-use super::proto::CHUNK_SIZE;
+use crate::client::MfsClient;
+use crate::error::{MfsError, Result};
+use crate::observe::ClientStats;
+use crate::proto::{Status, CHUNK_SIZE};
 use crate::retry::{retry, AttemptError, RetryPolicy};
 
 /// Which replica to read from.
@@ -180,7 +181,7 @@ impl MfsClient {
                 if loc.servers.is_empty() {
                     return Err(AttemptError::Transient(MfsError::status(
                         "read chunk",
-                        super::proto::Status::CHUNKLOST,
+                        Status::CHUNKLOST,
                     )));
                 }
                 // Rotate through the copies on retries.

@@ -2,10 +2,8 @@
 //! snapshot, rename, truncate, readdir, statfs, goal and trash time, bad input as
 //! typed errors, and the master session's reconnect and sustained-inode release.
 
-mod common;
-
-use common::*;
-use shared::moosefs::{MfsError, MfsPath, Name, WriteOptions, CHUNK_SIZE};
+use moosefs::testing::*;
+use moosefs::{MfsError, MfsPath, Name, WriteOptions, CHUNK_SIZE};
 
 fn name(s: &str) -> Name {
     Name::parse(s).unwrap()
@@ -256,12 +254,9 @@ async fn bad_input_is_a_typed_error() {
         .unwrap_err();
     assert!(matches!(err, MfsError::NotDirectory(_)), "{err}");
     // Master unreachable (nothing listens on port 1 of loopback).
-    let mut cfg = shared::moosefs::ClientConfig::new("127.0.0.1:1");
+    let mut cfg = moosefs::ClientConfig::new("127.0.0.1:1");
     cfg.master.connect_timeout = std::time::Duration::from_secs(2);
-    let err = shared::moosefs::MfsClient::connect(cfg)
-        .await
-        .err()
-        .unwrap();
+    let err = moosefs::MfsClient::connect(cfg).await.err().unwrap();
     assert!(matches!(err, MfsError::MasterUnreachable { .. }), "{err}");
     client.close().await;
 }
@@ -332,10 +327,10 @@ async fn password_protected_export_needs_the_right_password() {
         .await
         .unwrap();
     let connect = |password: Option<&str>| {
-        let mut cfg = shared::moosefs::ClientConfig::new(master_addr());
+        let mut cfg = moosefs::ClientConfig::new(master_addr());
         cfg.master.subfolder = "/password-test".into();
         cfg.master.password = password.map(str::to_string);
-        shared::moosefs::MfsClient::connect(cfg)
+        moosefs::MfsClient::connect(cfg)
     };
     let ok = connect(Some("mfs-ingest-test"))
         .await

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use super::codec::{PayloadReader, ProtocolError};
+use crate::codec::{PayloadReader, ProtocolError};
 
 /// Chunk size: 64 MiB. File offset `>> CHUNK_BITS` is the chunk index.
 pub const CHUNK_SIZE: u64 = 1 << 26;

@@ -4,8 +4,8 @@
 
 use std::fmt;
 
-use super::error::MfsError;
-use super::proto::MAX_NAME_LEN;
+use crate::error::MfsError;
+use crate::proto::MAX_NAME_LEN;
 
 /// One validated path component.
 #[derive(Clone, PartialEq, Eq, Hash)]

@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::codec::ProtocolError;
-use super::proto::Status;
+use crate::codec::ProtocolError;
+use crate::proto::Status;
 
 /// Everything a MooseFS operation can fail with.
 #[derive(Debug, thiserror::Error)]

@@ -4,11 +4,11 @@
 //! decoder: `PROPTEST_CASES` (default 2,000; seconds in all).
 
 use bytes::Bytes;
+use moosefs::codec::{decode_frame_header, Packet, PayloadReader};
+use moosefs::decode;
+use moosefs::master::{parse_new_session, reconnect_status};
+use moosefs::proto::{BLOCKS_PER_CHUNK, BLOCK_SIZE, MAX_CHUNK_COPIES, MAX_FILE_LENGTH};
 use proptest::prelude::*;
-use shared::moosefs::codec::{decode_frame_header, Packet, PayloadReader};
-use shared::moosefs::decode;
-use shared::moosefs::master::{parse_new_session, reconnect_status};
-use shared::moosefs::proto::{BLOCKS_PER_CHUNK, BLOCK_SIZE, MAX_CHUNK_COPIES, MAX_FILE_LENGTH};
 
 /// Cases per decoder: `PROPTEST_CASES` if set, else 2,000.
 fn config() -> ProptestConfig {
@@ -131,7 +131,7 @@ proptest! {
 
 #[test]
 fn a_replica_table_claiming_5000_blocks_never_panics() {
-    let table = shared::moosefs::ReplicaCrcTable {
+    let table = moosefs::ReplicaCrcTable {
         blocks: 5000,
         crcs: vec![0; BLOCKS_PER_CHUNK],
     };

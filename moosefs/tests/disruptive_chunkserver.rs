@@ -3,14 +3,12 @@
 //! remaining servers, with the right bytes and identical replicas, or fails with
 //! a clear error. Never a silent short or mixed file.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
-use shared::moosefs::{MfsError, Name, WriteOptions};
+use moosefs::testing::*;
+use moosefs::{MfsError, Name, WriteOptions};
 
 fn stack() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/stack")

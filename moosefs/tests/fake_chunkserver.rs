@@ -10,12 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use shared::moosefs::chunkserver::{
+use moosefs::chunkserver::{
     ChunkserverTimeouts, CsLink, RawBlock, SessionEvent, WriteSession, WriteTarget,
     WRITE_DATA_HEADER,
 };
-use shared::moosefs::codec::{FrameReader, Packet};
-use shared::moosefs::proto::msg;
+use moosefs::codec::{FrameReader, Packet};
+use moosefs::proto::msg;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -170,7 +170,7 @@ fn blocks(n: u32) -> mpsc::Receiver<RawBlock> {
 
 async fn run_session(script: Script) -> (Result<(), String>, Vec<Wire>, Vec<SessionEvent>) {
     let (addr, log, fake) = fake_head(script).await;
-    let session = WriteSession::new(blocks(BLOCKS));
+    let session = WriteSession::with_event_log(blocks(BLOCKS));
     let timeouts = ChunkserverTimeouts {
         status: Duration::from_secs(5),
         ..ChunkserverTimeouts::default()
@@ -181,20 +181,18 @@ async fn run_session(script: Script) -> (Result<(), String>, Vec<Wire>, Vec<Sess
         version: VERSION,
         chain: &chain,
     };
-    let events = Mutex::new(Vec::new());
     let result = session
         .run(
             &target,
             &timeouts,
-            Some(&events),
-            &shared::moosefs::NoObserver,
+            &moosefs::NoObserver,
             &Default::default(),
         )
         .await
         .map_err(|e| e.to_string());
     let _ = tokio::time::timeout(Duration::from_secs(5), fake).await;
     let wire = log.lock().unwrap().clone();
-    (result, wire, events.into_inner().unwrap())
+    (result, wire, session.events())
 }
 
 fn position(wire: &[Wire], item: &Wire) -> Option<usize> {
