@@ -12,8 +12,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
 
 use crate::codec::{FrameReader, Packet, PayloadReader, ProtocolError};
-use crate::error::{MfsError, Result};
 use crate::config::MasterConfig;
+use crate::error::{MfsError, Result};
 use crate::master::connect_tcp;
 use crate::proto::msg;
 

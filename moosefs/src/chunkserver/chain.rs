@@ -219,7 +219,20 @@ impl WriteSession {
         pool: &CsPool,
     ) -> Result<()> {
         observer.chain_length(target.chain.len());
-        let result = self.run_chain(target, timeouts, observer, pool).await;
+        let head = *target
+            .chain
+            .first()
+            .ok_or_else(|| MfsError::InvalidArgument("empty write chain".into()))?;
+        let run = ChainRun {
+            session: self,
+            target,
+            timeouts,
+            observer,
+            server: head,
+            acked_signal: Notify::new(),
+            done_signal: Notify::new(),
+        };
+        let result = run.write_through(pool).await;
         if let Err(MfsError::Chunkserver {
             server: SocketAddr::V4(server),
             ..
@@ -228,62 +241,6 @@ impl WriteSession {
             observer.chunkserver_error(*server);
         }
         result
-    }
-
-    async fn run_chain(
-        &self,
-        target: &WriteTarget<'_>,
-        timeouts: &ChunkserverTimeouts,
-        observer: &dyn Observer,
-        pool: &CsPool,
-    ) -> Result<()> {
-        let head = *target
-            .chain
-            .first()
-            .ok_or_else(|| MfsError::InvalidArgument("empty write chain".into()))?;
-        let (link, _) = pool.get(head, timeouts.connect).await?;
-        let CsLink {
-            server,
-            mut reader,
-            mut writer,
-        } = link;
-        self.readdress_unacked(target.chunk_id);
-        let run = ChainRun {
-            session: self,
-            target,
-            timeouts,
-            observer,
-            server,
-            acked_signal: Notify::new(),
-            done_signal: Notify::new(),
-        };
-        tokio::try_join!(
-            run.send_blocks(&mut writer),
-            run.receive_statuses(&mut reader)
-        )?;
-        // Every status is in: only now end the session on the chain.
-        let finish = Packet::new(msg::CLTOCS_WRITE_FINISH, 12)
-            .u64(target.chunk_id)
-            .u32(target.version)
-            .finish();
-        self.record(SessionEvent::SentFinish);
-        match timeout(timeouts.status, writer.write_all(&finish)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return Err(cs_error(
-                    server,
-                    format!("sending WRITE_FINISH failed: {e}"),
-                ))
-            }
-            Err(_) => return Err(cs_error(server, "sending WRITE_FINISH blocked")),
-        }
-        // The chain is idle again: the connection can carry the next session.
-        pool.put(CsLink {
-            server,
-            reader,
-            writer,
-        });
-        Ok(())
     }
 
     /// Blocks that survived a failed attempt may belong to an old chunk id.
@@ -334,6 +291,47 @@ struct ChainRun<'r, 't> {
 }
 
 impl ChainRun<'_, '_> {
+    /// The attempt on a connection to the head (pooled if one is idle):
+    /// both halves until every status is in, then `WRITE_FINISH`, and the
+    /// connection goes back to the pool.
+    async fn write_through(&self, pool: &CsPool) -> Result<()> {
+        let (target, timeouts, server) = (self.target, self.timeouts, self.server);
+        let (link, _) = pool.get(server, timeouts.connect).await?;
+        let CsLink {
+            mut reader,
+            mut writer,
+            ..
+        } = link;
+        self.session.readdress_unacked(target.chunk_id);
+        tokio::try_join!(
+            self.send_blocks(&mut writer),
+            self.receive_statuses(&mut reader)
+        )?;
+        // Every status is in: only now end the session on the chain.
+        let finish = Packet::new(msg::CLTOCS_WRITE_FINISH, 12)
+            .u64(target.chunk_id)
+            .u32(target.version)
+            .finish();
+        self.session.record(SessionEvent::SentFinish);
+        match timeout(timeouts.status, writer.write_all(&finish)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(cs_error(
+                    server,
+                    format!("sending WRITE_FINISH failed: {e}"),
+                ))
+            }
+            Err(_) => return Err(cs_error(server, "sending WRITE_FINISH blocked")),
+        }
+        // The chain is idle again: the connection can carry the next session.
+        pool.put(CsLink {
+            server,
+            reader,
+            writer,
+        });
+        Ok(())
+    }
+
     /// Sends `bytes` to the head; returns when they went out.
     async fn send(&self, writer: &mut OwnedWriteHalf, bytes: &[u8]) -> Result<Instant> {
         send_bytes(writer, bytes, self.server, self.timeouts.status).await?;

@@ -6,6 +6,7 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -176,19 +177,16 @@ impl CsLink {
         version: u32,
         limit: Duration,
     ) -> Result<Vec<u32>> {
-        let ask = Packet::new(msg::ANTOCS_GET_CHUNK_CHECKSUM_TAB, 12)
-            .u64(chunk_id)
-            .u32(version)
-            .finish();
-        self.send(&ask, limit).await?;
-        let frame = self.recv(limit, "checksum table").await?;
-        if frame.kind != msg::CSTOAN_CHUNK_CHECKSUM_TAB {
-            return Err(cs_error(
-                self.server,
-                format!("answer type {} to GET_CHUNK_CHECKSUM_TAB", frame.kind),
-            ));
-        }
-        decode::checksum_tab(frame.payload)?
+        let question = ChunkQuestion {
+            ask: msg::ANTOCS_GET_CHUNK_CHECKSUM_TAB,
+            answer: msg::CSTOAN_CHUNK_CHECKSUM_TAB,
+            name: "GET_CHUNK_CHECKSUM_TAB",
+            what: "checksum table",
+        };
+        let payload = self
+            .ask_about_chunk(question, chunk_id, version, limit)
+            .await?;
+        decode::checksum_tab(payload)?
             .map_err(|status| cs_error(self.server, format!("checksum table: {status}")))
     }
 
@@ -200,21 +198,51 @@ impl CsLink {
         version: u32,
         limit: Duration,
     ) -> Result<u16> {
-        let ask = Packet::new(msg::ANTOCS_GET_CHUNK_BLOCKS, 12)
+        let question = ChunkQuestion {
+            ask: msg::ANTOCS_GET_CHUNK_BLOCKS,
+            answer: msg::CSTOAN_CHUNK_BLOCKS,
+            name: "GET_CHUNK_BLOCKS",
+            what: "block count",
+        };
+        let payload = self
+            .ask_about_chunk(question, chunk_id, version, limit)
+            .await?;
+        decode::chunk_blocks(payload)?
+            .map_err(|status| cs_error(self.server, format!("block count: {status}")))
+    }
+
+    /// Sends one `chunk_id:u64 version:u32` question and returns the payload
+    /// of its answer, which must be of the expected type.
+    async fn ask_about_chunk(
+        &mut self,
+        question: ChunkQuestion,
+        chunk_id: u64,
+        version: u32,
+        limit: Duration,
+    ) -> Result<Bytes> {
+        let ask = Packet::new(question.ask, 12)
             .u64(chunk_id)
             .u32(version)
             .finish();
         self.send(&ask, limit).await?;
-        let frame = self.recv(limit, "block count").await?;
-        if frame.kind != msg::CSTOAN_CHUNK_BLOCKS {
+        let frame = self.recv(limit, question.what).await?;
+        if frame.kind != question.answer {
             return Err(cs_error(
                 self.server,
-                format!("answer type {} to GET_CHUNK_BLOCKS", frame.kind),
+                format!("answer type {} to {}", frame.kind, question.name),
             ));
         }
-        decode::chunk_blocks(frame.payload)?
-            .map_err(|status| cs_error(self.server, format!("block count: {status}")))
+        Ok(frame.payload)
     }
+}
+
+/// A question about one chunk replica: its packet type, the answer's type,
+/// and names for errors.
+struct ChunkQuestion {
+    ask: u32,
+    answer: u32,
+    name: &'static str,
+    what: &'static str,
 }
 
 /// Writes `bytes` within `limit`.

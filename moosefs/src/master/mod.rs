@@ -104,26 +104,17 @@ impl MasterSession {
         }
     }
 
-    /// Sends one request and returns the answer payload after the msgid.
-    /// `build` gets a packet that already holds the msgid.
+    /// Sends one request and returns the answer payload after the msgid,
+    /// reporting its latency and outcome to the observer. `build` gets a
+    /// packet that already holds the msgid.
     pub(crate) async fn request(
         &self,
         kind: u32,
         what: &'static str,
         build: impl FnOnce(Packet) -> Packet,
     ) -> Result<Bytes> {
-        self.request_with_timeout(kind, what, self.shared.cfg.request_timeout, build)
-            .await
-    }
-
-    pub(crate) async fn request_with_timeout(
-        &self,
-        kind: u32,
-        what: &'static str,
-        limit: Duration,
-        build: impl FnOnce(Packet) -> Packet,
-    ) -> Result<Bytes> {
         let started = Instant::now();
+        let limit = self.shared.cfg.request_timeout;
         let result = self.exchange(kind, what, limit, build).await;
         let outcome = match &result {
             Ok(answer) if answer_status(answer).is_some_and(|s| s != Status::OK) => "status",
@@ -137,6 +128,8 @@ impl MasterSession {
         result
     }
 
+    /// Waits for the link, registers the request under a fresh msgid, hands
+    /// it to the connection actor and waits at most `limit` for the answer.
     async fn exchange(
         &self,
         kind: u32,
