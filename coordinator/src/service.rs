@@ -14,7 +14,7 @@ use shared::jobs::{
     Outgoing, Publisher, RequestMessage, UploadEvent, MAX_BATCH_ITEMS, REQUESTS_QUEUE,
 };
 use shared::metrics::{metrics, Service};
-use shared::store::{state, Store};
+use shared::store::{state, OutboxRow, Store};
 use tokio_util::sync::CancellationToken;
 
 /// Abandoned rows the collector takes per round.
@@ -328,33 +328,18 @@ const RELAY_GATHER: Duration = Duration::from_millis(2);
 
 /// Publishes one batch of unsent rows; returns how many.
 pub async fn relay_once(store: &Store, publisher: &Publisher) -> Result<usize, String> {
-    let (mut tx, rows) = store
-        .claim_outbox(RELAY_BATCH as i64)
+    store
+        .relay_outbox(RELAY_BATCH as i64, async |rows: &[OutboxRow]| {
+            // Events waiting side by side leave as one message (up to
+            // EVENTS_PER_MESSAGE events); everything else one message per row.
+            let messages = Outgoing::coalesce(
+                rows.iter()
+                    .map(|r| (r.exchange.as_str(), r.routing_key.as_str(), &r.payload)),
+            );
+            publisher.publish_all(&messages).await
+        })
         .await
-        .map_err(|e| e.to_string())?;
-    if rows.is_empty() {
-        let _ = tx.rollback().await;
-        return Ok(0);
-    }
-    // Events waiting side by side leave as one message (up to
-    // EVENTS_PER_MESSAGE events); everything else one message per row.
-    let messages = Outgoing::coalesce(
-        rows.iter()
-            .map(|r| (r.exchange.as_str(), r.routing_key.as_str(), &r.payload)),
-    );
-    publisher
-        .publish_all(&messages)
-        .await
-        .map_err(|e| e.to_string())?;
-    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    Store::remove_sent(&mut tx, &ids)
-        .await
-        .map_err(|e| e.to_string())?;
-    tx.commit().await.map_err(|e| {
-        shared::metrics::postgres_error(&e);
-        e.to_string()
-    })?;
-    Ok(rows.len())
+        .map_err(|e| e.to_string())
 }
 
 /// The reconciler and garbage collector, one round every `tick`.

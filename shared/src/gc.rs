@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::ingest::{CompletionError, Ingest};
 use crate::moosefs::{DirEntry, MfsError, MfsPath, Name};
-use crate::store::{Abandoned, Leftover, Store};
+use crate::store::{Abandoned, Collected, Leftover};
 
 /// What one collector batch did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -61,27 +61,26 @@ impl Ingest {
     /// one that fails does not stop the others. Fails only if the batch
     /// cannot be claimed or recorded (PostgreSQL).
     pub async fn collect_garbage_batch(&self, limit: i64) -> Result<GcReport, CompletionError> {
-        let (mut tx, rows) = self.store.claim_abandoned(limit).await?;
-        let mut done = Vec::new();
-        let mut report = GcReport::default();
-        for row in &rows {
-            match self.collect_row(row).await {
-                Ok(RowEnd::Gone) => done.push(row.id),
-                Ok(RowEnd::Uncollectable(why)) => {
-                    tracing::error!(id = row.id, path = %row.path, %why, "abandoned row cannot be collected");
-                    Store::mark_uncollectable(&mut tx, row.id, &why).await?;
-                    report.failures.push(format!("row {}: {why}", row.id));
+        let mut failures = Vec::new();
+        let deleted = self
+            .store
+            .collect_abandoned(limit, async |row: &Abandoned| {
+                match self.collect_row(row).await {
+                    Ok(RowEnd::Gone) => Collected::Deleted,
+                    Ok(RowEnd::Uncollectable(why)) => {
+                        tracing::error!(id = row.id, path = %row.path, %why, "abandoned row cannot be collected");
+                        failures.push(format!("row {}: {why}", row.id));
+                        Collected::Uncollectable(why)
+                    }
+                    Err(e) => {
+                        tracing::warn!(id = row.id, path = %row.path, error = %e, "cannot collect; next round");
+                        failures.push(format!("row {}: {e}", row.id));
+                        Collected::Kept
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(id = row.id, path = %row.path, error = %e, "cannot collect; next round");
-                    report.failures.push(format!("row {}: {e}", row.id));
-                }
-            }
-        }
-        Store::mark_deleted(&mut tx, &done).await?;
-        tx.commit().await?;
-        report.deleted = done.len() as u64;
-        Ok(report)
+            })
+            .await?;
+        Ok(GcReport { deleted, failures })
     }
 
     /// Deletes one recorded inode if it is still at its recorded path.

@@ -1,11 +1,14 @@
 //! The mfs-ingest library shared by the coordinator and the worker.
 //!
 //! - [`moosefs`]: the native MooseFS client (no FUSE).
-//! - [`jobs`]: message schemas and the RabbitMQ topology, publisher, dead letters.
-//! - [`store`]: PostgreSQL (sessions, parts, abandoned inodes, outbox).
+//! - [`queue`]: message schemas and the RabbitMQ topology, publisher, consumer
+//!   (also reachable as `jobs`, its former name).
+//! - [`store`]: PostgreSQL, by table (sessions, parts, abandoned inodes,
+//!   outbox, placements), owning its transactions.
 //! - [`idempotency`]: Redis leases and markers.
 //! - [`source`]: `file://` and `http(s)://` sources.
-//! - [`ingest`]: the pipeline's steps (submit, part attempt, completion).
+//! - [`ingest`]: the pipeline's steps, a module each (request, attempt,
+//!   commit, complete, assemble, staging).
 //! - [`gc`]: garbage collection of staging inodes and the staging sweep.
 //! - [`process`]: logging and the shutdown signal.
 //! - [`retry`]: bounded exponential backoff, the one retry mechanism.
@@ -15,10 +18,10 @@ pub mod config;
 pub mod gc;
 pub mod idempotency;
 pub mod ingest;
-pub mod jobs;
 pub mod limits;
 pub mod metrics;
 pub mod process;
+pub mod queue;
 pub mod source;
 pub mod store;
 
@@ -26,3 +29,6 @@ pub mod store;
 // re-exported so `crate::moosefs::…` and `crate::retry::…` keep their paths.
 pub use moosefs;
 pub use moosefs::retry;
+
+/// The former name of [`queue`], kept so that callers' paths stay.
+pub use queue as jobs;
