@@ -175,6 +175,15 @@ impl Endpoint {
     where
         F: Fn(&[CommittedPart]) -> Result<FreezePlan, S3Error>,
     {
+        let etag = self.freeze_upload(upload, check).await?;
+        self.place_upload(upload, etag).await
+    }
+
+    /// The S3 checks and the freeze (fast: one transaction); the ETag.
+    async fn freeze_upload<F>(&self, upload: Uuid, check: F) -> S3Result<String>
+    where
+        F: Fn(&[CommittedPart]) -> Result<FreezePlan, S3Error>,
+    {
         let frozen = self
             .pipeline()
             .freeze(upload, &check)
@@ -199,6 +208,11 @@ impl Endpoint {
                 etag
             }
         };
+        Ok(etag)
+    }
+
+    /// The pipeline's completion of a frozen upload, then the object row.
+    async fn place_upload(&self, upload: Uuid, etag: String) -> S3Result<String> {
         match self
             .pipeline()
             .complete(upload)
@@ -1224,21 +1238,29 @@ impl S3 for Endpoint {
         // The completion may take long (a copy assembly): s3s answers 200 at
         // once and keeps the connection alive with whitespace until the
         // result (or an error document) follows in the body.
+        // The checks and the freeze first: their errors are ordinary S3
+        // errors (an error inside the keep-alive future is a bare 500).
+        let etag = match self
+            .freeze_upload(upload, |parts| {
+                plan_completion(&listed, parts, MIN_PART_BYTES)
+            })
+            .await
+        {
+            Ok(etag) => etag,
+            Err(e) => return observed("CompleteMultipartUpload", started, Err(e)),
+        };
         let endpoint = self.clone();
         let (bucket, key) = (input.bucket, input.key);
         let future = Box::pin(async move {
-            let result = endpoint
-                .finish_upload(upload, |parts| {
-                    plan_completion(&listed, parts, MIN_PART_BYTES)
-                })
-                .await
-                .map(|etag| CompleteMultipartUploadOutput {
+            let result = endpoint.place_upload(upload, etag).await.map(|etag| {
+                CompleteMultipartUploadOutput {
                     bucket: Some(bucket.clone()),
                     key: Some(key.clone()),
                     e_tag: Some(ETag::Strong(etag)),
                     location: Some(format!("/{bucket}/{key}")),
                     ..Default::default()
-                });
+                }
+            });
             observed("CompleteMultipartUpload", started, result)
         });
         Ok(S3Response::new(CompleteMultipartUploadOutput {
