@@ -28,6 +28,8 @@ enum Command {
     Run(Box<run::RunArgs>),
     /// MooseFS file operations over the native protocol (no FUSE mount).
     Mfs(mfs_cli::MfsArgs),
+    /// The S3-compatible endpoint (`serve`) and its access keys (`keys`).
+    S3(s3::cli::S3Args),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
     let default_filter = match cli.command {
         Command::Run(_) => "info,lapin=warn",
         Command::Mfs(_) => "warn",
+        Command::S3(_) => "info",
     };
     shared::process::init_logging(default_filter);
     // The CLI moves data between sockets and hashes it: one thread does that
@@ -48,6 +51,12 @@ fn main() -> ExitCode {
             .enable_all()
             .build(),
         Command::Run(args) if args.threads <= 1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        // The S3 endpoint hashes request bodies (MD5, CRCs) while other
+        // requests wait on the network: two threads.
+        Command::S3(_) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
             .enable_all()
             .build(),
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
@@ -66,6 +75,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run::run(*args).await,
             Command::Mfs(args) => mfs_cli::run(args).await,
+            Command::S3(args) => s3::cli::run(args).await,
         }
     });
     match result {

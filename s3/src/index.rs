@@ -1,0 +1,449 @@
+//! The S3 namespace in PostgreSQL (this crate's own tables, migration
+//! 0005): buckets, uploads (one per upload session), and the objects index
+//! that ListObjectsV2 reads (never a MooseFS walk).
+
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::pipeline::{Pipeline, PipelineError, Placed};
+
+/// An object as listed and read.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ObjectRow {
+    pub key: String,
+    pub inode: i64,
+    pub size: i64,
+    pub etag: String,
+    pub content_type: Option<String>,
+    pub metadata_json: serde_json::Value,
+    pub last_modified: chrono::DateTime<chrono::Utc>,
+}
+
+impl ObjectRow {
+    /// The `x-amz-meta-*` pairs.
+    pub fn metadata(&self) -> Option<s3s::dto::Metadata> {
+        let map = self.metadata_json.as_object()?;
+        if map.is_empty() {
+            return None;
+        }
+        Some(
+            map.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect(),
+        )
+    }
+}
+
+pub async fn bucket_exists(pool: &PgPool, bucket: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM s3_buckets WHERE name = $1)")
+        .bind(bucket)
+        .fetch_one(pool)
+        .await
+}
+
+pub async fn buckets(
+    pool: &PgPool,
+) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>, sqlx::Error> {
+    sqlx::query_as("SELECT name, created_at FROM s3_buckets ORDER BY name")
+        .fetch_all(pool)
+        .await
+}
+
+/// False if the bucket exists already.
+pub async fn create_bucket(pool: &PgPool, bucket: &str, who: &str) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO s3_buckets (name, created_by) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(bucket)
+    .bind(who)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn delete_bucket_row(pool: &PgPool, bucket: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM s3_buckets WHERE name = $1")
+        .bind(bucket)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub enum BucketDelete {
+    Deleted,
+    NoSuchBucket,
+    NotEmpty,
+}
+
+/// Deletes an empty bucket's rows in one transaction holding the bucket row
+/// (an upload being opened in it holds a key-share lock on it): no objects
+/// and no upload still receiving or completing. Ended uploads' rows go too.
+pub async fn delete_bucket(pool: &PgPool, bucket: &str) -> Result<BucketDelete, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let found: Option<String> =
+        sqlx::query_scalar("SELECT name FROM s3_buckets WHERE name = $1 FOR UPDATE")
+            .bind(bucket)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if found.is_none() {
+        return Ok(BucketDelete::NoSuchBucket);
+    }
+    let busy: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM s3_objects WHERE bucket = $1)
+             OR EXISTS (SELECT 1 FROM s3_uploads u JOIN upload_sessions s ON s.id = u.upload_id
+                         WHERE u.bucket = $1 AND s.state IN ('receiving', 'open', 'completing'))",
+    )
+    .bind(bucket)
+    .fetch_one(&mut *tx)
+    .await?;
+    if busy {
+        return Ok(BucketDelete::NotEmpty);
+    }
+    sqlx::query("DELETE FROM s3_uploads WHERE bucket = $1")
+        .bind(bucket)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM s3_buckets WHERE name = $1")
+        .bind(bucket)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(BucketDelete::Deleted)
+}
+
+/// An existing object that is a parent directory of `key` (`a` for `a/b`)
+/// or that `key` is a parent directory of (`a/b` for `a`).
+pub async fn conflicting_key(
+    pool: &PgPool,
+    bucket: &str,
+    key: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    let parents: Vec<&str> = key.match_indices('/').map(|(i, _)| &key[..i]).collect();
+    let below_from = format!("{key}/");
+    // '0' follows '/' in every collation order of bytes.
+    let below_to = format!("{key}0");
+    sqlx::query_scalar(
+        "SELECT key FROM s3_objects
+          WHERE bucket = $1
+            AND (key = ANY($2::text[]) OR (key >= $3 AND key < $4))
+          LIMIT 1",
+    )
+    .bind(bucket)
+    .bind(&parents)
+    .bind(&below_from)
+    .bind(&below_to)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Opens an S3 upload: its session (state `receiving`) and its row, in one
+/// transaction.
+pub async fn open_upload(
+    pipeline: &Pipeline,
+    bucket: &str,
+    key: &str,
+    multipart: bool,
+    content_type: Option<&str>,
+    metadata: Option<&s3s::dto::Metadata>,
+    who: &str,
+) -> Result<Uuid, PipelineError> {
+    let mut tx = pipeline.pool().begin().await?;
+    let id = pipeline.open_upload(&mut *tx, bucket, key, who).await?;
+    let metadata = serde_json::Value::Object(
+        metadata
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    );
+    sqlx::query(
+        "INSERT INTO s3_uploads (upload_id, bucket, key, multipart, content_type, metadata, created_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(id)
+    .bind(bucket)
+    .bind(key)
+    .bind(multipart)
+    .bind(content_type)
+    .bind(&metadata)
+    .bind(who)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// Whether `upload` is a multipart upload of `bucket`/`key`.
+pub async fn upload_of(
+    pool: &PgPool,
+    upload: Uuid,
+    bucket: &str,
+    key: &str,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM s3_uploads
+                         WHERE upload_id = $1 AND bucket = $2 AND key = $3 AND multipart)",
+    )
+    .bind(upload)
+    .bind(bucket)
+    .bind(key)
+    .fetch_one(pool)
+    .await
+}
+
+pub async fn upload_receiving(pool: &PgPool, upload: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM upload_sessions WHERE id = $1 AND state = 'receiving')",
+    )
+    .bind(upload)
+    .fetch_one(pool)
+    .await
+}
+
+/// Multipart uploads of a bucket still receiving parts, by key then start
+/// time, after the markers; whether more follow.
+pub async fn receiving_uploads(
+    pool: &PgPool,
+    bucket: &str,
+    prefix: &str,
+    key_marker: Option<&str>,
+    upload_id_marker: Option<&str>,
+    max: i32,
+) -> Result<(Vec<(Uuid, String, chrono::DateTime<chrono::Utc>)>, bool), sqlx::Error> {
+    let upload_marker = upload_id_marker.and_then(|u| Uuid::parse_str(u).ok());
+    let mut rows: Vec<(Uuid, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT u.upload_id, u.key, u.created_at
+           FROM s3_uploads u JOIN upload_sessions s ON s.id = u.upload_id
+          WHERE u.bucket = $1 AND u.multipart AND s.state = 'receiving'
+            AND starts_with(u.key, $2)
+            AND ($3::text IS NULL OR u.key > $3
+                 OR (u.key = $3 AND $4::uuid IS NOT NULL AND u.upload_id > $4))
+          ORDER BY u.key, u.upload_id
+          LIMIT $5",
+    )
+    .bind(bucket)
+    .bind(prefix)
+    .bind(key_marker)
+    .bind(upload_marker)
+    .bind(i64::from(max) + 1)
+    .fetch_all(pool)
+    .await?;
+    let truncated = rows.len() > max as usize;
+    rows.truncate(max as usize);
+    Ok((rows, truncated))
+}
+
+/// Records (or replaces) the object a completed upload put in place. Of two
+/// completions of one key the later one's row stays (their finish times
+/// follow the order their destination lock gave them).
+pub async fn record_object(
+    pool: &PgPool,
+    upload: Uuid,
+    placed: &Placed,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO s3_objects (bucket, key, session_id, inode, size, etag, content_type,
+                                 metadata, last_modified)
+         SELECT bucket, key, upload_id, $2, $3, etag, content_type, metadata, $4
+           FROM s3_uploads WHERE upload_id = $1
+         ON CONFLICT (bucket, key) DO UPDATE
+            SET session_id = EXCLUDED.session_id, inode = EXCLUDED.inode, size = EXCLUDED.size,
+                etag = EXCLUDED.etag, content_type = EXCLUDED.content_type,
+                metadata = EXCLUDED.metadata, checksums = '{}',
+                last_modified = EXCLUDED.last_modified
+          WHERE s3_objects.last_modified <= EXCLUDED.last_modified",
+    )
+    .bind(upload)
+    .bind(i64::from(placed.inode))
+    .bind(placed.size)
+    .bind(placed.finished_at)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Stores the `x-amz-checksum-*` values of a PutObject with its object row.
+pub async fn record_checksums(
+    pool: &PgPool,
+    bucket: &str,
+    key: &str,
+    upload: Uuid,
+    checksum: &s3s::dto::Checksum,
+) -> Result<(), sqlx::Error> {
+    let mut map = serde_json::Map::new();
+    for (name, value) in [
+        ("crc32", &checksum.checksum_crc32),
+        ("crc32c", &checksum.checksum_crc32c),
+        ("sha1", &checksum.checksum_sha1),
+        ("sha256", &checksum.checksum_sha256),
+        ("crc64nvme", &checksum.checksum_crc64nvme),
+    ] {
+        if let Some(v) = value {
+            map.insert(name.into(), serde_json::Value::String(v.clone()));
+        }
+    }
+    if map.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE s3_objects SET checksums = $4 WHERE bucket = $1 AND key = $2 AND session_id = $3",
+    )
+    .bind(bucket)
+    .bind(key)
+    .bind(upload)
+    .bind(serde_json::Value::Object(map))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+const OBJECT_COLUMNS: &str =
+    "key, inode, size, etag, content_type, metadata AS metadata_json, last_modified";
+
+pub async fn object(
+    pool: &PgPool,
+    bucket: &str,
+    key: &str,
+) -> Result<Option<ObjectRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {OBJECT_COLUMNS} FROM s3_objects WHERE bucket = $1 AND key = $2"
+    ))
+    .bind(bucket)
+    .bind(key)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Removes an object's row in the caller's transaction; its inode.
+pub async fn remove_object_in(
+    conn: &mut PgConnection,
+    bucket: &str,
+    key: &str,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("DELETE FROM s3_objects WHERE bucket = $1 AND key = $2 RETURNING inode")
+        .bind(bucket)
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await
+}
+
+/// One page of a listing.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub objects: Vec<ObjectRow>,
+    pub prefixes: Vec<String>,
+    /// Where the next page starts (after this key or prefix), if any.
+    pub next: Option<String>,
+}
+
+/// A key greater than every key that starts with `prefix` (in byte order:
+/// U+10FFFF is the largest scalar value, F4 8F BF BF in UTF-8).
+fn past_prefix(prefix: &str) -> String {
+    format!("{prefix}\u{10FFFF}")
+}
+
+/// Lists keys of `bucket` that start with `prefix`, after `after`, up to
+/// `max` entries (objects and common prefixes together), rolling keys that
+/// have `delimiter` after the prefix into common prefixes. A common prefix
+/// costs one query, not one row per key below it.
+pub async fn list(
+    pool: &PgPool,
+    bucket: &str,
+    prefix: &str,
+    delimiter: Option<&str>,
+    after: Option<&str>,
+    max: i32,
+) -> Result<Page, sqlx::Error> {
+    let mut page = Page::default();
+    let mut cursor = after.map(str::to_string);
+    let max = max.max(0) as usize;
+    if max == 0 {
+        return Ok(page);
+    }
+    loop {
+        let room = max - page.objects.len() - page.prefixes.len();
+        let limit = room + 1;
+        let batch: Vec<ObjectRow> = sqlx::query_as(&format!(
+            "SELECT {OBJECT_COLUMNS} FROM s3_objects
+              WHERE bucket = $1 AND starts_with(key, $2) AND ($3::text IS NULL OR key > $3)
+              ORDER BY key LIMIT $4"
+        ))
+        .bind(bucket)
+        .bind(prefix)
+        .bind(cursor.as_deref())
+        .bind(limit as i64)
+        .fetch_all(pool)
+        .await?;
+        let batch_len = batch.len();
+        let mut rolled_up = false;
+        for row in batch {
+            if page.objects.len() + page.prefixes.len() == max {
+                // One more entry exists: the page is truncated.
+                page.next = cursor;
+                return Ok(page);
+            }
+            let rolled = delimiter.and_then(|d| {
+                row.key[prefix.len()..]
+                    .find(d)
+                    .map(|i| row.key[..prefix.len() + i + d.len()].to_string())
+            });
+            match rolled {
+                Some(common) => {
+                    // Everything else under this prefix is skipped by a
+                    // fresh query from past it.
+                    cursor = Some(past_prefix(&common));
+                    page.prefixes.push(common);
+                    rolled_up = true;
+                    break;
+                }
+                None => {
+                    cursor = Some(row.key.clone());
+                    page.objects.push(row);
+                }
+            }
+        }
+        if !rolled_up && batch_len < limit {
+            return Ok(page);
+        }
+    }
+}
+
+/// A continuation token: the cursor, hex-encoded (opaque to clients).
+pub fn encode_token(cursor: &str) -> String {
+    cursor.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn decode_token(token: &str) -> Option<String> {
+    if token.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..token.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip() {
+        for cursor in ["", "a/b", "ünïcode/\u{10FFFF}"] {
+            assert_eq!(decode_token(&encode_token(cursor)).as_deref(), Some(cursor));
+        }
+        assert!(decode_token("zz").is_none());
+        assert!(decode_token("abc").is_none());
+    }
+
+    #[test]
+    fn past_prefix_sorts_after_every_key_below_the_prefix() {
+        let p = past_prefix("a/");
+        assert!(p.as_bytes() > "a/zzzz".as_bytes());
+        assert!(p.as_bytes() > "a/\u{FFFF}".as_bytes());
+        assert!(p.as_bytes() < "a0".as_bytes());
+    }
+}

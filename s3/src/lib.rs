@@ -1,0 +1,21 @@
+//! The S3-compatible endpoint of mfs-ingest (issue 14): clients push objects
+//! with any S3 client (aws-cli, boto3, rclone) and each upload is an upload
+//! session of the pipeline — parts written into fresh staging inodes under
+//! fencing tokens, every replica acknowledged and verified before the ETag
+//! is answered, completion in the pipeline's one locked transaction.
+//!
+//! - [`pipeline`]: the adapter, the only module that calls the shared crate.
+//! - [`service`]: the S3 operations (s3s's `S3` trait).
+//! - [`index`]: buckets, uploads and the objects index in PostgreSQL.
+//! - [`keys`]: access keys, SigV4 secrets, per-bucket access.
+//! - [`server`]: HTTP serving with body, time and concurrency limits.
+//! - [`metrics`]: S3 request metrics.
+//! - [`cli`]: `worker s3 serve` and `worker s3 keys …`.
+
+pub mod cli;
+pub mod index;
+pub mod keys;
+pub mod metrics;
+pub mod pipeline;
+pub mod server;
+pub mod service;

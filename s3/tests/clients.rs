@@ -1,0 +1,335 @@
+//! The S3 endpoint against real clients and the real stack: the endpoint is
+//! served in-process on a private PostgreSQL database and MooseFS root,
+//! then `tests/clients/s3_clients.py` drives it with boto3 and aws-cli.
+//! Afterwards every object the clients wrote is checked on the MooseFS side:
+//! each chunk has as many valid copies as the goal and the copies are
+//! identical (what `worker mfs replicas` checks), the bytes through the
+//! mount (if mounted) have the md5 the client sent, every upload is a
+//! session with its `upload.completed` event queued, and the garbage
+//! collector deletes exactly the abandoned staging inodes.
+//!
+//! Needs `scripts/stack up` (MFS_MASTER, MFS_MOUNT, DATABASE_URL) and
+//! python3 with boto3 + aws-cli (installed into a venv under /var/tmp if
+//! missing).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use clap::Parser;
+use s3::keys::{self, ServerKey};
+use s3::pipeline::{Pipeline, ServiceArgs};
+use shared::moosefs::{ClientConfig, MfsClient, MfsPath};
+
+fn env_or(key: &str, default: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| default.to_string())
+}
+
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    services: ServiceArgs,
+}
+
+/// A private database, dropped at the end.
+struct Db {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl Db {
+    async fn new(tag: &str) -> Db {
+        let base = env_or(
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/mfs_ingest",
+        );
+        let mut u = url::Url::parse(&base).unwrap();
+        u.set_path("/postgres");
+        let admin = u.to_string();
+        let name = format!("t_s3_{tag}");
+        let pool = sqlx::PgPool::connect(&admin).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        u.set_path(&format!("/{name}"));
+        Db {
+            admin,
+            name,
+            url: u.to_string(),
+        }
+    }
+
+    async fn drop_db(&self) {
+        let pool = sqlx::PgPool::connect(&self.admin).await.unwrap();
+        let _ = sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&pool)
+        .await;
+        pool.close().await;
+    }
+}
+
+/// A python3 that has boto3 and an `aws` next to it; a venv under /var/tmp
+/// is made if the system's lacks them.
+fn python_with_clients() -> (PathBuf, Option<PathBuf>) {
+    let has = |python: &Path| {
+        Command::new(python)
+            .args(["-c", "import boto3, awscli"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let system = PathBuf::from("python3");
+    if has(&system) && Command::new("aws").arg("--version").output().is_ok() {
+        return (system, None);
+    }
+    let venv = PathBuf::from("/var/tmp/mfs-ingest-s3-venv");
+    let python = venv.join("bin/python3");
+    if !has(&python) {
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 -m venv");
+        assert!(made.success(), "creating {}", venv.display());
+        let installed = Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "boto3", "awscli"])
+            .status()
+            .expect("pip install boto3 awscli");
+        assert!(installed.success(), "pip install boto3 awscli");
+    }
+    (python, Some(venv.join("bin")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_and_aws_cli_against_the_endpoint() {
+    let tag = format!("{:08x}", rand::random::<u32>());
+    let db = Db::new(&tag).await;
+    let mfs_root = format!("/tests-s3/{tag}");
+    let args = Args::parse_from([
+        "test",
+        "--database-url",
+        &db.url,
+        "--mfs-master",
+        &env_or("MFS_MASTER", "10.213.47.10:9421"),
+        "--mfs-root",
+        &mfs_root,
+    ]);
+    let mut cfg = ClientConfig::new(env_or("MFS_MASTER", "10.213.47.10:9421"));
+    cfg.master.client_info = "mfs-ingest s3 tests".into();
+    let mfs = MfsClient::connect(cfg).await.expect("MooseFS master");
+    let root_inode = mfs
+        .mkdir_all(&MfsPath::parse(&mfs_root).unwrap())
+        .await
+        .unwrap();
+    mfs.set_trash_time(root_inode, 0, true).await.unwrap();
+
+    let pipeline = Pipeline::connect(&args.services, "s3", "mfs-ingest s3 test", 16)
+        .await
+        .expect("pipeline");
+    Pipeline::migrate(pipeline.pool()).await.unwrap();
+    let server_key = ServerKey::new("a test server key of at least thirty-two bytes").unwrap();
+    let (bucket, bucket2) = (format!("b-{tag}"), format!("c-{tag}"));
+    let (key_id, secret) = keys::create(
+        pipeline.pool(),
+        &server_key,
+        &[bucket.clone(), bucket2.clone()],
+        "test",
+    )
+    .await
+    .unwrap();
+    let (other_id, other_secret) =
+        keys::create(pipeline.pool(), &server_key, &[bucket2.clone()], "other")
+            .await
+            .unwrap();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(s3::server::serve(
+        listener,
+        s3::cli::build_service(&pipeline, server_key),
+        s3::server::ServerLimits::default(),
+        shutdown.clone(),
+    ));
+
+    let workdir = tempfile::tempdir().unwrap();
+    let results = workdir.path().join("objects.jsonl");
+    std::fs::write(&results, "").unwrap();
+    let (python, venv_bin) = python_with_clients();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/s3_clients.py");
+    let mut path = std::env::var("PATH").unwrap_or_default();
+    if let Some(bin) = venv_bin {
+        path = format!("{}:{path}", bin.display());
+    }
+    let run = tokio::task::spawn_blocking({
+        let (endpoint, bucket, bucket2) = (endpoint.clone(), bucket.clone(), bucket2.clone());
+        let (workdir, results) = (workdir.path().to_path_buf(), results.clone());
+        move || {
+            Command::new(python)
+                .arg(script)
+                .env("PATH", path)
+                .env("S3_ENDPOINT", endpoint)
+                .env("S3_KEY_ID", key_id)
+                .env("S3_SECRET", secret)
+                .env("S3_OTHER_KEY_ID", other_id)
+                .env("S3_OTHER_SECRET", other_secret)
+                .env("S3_BUCKET", bucket)
+                .env("S3_BUCKET2", bucket2)
+                .env("S3_WORKDIR", workdir)
+                .env("S3_RESULTS", results)
+                .output()
+                .expect("run the client script")
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    println!("{stdout}");
+    eprintln!("{}", String::from_utf8_lossy(&run.stderr));
+    let passed = run.status.success();
+
+    let mut failures = Vec::new();
+    if passed {
+        // Every object the clients wrote, checked on the MooseFS side.
+        let mount = PathBuf::from(env_or("MFS_MOUNT", "/var/tmp/mfs-ingest/mnt"));
+        let objects = std::fs::read_to_string(&results).unwrap();
+        let mut checked = 0;
+        for line in objects.lines() {
+            let o: serde_json::Value = serde_json::from_str(line).unwrap();
+            let (b, k) = (o["bucket"].as_str().unwrap(), o["key"].as_str().unwrap());
+            let row: Option<(i64, i64, uuid::Uuid)> = sqlx::query_as(
+                "SELECT inode, size, session_id FROM s3_objects WHERE bucket = $1 AND key = $2",
+            )
+            .bind(b)
+            .bind(k)
+            .fetch_optional(pipeline.pool())
+            .await
+            .unwrap();
+            let Some((inode, size, session)) = row else {
+                failures.push(format!("{b}/{k}: no object row"));
+                continue;
+            };
+            if size != o["size"].as_i64().unwrap() {
+                failures.push(format!("{b}/{k}: size {size} != {}", o["size"]));
+            }
+            let state: String =
+                sqlx::query_scalar("SELECT state FROM upload_sessions WHERE id = $1")
+                    .bind(session)
+                    .fetch_one(pipeline.pool())
+                    .await
+                    .unwrap();
+            if state != "completed" {
+                failures.push(format!("{b}/{k}: session {session} is {state}"));
+            }
+            for chunk in mfs.replica_report(inode as u32).await.unwrap() {
+                if chunk.chunk_id != 0 && (chunk.valid_copies() != 3 || !chunk.copies_identical()) {
+                    failures.push(format!(
+                        "{b}/{k}: chunk {} has {} valid copies, identical: {}",
+                        chunk.index,
+                        chunk.valid_copies(),
+                        chunk.copies_identical()
+                    ));
+                }
+            }
+            let through_mount = mount
+                .join(mfs_root.trim_start_matches('/'))
+                .join("s3")
+                .join(b)
+                .join(k);
+            if mount.join(mfs_root.trim_start_matches('/')).is_dir() {
+                let bytes = std::fs::read(&through_mount).unwrap();
+                let md5 = format!("{:x}", md5::Md5::digest(&bytes));
+                if md5 != o["md5"].as_str().unwrap() {
+                    failures.push(format!("{b}/{k}: md5 through the mount {md5}"));
+                }
+            }
+            checked += 1;
+        }
+        assert!(checked >= 8, "only {checked} objects were recorded");
+        println!("{checked} objects: 3 identical copies of every chunk, md5 through the mount");
+
+        // One system: every completed S3 upload queued its upload.completed
+        // event like any session.
+        let completed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM upload_sessions WHERE request_id LIKE 's3:%' AND state = 'completed'",
+        )
+        .fetch_one(pipeline.pool())
+        .await
+        .unwrap();
+        let events: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM outbox, jsonb_array_elements(
+                 CASE jsonb_typeof(payload->'events') WHEN 'array' THEN payload->'events'
+                      ELSE jsonb_build_array(payload) END) AS e
+              WHERE e->>'event' = 'upload.completed' AND e->>'request_id' LIKE 's3:%'",
+        )
+        .fetch_one(pipeline.pool())
+        .await
+        .unwrap();
+        if events != completed || completed < 10 {
+            failures.push(format!(
+                "{completed} completed S3 sessions but {events} upload.completed events queued"
+            ));
+        }
+
+        // Garbage: replaced parts, unlisted parts, aborted uploads, parts of
+        // assembled files. The pipeline's collector deletes them, and no
+        // object loses a byte.
+        let ingest = args
+            .services
+            .ingest("mfs-ingest s3 test gc", 2)
+            .await
+            .unwrap();
+        let pending = ingest.store.pending_abandoned().await.unwrap();
+        if pending.is_empty() {
+            failures.push("no abandoned staging inodes were recorded".into());
+        }
+        let mut collected = 0;
+        for _ in 0..10 {
+            collected += ingest.collect_garbage(1000).await.unwrap();
+            if ingest.store.pending_abandoned().await.unwrap().is_empty() {
+                break;
+            }
+        }
+        let left = ingest.store.pending_abandoned().await.unwrap();
+        if !left.is_empty() {
+            failures.push(format!("{} abandoned inodes not collected", left.len()));
+        }
+        println!(
+            "collected {collected} of {} abandoned staging inodes",
+            pending.len()
+        );
+        for line in objects.lines() {
+            let o: serde_json::Value = serde_json::from_str(line).unwrap();
+            let (b, k) = (o["bucket"].as_str().unwrap(), o["key"].as_str().unwrap());
+            let inode: i64 =
+                sqlx::query_scalar("SELECT inode FROM s3_objects WHERE bucket = $1 AND key = $2")
+                    .bind(b)
+                    .bind(k)
+                    .fetch_one(pipeline.pool())
+                    .await
+                    .unwrap();
+            let bytes = mfs.read_all(inode as u32).await.unwrap();
+            let md5 = format!("{:x}", md5::Md5::digest(&bytes));
+            if md5 != o["md5"].as_str().unwrap() {
+                failures.push(format!("{b}/{k}: md5 after GC {md5}"));
+            }
+        }
+        ingest.mfs.close().await;
+    }
+
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
+    pipeline.close().await;
+    let _ = mfs.remove(&MfsPath::parse(&mfs_root).unwrap(), true).await;
+    mfs.close().await;
+    db.drop_db().await;
+    assert!(passed, "the client script failed:\n{stdout}");
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+use md5::Digest;
