@@ -329,7 +329,7 @@ const RELAY_GATHER: Duration = Duration::from_millis(2);
 /// Publishes one batch of unsent rows; returns how many.
 pub async fn relay_once(store: &Store, publisher: &Publisher) -> Result<usize, String> {
     store
-        .relay_outbox(RELAY_BATCH as i64, async |rows: &[OutboxRow]| {
+        .relay_outbox(RELAY_BATCH as i64, |rows: Vec<OutboxRow>| async move {
             // Events waiting side by side leave as one message (up to
             // EVENTS_PER_MESSAGE events); everything else one message per row.
             let messages = Outgoing::coalesce(

@@ -61,25 +61,30 @@ impl Ingest {
     /// one that fails does not stop the others. Fails only if the batch
     /// cannot be claimed or recorded (PostgreSQL).
     pub async fn collect_garbage_batch(&self, limit: i64) -> Result<GcReport, CompletionError> {
-        let mut failures = Vec::new();
+        let failures = std::sync::Mutex::new(Vec::new());
+        let failed = |line: String| failures.lock().unwrap_or_else(|p| p.into_inner()).push(line);
         let deleted = self
             .store
-            .collect_abandoned(limit, async |row: &Abandoned| {
-                match self.collect_row(row).await {
-                    Ok(RowEnd::Gone) => Collected::Deleted,
-                    Ok(RowEnd::Uncollectable(why)) => {
-                        tracing::error!(id = row.id, path = %row.path, %why, "abandoned row cannot be collected");
-                        failures.push(format!("row {}: {why}", row.id));
-                        Collected::Uncollectable(why)
-                    }
-                    Err(e) => {
-                        tracing::warn!(id = row.id, path = %row.path, error = %e, "cannot collect; next round");
-                        failures.push(format!("row {}: {e}", row.id));
-                        Collected::Kept
+            .collect_abandoned(limit, |row: Abandoned| {
+                let failed = &failed;
+                async move {
+                    match self.collect_row(&row).await {
+                        Ok(RowEnd::Gone) => Collected::Deleted,
+                        Ok(RowEnd::Uncollectable(why)) => {
+                            tracing::error!(id = row.id, path = %row.path, %why, "abandoned row cannot be collected");
+                            failed(format!("row {}: {why}", row.id));
+                            Collected::Uncollectable(why)
+                        }
+                        Err(e) => {
+                            tracing::warn!(id = row.id, path = %row.path, error = %e, "cannot collect; next round");
+                            failed(format!("row {}: {e}", row.id));
+                            Collected::Kept
+                        }
                     }
                 }
             })
             .await?;
+        let failures = failures.into_inner().unwrap_or_else(|p| p.into_inner());
         Ok(GcReport { deleted, failures })
     }
 

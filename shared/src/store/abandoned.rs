@@ -102,11 +102,15 @@ impl Store {
     /// MooseFS), and records what it says: deleted rows are marked so, an
     /// uncollectable row leaves the queue with its reason, a kept row waits
     /// for the next pass. Returns how many were deleted.
-    pub async fn collect_abandoned(
+    pub async fn collect_abandoned<F, Fut>(
         &self,
         limit: i64,
-        mut collect: impl AsyncFnMut(&Abandoned) -> Collected,
-    ) -> Result<u64, StoreError> {
+        mut collect: F,
+    ) -> Result<u64, StoreError>
+    where
+        F: FnMut(Abandoned) -> Fut,
+        Fut: std::future::Future<Output = Collected>,
+    {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<Abandoned> = sqlx::query_as(
             "SELECT a.id, a.inode, a.path FROM abandoned_inodes a
@@ -125,7 +129,7 @@ impl Store {
         .await?;
         let mut deleted = Vec::new();
         for row in &rows {
-            match collect(row).await {
+            match collect(row.clone()).await {
                 Collected::Deleted => deleted.push(row.id),
                 Collected::Uncollectable(why) => mark_uncollectable(&mut tx, row.id, &why).await?,
                 Collected::Kept => {}

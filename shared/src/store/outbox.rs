@@ -81,11 +81,16 @@ impl Store {
     /// `publish`, and deletes them once it returned `Ok` (the broker
     /// confirmed them). Returns how many rows were sent; 0 without calling
     /// `publish` when there are none.
-    pub async fn relay_outbox<E: std::error::Error + 'static>(
+    pub async fn relay_outbox<E, F, Fut>(
         &self,
         limit: i64,
-        publish: impl AsyncFnOnce(&[OutboxRow]) -> Result<(), E>,
-    ) -> Result<usize, OutboxRelayError<E>> {
+        publish: F,
+    ) -> Result<usize, OutboxRelayError<E>>
+    where
+        E: std::error::Error + 'static,
+        F: FnOnce(Vec<OutboxRow>) -> Fut,
+        Fut: std::future::Future<Output = Result<(), E>>,
+    {
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
         let rows: Vec<OutboxRow> = sqlx::query_as(
             "SELECT id, exchange, routing_key, payload FROM outbox
@@ -99,11 +104,11 @@ impl Store {
             let _ = tx.rollback().await;
             return Ok(0);
         }
-        publish(&rows).await.map_err(OutboxRelayError::Publish)?;
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        publish(rows).await.map_err(OutboxRelayError::Publish)?;
         remove_sent(&mut tx, &ids).await?;
         tx.commit().await.map_err(StoreError::from)?;
-        Ok(rows.len())
+        Ok(ids.len())
     }
 }
 
