@@ -25,7 +25,7 @@ use bytes::Bytes;
 use futures::Stream;
 use shared::ingest::{Completion, CompletionError, Ingest};
 use shared::moosefs::{MfsError, MfsPath, Name, ReplicaChoice, WriteOptions};
-use shared::store::{state, Store, StoreError};
+use shared::store::{state, SessionLock, Store, StoreError};
 use sqlx::PgPool;
 use tokio::io::AsyncRead;
 use uuid::Uuid;
@@ -144,13 +144,13 @@ pub enum Completed {
 /// A key's destination lock, held by an open transaction the caller may
 /// write in ([`KeyLock::conn`]).
 pub struct KeyLock {
-    tx: shared::store::Tx,
+    lock: SessionLock,
     full: MfsPath,
 }
 
 impl KeyLock {
     pub fn conn(&mut self) -> &mut sqlx::PgConnection {
-        &mut self.tx
+        self.lock.conn()
     }
 }
 
@@ -562,7 +562,7 @@ impl Pipeline {
         upload: Uuid,
         check: impl FnOnce(&[CommittedPart]) -> Result<FreezePlan, E>,
     ) -> Result<Frozen<E>, PipelineError> {
-        let (mut tx, session) = self.ingest.store.lock_session(upload).await?;
+        let (mut lock, session) = self.ingest.store.lock_session(upload).await?;
         let Some(session) = session else {
             return Ok(Frozen::Gone);
         };
@@ -570,9 +570,9 @@ impl Pipeline {
             let frozen: Option<(Option<String>, Option<serde_json::Value>)> =
                 sqlx::query_as("SELECT etag, completed_parts FROM s3_uploads WHERE upload_id = $1")
                     .bind(upload)
-                    .fetch_optional(&mut *tx)
+                    .fetch_optional(lock.conn())
                     .await?;
-            tx.rollback().await?;
+            lock.rollback().await?;
             return Ok(match frozen {
                 Some((Some(etag), Some(listed)))
                     if session.state == state::OPEN || session.state == state::COMPLETED =>
@@ -586,11 +586,11 @@ impl Pipeline {
                 _ => Frozen::Gone,
             });
         }
-        let parts = committed_parts_in(&mut *tx, upload).await?;
+        let parts = committed_parts_in(lock.conn(), upload).await?;
         let plan = match check(&parts) {
             Ok(plan) => plan,
             Err(e) => {
-                tx.rollback().await?;
+                lock.rollback().await?;
                 return Ok(Frozen::Refused(e));
             }
         };
@@ -632,7 +632,7 @@ impl Pipeline {
         .bind(&md5s)
         .bind(&crcs)
         .bind(&*self.worker)
-        .execute(&mut *tx)
+        .execute(lock.conn())
         .await?;
         sqlx::query(
             "INSERT INTO abandoned_inodes (inode, path, session_id, part_number, fencing_token, reason)
@@ -644,7 +644,7 @@ impl Pipeline {
         )
         .bind(upload)
         .bind(&plan.part_numbers)
-        .execute(&mut *tx)
+        .execute(lock.conn())
         .await?;
         sqlx::query(
             "UPDATE upload_sessions SET state = $2, size = $3, part_size = $4, part_count = $5,
@@ -656,15 +656,15 @@ impl Pipeline {
         .bind(offset)
         .bind(part_size)
         .bind(chosen.len() as i32)
-        .execute(&mut *tx)
+        .execute(lock.conn())
         .await?;
         sqlx::query("UPDATE s3_uploads SET etag = $2, completed_parts = $3 WHERE upload_id = $1")
             .bind(upload)
             .bind(&plan.etag)
             .bind(&plan.listed)
-            .execute(&mut *tx)
+            .execute(lock.conn())
             .await?;
-        tx.commit().await?;
+        lock.commit().await?;
         Ok(Frozen::Now { etag: plan.etag })
     }
 
@@ -718,12 +718,12 @@ impl Pipeline {
         new_state: &'static str,
         why: &str,
     ) -> Result<bool, PipelineError> {
-        let (mut tx, session) = self.ingest.store.lock_session(upload).await?;
+        let (mut lock, session) = self.ingest.store.lock_session(upload).await?;
         let Some(session) = session.filter(|s| s.state == RECEIVING) else {
-            tx.rollback().await?;
+            lock.rollback().await?;
             return Ok(false);
         };
-        Store::end_in(&mut tx, &session, new_state, why).await?;
+        lock.end(&session, new_state, why).await?;
         sqlx::query(
             "INSERT INTO abandoned_inodes (inode, path, session_id, part_number, fencing_token, reason)
              SELECT staging_inode, staging_path, upload_id, part_number, committed_token, $2
@@ -731,9 +731,9 @@ impl Pipeline {
         )
         .bind(upload)
         .bind(format!("s3 upload {new_state}"))
-        .execute(&mut *tx)
+        .execute(lock.conn())
         .await?;
-        tx.commit().await?;
+        lock.commit().await?;
         shared::metrics::session_finished(new_state, session.created_at);
         Ok(true)
     }
@@ -743,16 +743,19 @@ impl Pipeline {
     /// and a completion of one key never interleave.
     pub async fn lock_key(&self, bucket: &str, key: &str) -> Result<KeyLock, PipelineError> {
         let full = self.full_path(&self.object_rel_path(bucket, key)?);
-        let mut tx = self.pool().begin().await?;
-        Store::lock_destinations_in(&mut tx, &[full.to_string()]).await?;
-        Ok(KeyLock { tx, full })
+        let lock = self
+            .ingest
+            .store
+            .lock_destinations(&[full.to_string()])
+            .await?;
+        Ok(KeyLock { lock, full })
     }
 
     /// Removes a locked key's file if it is still `inode`, commits the
     /// lock's transaction (with whatever the caller wrote in it), then
     /// removes the empty directories above it up to the bucket.
     pub async fn remove_locked_file(&self, lock: KeyLock, inode: i64) -> Result<(), PipelineError> {
-        let KeyLock { tx, full } = lock;
+        let KeyLock { lock, full } = lock;
         let (parent_path, name) = full.split_last().expect("an object path has a name");
         let mfs = &self.ingest.mfs;
         match mfs.resolve(&parent_path).await {
@@ -768,7 +771,7 @@ impl Pipeline {
             Err(MfsError::NotFound(_)) => {}
             Err(e) => return Err(e.into()),
         }
-        tx.commit().await?;
+        lock.commit().await?;
         let bucket_depth = self.full_path(&self.s3_root).components().len() + 1;
         let mut dir = parent_path;
         while dir.components().len() > bucket_depth {

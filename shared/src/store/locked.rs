@@ -61,6 +61,19 @@ impl Store {
     }
 }
 
+impl Store {
+    /// A transaction holding only the advisory locks of `dests` (full
+    /// MooseFS paths): what a completion to one of them takes, so whatever
+    /// the holder does to those paths never interleaves with a completion.
+    pub async fn lock_destinations(&self, dests: &[String]) -> Result<SessionLock, StoreError> {
+        let mut lock = SessionLock {
+            tx: self.pool.begin().await?,
+        };
+        lock.lock_destinations(dests).await?;
+        Ok(lock)
+    }
+}
+
 /// A transaction holding session rows locked; see the module documentation.
 #[must_use = "a lock rolls back when dropped: commit or roll it back"]
 pub struct SessionLock {
@@ -91,6 +104,13 @@ impl SessionLock {
     /// transaction: completions to one destination run one after the other.
     pub async fn lock_destinations(&mut self, dests: &[String]) -> Result<(), StoreError> {
         lock_destinations_in(&mut self.tx, dests).await
+    }
+
+    /// The transaction's connection, for a room that keeps tables of its own
+    /// (the S3 endpoint's uploads and parts) and must write them under the
+    /// same locks, in the same transaction.
+    pub fn conn(&mut self) -> &mut sqlx::PgConnection {
+        &mut self.tx
     }
 
     /// Commits: the locks are released and every write stands.
