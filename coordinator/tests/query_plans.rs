@@ -323,6 +323,8 @@ async fn pad(pool: &sqlx::PgPool, p: Padding) {
         "SET statement_timeout = 0",
         "SET synchronous_commit = off",
         "SET session_replication_role = replica",
+        "ALTER TABLE s3_parts SET UNLOGGED",
+        "ALTER TABLE s3_uploads SET UNLOGGED",
         "ALTER TABLE upload_parts SET UNLOGGED",
         "ALTER TABLE upload_sessions SET UNLOGGED",
         "ALTER TABLE abandoned_inodes SET UNLOGGED",

@@ -148,7 +148,7 @@ pub async fn open_upload(
     who: &str,
 ) -> Result<Uuid, PipelineError> {
     let mut tx = pipeline.pool().begin().await?;
-    let id = pipeline.open_upload(&mut *tx, bucket, key, who).await?;
+    let id = pipeline.open_upload(&mut tx, bucket, key, who).await?;
     let metadata = serde_json::Value::Object(
         metadata
             .map(|m| {
@@ -416,7 +416,7 @@ pub fn encode_token(cursor: &str) -> String {
 }
 
 pub fn decode_token(token: &str) -> Option<String> {
-    if token.len() % 2 != 0 {
+    if !token.len().is_multiple_of(2) {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..token.len())

@@ -842,20 +842,23 @@ async fn record_abandoned(
     Ok(())
 }
 
+/// One `s3_parts` row as `committed_parts_in` selects it.
+type CommittedPartRow = (
+    i32,
+    i32,
+    i64,
+    String,
+    i64,
+    i64,
+    String,
+    chrono::DateTime<chrono::Utc>,
+);
+
 async fn committed_parts_in<'e>(
     db: impl sqlx::PgExecutor<'e>,
     upload: Uuid,
 ) -> Result<Vec<CommittedPart>, PipelineError> {
-    let rows: Vec<(
-        i32,
-        i32,
-        i64,
-        String,
-        i64,
-        i64,
-        String,
-        chrono::DateTime<chrono::Utc>,
-    )> = sqlx::query_as(
+    let rows: Vec<CommittedPartRow> = sqlx::query_as(
         "SELECT part_number, committed_token, size, md5, crc32c, staging_inode, staging_path,
                 committed_at
            FROM s3_parts WHERE upload_id = $1 AND committed_token IS NOT NULL

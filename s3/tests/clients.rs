@@ -142,10 +142,14 @@ async fn boto3_and_aws_cli_against_the_endpoint() {
     )
     .await
     .unwrap();
-    let (other_id, other_secret) =
-        keys::create(pipeline.pool(), &server_key, &[bucket2.clone()], "other")
-            .await
-            .unwrap();
+    let (other_id, other_secret) = keys::create(
+        pipeline.pool(),
+        &server_key,
+        std::slice::from_ref(&bucket2),
+        "other",
+    )
+    .await
+    .unwrap();
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());

@@ -62,7 +62,12 @@ impl Ingest {
     /// cannot be claimed or recorded (PostgreSQL).
     pub async fn collect_garbage_batch(&self, limit: i64) -> Result<GcReport, CompletionError> {
         let failures = std::sync::Mutex::new(Vec::new());
-        let failed = |line: String| failures.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+        let failed = |line: String| {
+            failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(line)
+        };
         let deleted = self
             .store
             .collect_abandoned(limit, |row: Abandoned| {
