@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use shared::config::{ConfigError, PartLimitArgs, ServiceArgs};
-use shared::idempotency::Idempotency;
 use shared::ingest::{Ingest, WriteBudget};
-use shared::jobs::{Publisher, PARTS_QUEUE};
+use shared::jobs::PARTS_QUEUE;
 use shared::metrics::metrics;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -106,17 +105,7 @@ impl App {
             .with_label_values(&[worker_id.as_str()])
             .set(0);
         let ingest = connect(&config, &worker_id).await?;
-        let ctx = Arc::new(WorkerCtx {
-            idempotency: Idempotency::new(&config.services.redis_url),
-            publisher: Publisher::new(
-                &config.services.amqp_url,
-                &format!("worker {worker_id} publisher"),
-            ),
-            ingest,
-            worker_id,
-            max_attempts: config.max_attempts,
-            lease_ttl: Duration::from_secs(config.lease_secs),
-        });
+        let ctx = Arc::new(WorkerCtx::new(&config, ingest, worker_id));
         let (listener, addr) =
             crate::http::bind(config.http_addr)
                 .await

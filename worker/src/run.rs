@@ -21,14 +21,33 @@ use shared::jobs::{
 };
 use shared::metrics::{metrics, InFlight};
 
+use crate::app::Config;
+
 /// What a handler needs.
 pub(crate) struct WorkerCtx {
     pub(crate) ingest: Ingest,
-    pub(crate) idempotency: Idempotency,
-    pub(crate) publisher: Publisher,
+    idempotency: Idempotency,
+    publisher: Publisher,
     pub(crate) worker_id: String,
-    pub(crate) max_attempts: i64,
-    pub(crate) lease_ttl: Duration,
+    max_attempts: i64,
+    lease_ttl: Duration,
+}
+
+impl WorkerCtx {
+    /// The handler's context for `worker_id` on `ingest`, as `config` says.
+    pub(crate) fn new(config: &Config, ingest: Ingest, worker_id: String) -> WorkerCtx {
+        WorkerCtx {
+            idempotency: Idempotency::new(&config.services.redis_url),
+            publisher: Publisher::new(
+                &config.services.amqp_url,
+                &format!("worker {worker_id} publisher"),
+            ),
+            ingest,
+            worker_id,
+            max_attempts: config.max_attempts,
+            lease_ttl: Duration::from_secs(config.lease_secs),
+        }
+    }
 }
 
 async fn ack(delivery: &Delivery) {
