@@ -5,16 +5,14 @@
 //! adopted, timeouts and deadlines on the work under the session row lock,
 //! directory destinations refused.
 
-mod pipeline_support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use pipeline_support::*;
 use shared::ingest::{AttemptHooks, Completion, CompletionError, Ingest, PartOutcome};
 use shared::jobs::{PartJob, EVENTS_EXCHANGE};
 use shared::moosefs::MfsPath;
 use shared::store::{DbTimeouts, Session, Store};
+use testkit::*;
 use uuid::Uuid;
 
 /// Runs one attempt of every part of a session in this process (in order).

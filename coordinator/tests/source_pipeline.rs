@@ -5,13 +5,11 @@
 //! `Content-Range`, and one that drips bytes past the part deadline.
 
 mod origin_support;
-mod pipeline_support;
-
 use std::time::{Duration, SystemTime};
 
 use origin_support::{Behaviour, Origin};
-use pipeline_support::{md5_file, md5_hex, Pipeline};
 use rand::{RngCore, SeedableRng};
+use testkit::{md5_file, md5_hex, Pipeline};
 
 const MIB: usize = 1 << 20;
 const HOSTS: (&str, &str) = ("INGEST_HTTP_SOURCE_HOSTS", "127.0.0.1");
