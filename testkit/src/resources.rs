@@ -151,6 +151,18 @@ pub async fn create_database(name: &str) {
     admin.pool.close().await;
 }
 
+/// Whether a database `name` exists on the server of `DATABASE_URL`.
+pub async fn database_exists(name: &str) -> bool {
+    let admin = admin().await;
+    let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(name)
+        .fetch_optional(&admin.pool)
+        .await
+        .expect("list the databases");
+    admin.pool.close().await;
+    found.is_some()
+}
+
 /// `DROP DATABASE IF EXISTS name WITH (FORCE)`, best effort.
 pub async fn drop_database(name: &str) {
     if let Ok(admin) = Store::connect(&format!("{}/postgres", pg_base()), 1).await {

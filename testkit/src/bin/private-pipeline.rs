@@ -4,13 +4,16 @@
 //! database (migrated), the vhost, the MooseFS root and the source
 //! directory and prints the environment for the binaries as KEY=VALUE
 //! lines (and PIPELINE_DB_NAME, PIPELINE_VHOST); if any step fails it
-//! removes what it made. `down` removes them all, as far as they exist.
+//! removes what it made; a tag whose database exists is refused (it is
+//! someone's pipeline). `down` removes them all, as far as they exist.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use testkit::resources::{PrivateResources, DEFAULT_MFS_PARENT, DEFAULT_SOURCES_PARENT};
+use testkit::resources::{
+    database_exists, PrivateResources, DEFAULT_MFS_PARENT, DEFAULT_SOURCES_PARENT,
+};
 
 #[derive(Parser)]
 #[command(
@@ -82,15 +85,30 @@ fn main() -> ExitCode {
     let created = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let runtime = tokio::runtime::Runtime::new().expect("a runtime");
         runtime.block_on(async {
+            // A tag in use is someone else's pipeline: refuse it, remove nothing.
+            if database_exists(&resources.db_name).await {
+                return false;
+            }
             let (store, mfs) = resources.create("private-pipeline").await;
             store.pool.close().await;
             mfs.close().await;
+            true
         })
     }));
-    if created.is_err() {
-        eprintln!("error: creating the private pipeline failed; removing what was made");
-        resources.remove();
-        return ExitCode::FAILURE;
+    match created {
+        Ok(true) => {}
+        Ok(false) => {
+            eprintln!(
+                "error: the tag {} is in use (its database exists)",
+                resources.tag
+            );
+            return ExitCode::FAILURE;
+        }
+        Err(_) => {
+            eprintln!("error: creating the private pipeline failed; removing what was made");
+            resources.remove();
+            return ExitCode::FAILURE;
+        }
     }
     for (key, value) in resources.env() {
         println!("{key}={value}");
