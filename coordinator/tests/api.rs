@@ -59,9 +59,16 @@ async fn start_with(token: Option<&str>, http_source_hosts: &[&str]) -> TestApi 
     api
 }
 
-/// A second open API on `ingest` (whose services may be down), sharing
+/// A second open API on `store` and `mfs` (one of them down), sharing
 /// `up`'s root and settings; it leaves the root to `up`.
-async fn serve_beside(up: &TestApi, ingest: Ingest) -> TestApi {
+async fn serve_beside(up: &TestApi, store: Store, mfs: MfsClient) -> TestApi {
+    let ingest = Ingest {
+        cfg: up.ingest.cfg.clone(),
+        store,
+        mfs,
+        dirs: Default::default(),
+        write_budget: Default::default(),
+    };
     let place = ApiPlace {
         args: up.args.clone(),
         sources: TestApi::source_dir("api"),
@@ -729,6 +736,19 @@ async fn probes_metrics_and_unknown_routes() {
     problem(delete, StatusCode::METHOD_NOT_ALLOWED, "DELETE /healthz").await;
 }
 
+/// `/readyz` of `api` is 503 naming the service `down` and not `up`.
+async fn readyz_names_only(api: &TestApi, down: &str, up: &str) -> Value {
+    let p = problem(
+        api.get("/readyz").await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!("readyz, {down} down"),
+    )
+    .await;
+    let detail = p["detail"].as_str().unwrap();
+    assert!(detail.contains(down) && !detail.contains(up), "{p}");
+    p
+}
+
 #[tokio::test]
 async fn service_failures_are_503_without_internals() {
     // MooseFS gone (a closed client), PostgreSQL fine.
@@ -737,25 +757,8 @@ async fn service_failures_are_503_without_internals() {
         .await
         .unwrap();
     closed.close().await;
-    let ingest = Ingest {
-        cfg: up.ingest.cfg.clone(),
-        store: up.ingest.store.clone(),
-        mfs: closed,
-        dirs: Default::default(),
-        write_budget: Default::default(),
-    };
-    let no_mfs = serve_beside(&up, ingest).await;
-    let p = problem(
-        no_mfs.get("/readyz").await,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "readyz, MooseFS down",
-    )
-    .await;
-    let detail = p["detail"].as_str().unwrap();
-    assert!(
-        detail.contains("MooseFS") && !detail.contains("PostgreSQL"),
-        "{p}"
-    );
+    let no_mfs = serve_beside(&up, up.ingest.store.clone(), closed).await;
+    let p = readyz_names_only(&no_mfs, "MooseFS", "PostgreSQL").await;
     assert_eq!(p["checks"]["moosefs"], "down");
     assert_eq!(p["checks"]["postgresql"], "ok");
     // Validation of the dest against MooseFS fails: nothing is written.
@@ -788,25 +791,8 @@ async fn service_failures_are_503_without_internals() {
         .acquire_timeout(Duration::from_secs(1))
         .connect_lazy(dead_url)
         .unwrap();
-    let ingest = Ingest {
-        cfg: up.ingest.cfg.clone(),
-        store: Store { pool },
-        mfs: up.ingest.mfs.clone(),
-        dirs: Default::default(),
-        write_budget: Default::default(),
-    };
-    let no_db = serve_beside(&up, ingest).await;
-    let p = problem(
-        no_db.get("/readyz").await,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "readyz, PostgreSQL down",
-    )
-    .await;
-    let detail = p["detail"].as_str().unwrap();
-    assert!(
-        detail.contains("PostgreSQL") && !detail.contains("MooseFS"),
-        "{p}"
-    );
+    let no_db = serve_beside(&up, Store { pool }, up.ingest.mfs.clone()).await;
+    readyz_names_only(&no_db, "PostgreSQL", "MooseFS").await;
     let p = problem(
         no_db.post("/v1/uploads", &req).await,
         StatusCode::SERVICE_UNAVAILABLE,
