@@ -28,7 +28,7 @@ use crate::service::{self, Intervals};
 /// Settings of `coordinator serve`: flags, or the environment variables
 /// named in `--help` (read by clap when the config is parsed, never by the
 /// app itself).
-#[derive(Parser, Debug, Clone)]
+#[derive(Parser, Clone)]
 pub struct Config {
     #[command(flatten)]
     pub services: ServiceArgs,
@@ -62,7 +62,8 @@ pub struct Config {
 }
 
 /// Who may call /v1/*: at least one token, or the explicit --insecure-no-auth.
-#[derive(Args, Debug, Clone)]
+// No `Debug`: it holds a plain token.
+#[derive(Args, Clone)]
 pub struct AuthArgs {
     /// Named API tokens as NAME:SHA256HEX, comma-separated (the SHA-256 of
     /// each token, e.g. `printf %s "$TOKEN" | sha256sum`).
