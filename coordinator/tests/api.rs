@@ -264,7 +264,10 @@ async fn cleanup(args: ServiceArgs, prefix: String, root: Option<MfsPath>) {
             .await
             .unwrap_or_default();
             for id in open {
-                if let Err(e) = ingest.end_session(id, "aborted", "test cleanup").await {
+                if let Err(e) = ingest
+                    .end_session(id, shared::store::SessionState::Aborted, "test cleanup")
+                    .await
+                {
                     eprintln!("cleanup: aborting {id} failed: {e}");
                 }
             }

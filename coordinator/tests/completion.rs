@@ -25,12 +25,7 @@ async fn run_parts(ingest: &Ingest, session: &Session) -> Vec<PartOutcome> {
             session_id: session.id,
             part_number,
         };
-        outcomes.push(
-            ingest
-                .run_part(&job, "completion-test", &AttemptHooks::default())
-                .await
-                .unwrap(),
-        );
+        outcomes.push(ingest.run_part(&job, "completion-test").await.unwrap());
     }
     outcomes
 }
@@ -154,10 +149,7 @@ async fn two_uploads_to_one_destination_complete_one_after_the_other() {
                     part_number,
                 };
                 let ingest = &p.ingest;
-                ingest
-                    .run_part(&job, "race", &AttemptHooks::default())
-                    .await
-                    .unwrap();
+                ingest.run_part(&job, "race").await.unwrap();
             }
         }
         let barrier = Arc::new(tokio::sync::Barrier::new(2));
@@ -177,7 +169,7 @@ async fn two_uploads_to_one_destination_complete_one_after_the_other() {
                     session_id: s.id,
                     part_number: last_part,
                 };
-                tokio::spawn(async move { ingest.run_part(&job, "race", &hooks).await })
+                tokio::spawn(async move { ingest.run_part_with_hooks(&job, "race", &hooks).await })
             })
             .collect();
         for run in runs {
@@ -262,10 +254,7 @@ async fn single_part_completion_reruns_after_a_crash_between_rename_and_commit()
         session_id: s.id,
         part_number: 0,
     };
-    let crashed = p
-        .ingest
-        .run_part(&job, "crashing", &AttemptHooks::default())
-        .await;
+    let crashed = p.ingest.run_part(&job, "crashing").await;
     assert!(crashed.is_err(), "{crashed:?}");
     let (first_inode, data) = read_dest(&p, "rerun/one.bin")
         .await

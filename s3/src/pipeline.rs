@@ -23,9 +23,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
+use shared::domain::FencingToken;
 use shared::ingest::{Completion, CompletionError, Ingest};
 use shared::moosefs::{MfsError, MfsPath, Name, ReplicaChoice, WriteOptions};
-use shared::store::{state, SessionLock, Store, StoreError};
+use shared::store::{SessionLock, SessionState, Store, StoreError};
 use sqlx::PgPool;
 use tokio::io::AsyncRead;
 use uuid::Uuid;
@@ -33,7 +34,7 @@ use uuid::Uuid;
 pub use shared::config::ServiceArgs;
 
 /// The state of a session whose parts are being pushed (migration 0005).
-pub const RECEIVING: &str = "receiving";
+pub const RECEIVING: &str = SessionState::Receiving.as_str();
 
 /// Pipeline failures, as this crate sees them.
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +117,7 @@ pub enum Frozen<E> {
     Before {
         etag: String,
         listed: serde_json::Value,
-        state: String,
+        state: SessionState,
     },
     /// No such upload, or it was aborted or failed.
     Gone,
@@ -367,7 +368,7 @@ impl Pipeline {
                 Some(self.goal),
             )
             .await?;
-        let staging = cfg.staging_file(self.goal, upload, part_number, token);
+        let staging = cfg.staging_file(self.goal, upload, part_number, FencingToken(token));
         let name = staging.file_name().expect("staging file has a name");
         let path = staging.to_string();
         let file = match self.ingest.mfs.create(dir, name, 0o644).await {
@@ -436,7 +437,14 @@ impl Pipeline {
         if let Err(e) = self
             .ingest
             .store
-            .abandon_attempt(upload, part_number, token, inode, path, reason)
+            .abandon_attempt(
+                upload,
+                part_number,
+                FencingToken(token),
+                inode,
+                path,
+                reason,
+            )
             .await
         {
             tracing::warn!(%upload, part_number, inode, error = %e,
@@ -575,7 +583,8 @@ impl Pipeline {
             lock.rollback().await?;
             return Ok(match frozen {
                 Some((Some(etag), Some(listed)))
-                    if session.state == state::OPEN || session.state == state::COMPLETED =>
+                    if session.state == SessionState::Open
+                        || session.state == SessionState::Completed =>
                 {
                     Frozen::Before {
                         etag,
@@ -652,7 +661,7 @@ impl Pipeline {
               WHERE id = $1",
         )
         .bind(upload)
-        .bind(state::OPEN)
+        .bind(SessionState::Open.as_str())
         .bind(offset)
         .bind(part_size)
         .bind(chosen.len() as i32)
@@ -682,12 +691,12 @@ impl Pipeline {
         }
         let session = self.ingest.store.session(upload).await?;
         match session {
-            Some(s) if s.state == state::COMPLETED => Ok(Completed::Placed(Placed {
+            Some(s) if s.state == SessionState::Completed => Ok(Completed::Placed(Placed {
                 inode: s.final_inode.unwrap_or_default() as u32,
                 size: s.size,
                 finished_at: s.finished_at.unwrap_or(s.updated_at),
             })),
-            Some(s) if s.state == state::FAILED => Ok(Completed::Failed(
+            Some(s) if s.state == SessionState::Failed => Ok(Completed::Failed(
                 s.error.unwrap_or_else(|| "the upload failed".into()),
             )),
             Some(s) => Err(PipelineError::Config(format!(
@@ -701,21 +710,25 @@ impl Pipeline {
     /// Fails a receiving upload (e.g. its only part's digest was wrong):
     /// `upload.failed` event, its parts' inodes abandoned.
     pub async fn fail_upload(&self, upload: Uuid, why: &str) -> Result<bool, PipelineError> {
-        self.end_upload(upload, state::FAILED, why).await
+        self.end_upload(upload, SessionState::Failed, why).await
     }
 
     /// Aborts a receiving upload (AbortMultipartUpload): state `aborted`,
     /// `upload.aborted` event, every committed part's inode abandoned.
     /// False if it was not receiving.
     pub async fn abort_upload(&self, upload: Uuid) -> Result<bool, PipelineError> {
-        self.end_upload(upload, state::ABORTED, "aborted by AbortMultipartUpload")
-            .await
+        self.end_upload(
+            upload,
+            SessionState::Aborted,
+            "aborted by AbortMultipartUpload",
+        )
+        .await
     }
 
     async fn end_upload(
         &self,
         upload: Uuid,
-        new_state: &'static str,
+        new_state: SessionState,
         why: &str,
     ) -> Result<bool, PipelineError> {
         let (mut lock, session) = self.ingest.store.lock_session(upload).await?;
@@ -734,7 +747,7 @@ impl Pipeline {
         .execute(lock.conn())
         .await?;
         lock.commit().await?;
-        shared::metrics::session_finished(new_state, session.created_at);
+        shared::metrics::session_finished(new_state.as_str(), session.created_at);
         Ok(true)
     }
 

@@ -1,6 +1,7 @@
 //! The mfs-ingest library shared by the coordinator and the worker.
 //!
 //! - [`moosefs`]: the native MooseFS client (no FUSE).
+//! - [`domain`]: the values parsed at the edge (destination, goal, part size, fencing token).
 //! - [`queue`]: message schemas and the RabbitMQ topology, publisher, consumer
 //!   (also reachable as `jobs`, its former name).
 //! - [`store`]: PostgreSQL, by table (sessions, parts, abandoned inodes,
@@ -15,6 +16,7 @@
 //! - [`limits`]: what one ingest request may ask for (parts, destinations, deliveries).
 
 pub mod config;
+pub mod domain;
 pub mod gc;
 pub mod idempotency;
 pub mod ingest;

@@ -28,7 +28,7 @@ pub use abandoned::{Abandoned, Collected, Leftover};
 pub use locked::{SessionDone, SessionLock};
 pub use outbox::{OutboxRelayError, OutboxRow};
 pub use parts::{AttemptStart, CommitOutcome, Part, PartCommit, START_ATTEMPTS_SQL};
-pub use sessions::{state, NewSession, Session};
+pub use sessions::{NewSession, Session, SessionState, UnknownSessionState};
 
 /// Database failures.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,8 @@ pub enum StoreError {
     /// A value that does not fit its column (validation lets none through).
     #[error("{field} {value} does not fit its PostgreSQL column")]
     OutOfRange { field: &'static str, value: u64 },
+    #[error("{0}")]
+    UnknownState(#[from] UnknownSessionState),
 }
 
 /// A u64 for a PostgreSQL `bigint`, refused rather than wrapped.
