@@ -10,12 +10,15 @@
 //! - [`ingest`]: the pipeline's steps, a module each (request, attempt,
 //!   commit, complete, assemble, staging).
 //! - [`gc`]: garbage collection of staging inodes and the staging sweep.
+//! - [`http_server`]: the HTTP/1 serving loop (header timeout, connection
+//!   limit, graceful drain) and request shedding of every HTTP endpoint.
 //! - [`process`]: logging and the shutdown signal.
 //! - [`retry`]: bounded exponential backoff, the one retry mechanism.
 //! - [`limits`]: what one ingest request may ask for (parts, destinations, deliveries).
 
 pub mod config;
 pub mod gc;
+pub mod http_server;
 pub mod idempotency;
 pub mod ingest;
 pub mod limits;
