@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::index::{self, ObjectRow};
 use crate::pipeline::{
-    CommittedPart, Completed, FreezePlan, Frozen, PartCommitted, Pipeline, PipelineError,
+    CommittedPart, Completed, FreezePlan, Frozen, NewUpload, PartCommitted, Pipeline, PipelineError,
 };
 
 /// The largest PutObject body and UploadPart body (S3's limit).
@@ -680,17 +680,18 @@ impl S3 for Endpoint {
                 crc64nvme: input.checksum_crc64nvme.clone(),
                 algorithm: input.checksum_algorithm.clone(),
             };
-            let upload = index::open_upload(
-                self.pipeline(),
-                bucket,
-                key,
-                false,
-                input.content_type.as_deref(),
-                input.metadata.as_ref(),
-                &who,
-            )
-            .await
-            .map_err(pipeline_error)?;
+            let upload = self
+                .pipeline()
+                .open_upload(&NewUpload {
+                    bucket,
+                    key,
+                    multipart: false,
+                    content_type: input.content_type.as_deref(),
+                    metadata: input.metadata.as_ref(),
+                    who: &who,
+                })
+                .await
+                .map_err(pipeline_error)?;
             let received = self
                 .receive_part(
                     upload,
@@ -918,13 +919,16 @@ impl S3 for Endpoint {
                 ),
                 None => input.start_after.clone(),
             };
+            let scope = index::ListScope {
+                bucket: &input.bucket,
+                prefix: input.prefix.as_deref().unwrap_or(""),
+                max: max_keys,
+            };
             let page = index::list(
                 self.pool(),
-                &input.bucket,
-                input.prefix.as_deref().unwrap_or(""),
+                &scope,
                 input.delimiter.as_deref().filter(|d| !d.is_empty()),
                 after.as_deref(),
-                max_keys,
             )
             .await
             .map_err(db_error)?;
@@ -963,13 +967,16 @@ impl S3 for Endpoint {
             let input = req.input;
             self.require_bucket(&input.bucket).await?;
             let max_keys = input.max_keys.unwrap_or(MAX_LIST).clamp(0, MAX_LIST);
+            let scope = index::ListScope {
+                bucket: &input.bucket,
+                prefix: input.prefix.as_deref().unwrap_or(""),
+                max: max_keys,
+            };
             let page = index::list(
                 self.pool(),
-                &input.bucket,
-                input.prefix.as_deref().unwrap_or(""),
+                &scope,
                 input.delimiter.as_deref().filter(|d| !d.is_empty()),
                 input.marker.as_deref().filter(|m| !m.is_empty()),
-                max_keys,
             )
             .await
             .map_err(db_error)?;
@@ -1006,17 +1013,18 @@ impl S3 for Endpoint {
             let input = req.input;
             self.require_bucket(&input.bucket).await?;
             self.check_new_key(&input.bucket, &input.key).await?;
-            let upload = index::open_upload(
-                self.pipeline(),
-                &input.bucket,
-                &input.key,
-                true,
-                input.content_type.as_deref(),
-                input.metadata.as_ref(),
-                &who,
-            )
-            .await
-            .map_err(pipeline_error)?;
+            let upload = self
+                .pipeline()
+                .open_upload(&NewUpload {
+                    bucket: &input.bucket,
+                    key: &input.key,
+                    multipart: true,
+                    content_type: input.content_type.as_deref(),
+                    metadata: input.metadata.as_ref(),
+                    who: &who,
+                })
+                .await
+                .map_err(pipeline_error)?;
             Ok(S3Response::new(CreateMultipartUploadOutput {
                 bucket: Some(input.bucket),
                 key: Some(input.key),
@@ -1088,9 +1096,11 @@ impl S3 for Endpoint {
             let upload = self
                 .require_upload(&input.bucket, &input.key, &input.upload_id)
                 .await?;
-            if !index::upload_receiving(self.pool(), upload)
+            if !self
+                .pipeline()
+                .is_receiving(upload)
                 .await
-                .map_err(db_error)?
+                .map_err(pipeline_error)?
             {
                 return Err(s3_error!(NoSuchUpload));
             }
@@ -1140,13 +1150,16 @@ impl S3 for Endpoint {
             let input = req.input;
             self.require_bucket(&input.bucket).await?;
             let max_uploads = input.max_uploads.unwrap_or(MAX_LIST).clamp(0, MAX_LIST);
+            let scope = index::ListScope {
+                bucket: &input.bucket,
+                prefix: input.prefix.as_deref().unwrap_or(""),
+                max: max_uploads,
+            };
             let (uploads, truncated) = index::receiving_uploads(
                 self.pool(),
-                &input.bucket,
-                input.prefix.as_deref().unwrap_or(""),
+                &scope,
                 input.key_marker.as_deref(),
                 input.upload_id_marker.as_deref(),
-                max_uploads,
             )
             .await
             .map_err(db_error)?;
