@@ -2,9 +2,9 @@
 //! list an upload was frozen with (`s3_uploads.etag`, `completed_parts`).
 //! Every statement runs in a transaction of the pipeline's that holds the
 //! upload's session row locked, through its connection
-//! ([`shared::store::SessionLock::conn`]), or reads committed rows.
+//! (the session lock's `conn()`, see [`crate::pipeline`]), or reads
+//! committed rows.
 
-use shared::store::PushedInode;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -31,30 +31,9 @@ pub async fn next_part_token(
 /// no attempt has committed).
 #[derive(Debug, Default, sqlx::FromRow)]
 pub struct PartRow {
-    committed_token: Option<i32>,
-    staging_inode: Option<i64>,
-    staging_path: Option<String>,
-}
-
-impl PartRow {
-    /// The fencing token of the committed attempt.
-    pub fn committed_token(&self) -> Option<i32> {
-        self.committed_token
-    }
-
-    /// The committed attempt's inode, as part `part_number` nothing will
-    /// reference once a newer attempt replaces it.
-    pub fn committed_inode(&self, part_number: i32) -> Option<PushedInode<'_>> {
-        match (self.committed_token, self.staging_inode, &self.staging_path) {
-            (Some(token), Some(inode), Some(path)) => Some(PushedInode {
-                inode,
-                path,
-                part_number,
-                token,
-            }),
-            _ => None,
-        }
-    }
+    pub committed_token: Option<i32>,
+    pub staging_inode: Option<i64>,
+    pub staging_path: Option<String>,
 }
 
 /// A part's row, locked `FOR UPDATE` until the transaction ends.

@@ -264,10 +264,20 @@ async fn commit_if_newest(
     part: &WrittenPart,
 ) -> Result<PartCommitted, PipelineError> {
     let current = index::lock_part(lock.conn(), upload, part_number).await?;
-    if current.committed_token().is_some_and(|c| c >= part.token) {
+    if current.committed_token.is_some_and(|c| c >= part.token) {
         return Ok(PartCommitted::Superseded);
     }
-    if let Some(replaced) = current.committed_inode(part_number) {
+    if let (Some(token), Some(inode), Some(path)) = (
+        current.committed_token,
+        current.staging_inode,
+        &current.staging_path,
+    ) {
+        let replaced = PushedInode {
+            inode,
+            path,
+            part_number,
+            token,
+        };
         lock.abandon_pushed(upload, &[replaced], "s3 part replaced by a newer attempt")
             .await
             .map_err(db_statement)?;
