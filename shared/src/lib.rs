@@ -11,6 +11,8 @@
 //! - [`ingest`]: the pipeline's steps, a module each (request, attempt,
 //!   commit, complete, assemble, staging).
 //! - [`gc`]: garbage collection of staging inodes and the staging sweep.
+//! - [`http_server`]: the HTTP/1 serving loop (header timeout, connection
+//!   limit, graceful drain) and request shedding of every HTTP endpoint.
 //! - [`process`]: logging and the shutdown signal.
 //! - [`retry`]: bounded exponential backoff, the one retry mechanism.
 //! - [`limits`]: what one ingest request may ask for (parts, destinations, deliveries).
@@ -18,6 +20,7 @@
 pub mod config;
 pub mod domain;
 pub mod gc;
+pub mod http_server;
 pub mod idempotency;
 pub mod ingest;
 pub mod limits;

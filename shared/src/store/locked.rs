@@ -83,13 +83,7 @@ impl Store {
         &self,
         c: &PartCommit<'_>,
     ) -> Result<(SessionLock, CommitOutcome), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let state: Option<String> =
-            sqlx::query_scalar("SELECT state FROM upload_sessions WHERE id = $1 FOR SHARE")
-                .bind(c.session_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let state = state.map(SessionState::try_from).transpose()?;
+        let (SessionLock { mut tx }, state) = self.share_session(c.session_id).await?;
         let mut one = commit_parts_in(&mut tx, std::slice::from_ref(c), &[state]).await?;
         let (outcome, _) = one.pop().expect("one result per commit");
         if !matches!(outcome, CommitOutcome::Committed { .. }) {

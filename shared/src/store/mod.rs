@@ -11,6 +11,8 @@
 //! - `abandoned`: staging inodes waiting for the collector;
 //! - `outbox`: messages committed with the state they announce;
 //! - `placements`: inodes a completion puts in place, and destination locks.
+//! - `pushed`: sessions whose parts a client pushes (the S3 endpoint):
+//!   created receiving, parts committed under the row `FOR SHARE`, frozen.
 
 use std::time::Duration;
 
@@ -22,12 +24,14 @@ mod locked;
 mod outbox;
 mod parts;
 mod placements;
+mod pushed;
 mod sessions;
 
 pub use abandoned::{Abandoned, Collected, Leftover};
 pub use locked::{SessionDone, SessionLock};
 pub use outbox::{OutboxRelayError, OutboxRow};
 pub use parts::{AttemptStart, CommitOutcome, Part, PartCommit, START_ATTEMPTS_SQL};
+pub use pushed::{NewPushedSession, PushedInode, PushedPart};
 pub use sessions::{NewSession, Session, SessionState, UnknownSessionState};
 
 /// Database failures.
