@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::Channel;
 use serde::Serialize;
-use shared::jobs::{
-    connect, declare_topology, EventBatch, IngestBatch, IngestRequest, Outgoing, Publisher,
-    EVENTS_EXCHANGE, PARTS_QUEUE, REQUESTS_QUEUE,
+use shared::queue::{
+    connect, subscribe_events, EventBatch, IngestBatch, IngestRequest, Outgoing, Publisher,
+    PARTS_QUEUE, REQUESTS_QUEUE,
 };
 
 #[derive(Parser, Debug)]
@@ -143,36 +143,7 @@ async fn main() -> Result<()> {
         .collect();
 
     let conn = connect(&args.amqp_url, "bench-backlog driver").await?;
-    let channel = conn.create_channel().await?;
-    declare_topology(&channel).await?;
-    let events_queue = channel
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            events_queue.name().as_str(),
-            EVENTS_EXCHANGE,
-            "",
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut consumer = channel
-        .basic_consume(
-            events_queue.name().as_str(),
-            "bench-backlog",
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let (_events_channel, mut consumer) = subscribe_events(&conn, "bench-backlog").await?;
     let sampler_channel = conn.create_channel().await?;
 
     let started = Instant::now();

@@ -1,25 +1,17 @@
-//! The coordinator's HTTP server: the API router with its limits, served by
-//! hyper-util's connection builder so that every limit is ours to set.
+//! The coordinator's HTTP server: the API router with its per-request
+//! limits, served by the shared serving loop
+//! ([`shared::http_server::serve_connections`]: header-read timeout,
+//! connection limit, graceful shutdown with a drain bound; HTTP/1 only, no
+//! client of this API needs cleartext HTTP/2).
 //!
-//! - **Header-read timeout** (hyper's `header_read_timeout`, with a Tokio
-//!   timer): a client has this long to send a request's head, counted from
-//!   the first read of it: on a new connection, and on a kept-alive one from
-//!   the end of the previous response. A client dripping its headers a byte
-//!   at a time (slowloris) is cut off then. Only HTTP/1 is served: the
-//!   HTTP/2 preface sniffing of the auto builder has no such timeout, and no
-//!   client of this API needs cleartext HTTP/2.
 //! - **Request timeout** (tower-http `TimeoutLayer`): the whole request,
 //!   body read and handler included; a late one is a 408 problem document.
 //! - **Body limit** on every route (tower-http `RequestBodyLimitLayer`, and
 //!   axum's extractor limit set to the same value): 413 problem document.
 //! - **Concurrency limit** on `/v1/*`: past it a request is shed at once with
 //!   503 and `Retry-After` (the probes and `/metrics` are never shed).
-//! - **Connection limit**: past it new connections wait in the listen backlog.
-//! - **Graceful shutdown**: stop accepting, let in-flight requests finish
-//!   (kept-alive idle connections are closed), and cut whatever is still
-//!   running after the drain bound.
+//! - Every error answer says `Connection: close`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,13 +20,9 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use shared::http_server::{serve_connections, ConcurrencyLimit, ConnectionLimits};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -138,7 +126,7 @@ impl HttpLimitArgs {
 /// timeout, the concurrency limit, then (inside [`api::router`])
 /// authentication.
 pub fn app(state: Arc<ApiState>, limits: &HttpLimits) -> Router {
-    let slots = Arc::new(Semaphore::new(limits.concurrency));
+    let slots = ConcurrencyLimit::new(limits.concurrency);
     let request_timeout = limits.request_timeout;
     api::router(state)
         .layer(middleware::from_fn_with_state(slots, limit_concurrency))
@@ -156,20 +144,20 @@ pub fn app(state: Arc<ApiState>, limits: &HttpLimits) -> Router {
 
 /// Sheds `/v1/*` requests past the concurrency limit.
 async fn limit_concurrency(
-    State(slots): State<Arc<Semaphore>>,
+    State(slots): State<ConcurrencyLimit>,
     req: Request,
     next: Next,
 ) -> Response {
     if !api::is_v1(req.uri().path()) {
         return next.run(req).await;
     }
-    match slots.try_acquire_owned() {
-        Ok(permit) => {
+    match slots.try_enter() {
+        Some(permit) => {
             let response = next.run(req).await;
             drop(permit);
             response
         }
-        Err(_) => {
+        None => {
             tracing::debug!(
                 path = req.uri().path(),
                 "request shed: concurrency limit reached"
@@ -211,76 +199,17 @@ async fn problem_for_bare_errors(
 }
 
 /// Serves `app` on `listener` until `shutdown` is cancelled, then drains
-/// (bounded by `limits.drain`). Connection errors are logged, not returned.
+/// (bounded by `limits.drain`); the serving loop is
+/// [`shared::http_server::serve_connections`]. Connection errors are
+/// logged, not returned.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: HttpLimits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
-    let graceful = GracefulShutdown::new();
-    let connections = Arc::new(Semaphore::new(limits.max_connections));
-    let mut tasks = JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // EMFILE and friends: wait a little rather than spin.
-                    tracing::warn!(error = %e, "accepting an HTTP connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        while tasks.try_join_next().is_some() {}
-        let connection = serve_connection(&builder, stream, peer, app.clone());
-        let connection = graceful.watch(connection.into_owned());
-        tasks.spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    tracing::info!(
-        connections = graceful.count(),
-        "HTTP server stopped accepting; draining in-flight requests"
-    );
-    if tokio::time::timeout(limits.drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            connections = tasks.len(),
-            drain = ?limits.drain,
-            "HTTP requests still running after the drain bound were cut"
-        );
-        tasks.abort_all();
-    }
-    while tasks.join_next().await.is_some() {}
-    Ok(())
-}
-
-fn serve_connection<'a>(
-    builder: &'a auto::Builder<TokioExecutor>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    app: Router,
-) -> auto::Connection<'a, TokioIo<TcpStream>, TowerToHyperService<Router>, TokioExecutor> {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(%peer, error = %e, "TCP_NODELAY not set");
-    }
-    builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
+    let connections =
+        ConnectionLimits::new(limits.header_timeout, limits.max_connections, limits.drain);
+    let service = TowerToHyperService::new(app);
+    serve_connections(listener, service, connections, shutdown, "HTTP").await
 }

@@ -11,10 +11,10 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use shared::gc::SweepGrace;
 use shared::ingest::{Completion, Ingest};
 use shared::jobs::{
-    Outgoing, Publisher, RequestMessage, UploadEvent, MAX_BATCH_ITEMS, REQUESTS_QUEUE,
+    JobsError, Outgoing, Publisher, RequestMessage, UploadEvent, MAX_BATCH_ITEMS, REQUESTS_QUEUE,
 };
 use shared::metrics::{metrics, Service};
-use shared::store::{state, OutboxRow, Store};
+use shared::store::{OutboxRelayError, OutboxRow, SessionState, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
 /// Abandoned rows the collector takes per round.
@@ -327,7 +327,10 @@ const RELAY_BATCH: usize = 500;
 const RELAY_GATHER: Duration = Duration::from_millis(2);
 
 /// Publishes one batch of unsent rows; returns how many.
-pub async fn relay_once(store: &Store, publisher: &Publisher) -> Result<usize, String> {
+pub async fn relay_once(
+    store: &Store,
+    publisher: &Publisher,
+) -> Result<usize, OutboxRelayError<JobsError>> {
     store
         .relay_outbox(RELAY_BATCH as i64, |rows: Vec<OutboxRow>| async move {
             // Events waiting side by side leave as one message (up to
@@ -339,7 +342,6 @@ pub async fn relay_once(store: &Store, publisher: &Publisher) -> Result<usize, S
             publisher.publish_all(&messages).await
         })
         .await
-        .map_err(|e| e.to_string())
 }
 
 /// The reconciler and garbage collector, one round every `tick`.
@@ -447,7 +449,7 @@ async fn expire_old(ingest: &Ingest, intervals: &Intervals, report: &mut RoundRe
         intervals.session_max_age
     );
     for id in ids {
-        match ingest.end_session(id, state::FAILED, &why).await {
+        match ingest.end_session(id, SessionState::Failed, &why).await {
             Ok(true) => tracing::warn!(session = %id, "session expired"),
             Ok(false) => {}
             Err(e) => report.failed("expire", format!("session {id}: {e}")),
@@ -506,15 +508,23 @@ pub async fn run_backlog_gauges(store: Store, every: Duration, shutdown: Cancell
     }
 }
 
+/// Why the backlog gauges were not updated.
+#[derive(Debug, thiserror::Error)]
+pub enum BacklogError {
+    #[error("the backlog query timed out")]
+    TimedOut,
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
 /// One update of the backlog gauges.
-pub async fn update_backlog_gauges(store: &Store) -> Result<(), String> {
+pub async fn update_backlog_gauges(store: &Store) -> Result<(), BacklogError> {
     let values = tokio::time::timeout(Duration::from_secs(10), store.backlog())
         .await
         .map_err(|_| {
             shared::metrics::service_error(Service::Postgres);
-            "the backlog query timed out".to_string()
-        })?
-        .map_err(|e| e.to_string())?;
+            BacklogError::TimedOut
+        })??;
     shared::metrics::set_backlog(&values);
     Ok(())
 }

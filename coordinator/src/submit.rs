@@ -4,19 +4,18 @@
 //! of its own until every request has completed or failed, and prints a
 //! summary.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicAckOptions;
 use serde::Serialize;
-use shared::jobs::{
-    connect, declare_topology, EventBatch, IngestBatch, IngestRequest, Outgoing, Publisher,
-    EVENTS_EXCHANGE, REQUESTS_QUEUE,
+use shared::queue::{
+    connect, subscribe_events, EventBatch, IngestBatch, IngestRequest, Outgoing, Publisher,
+    REQUESTS_QUEUE,
 };
 
 #[derive(Args, Debug)]
@@ -98,73 +97,12 @@ pub async fn submit(args: SubmitArgs) -> Result<()> {
         .request_prefix
         .clone()
         .unwrap_or_else(|| format!("submit-{}", uuid::Uuid::new_v4()));
-    let dest_dir = args.dest.trim_end_matches('/');
-    let mut requests = Vec::with_capacity(files.len());
-    let mut sizes = HashMap::new();
-    let roots: Vec<PathBuf> = args
-        .paths
-        .iter()
-        .map(|p| std::fs::canonicalize(p).unwrap_or(p.clone()))
-        .collect();
-    for (path, size) in &files {
-        // Keep the layout below the given directories.
-        let rel = roots
-            .iter()
-            .find_map(|r| {
-                path.strip_prefix(r)
-                    .ok()
-                    .filter(|p| !p.as_os_str().is_empty())
-            })
-            .map(|p| p.to_path_buf())
-            .unwrap_or_else(|| PathBuf::from(path.file_name().expect("a file has a name")));
-        let request_id = format!("{prefix}/{}", rel.display());
-        sizes.insert(request_id.clone(), *size);
-        requests.push(IngestRequest {
-            request_id,
-            source: format!("file://{}", path.display()),
-            dest: format!("{dest_dir}/{}", rel.display()),
-            size: Some(*size),
-            md5: None,
-            crc32c: None,
-            goal: args.goal,
-            overwrite: args.overwrite,
-            part_size: None,
-        });
-    }
+    let requests = requests_for(&args, &files, &prefix);
 
     // Listen before publishing so no event is missed.
     let events = if args.wait {
         let conn = connect(&args.amqp_url, "coordinator submit").await?;
-        let channel = conn.create_channel().await?;
-        declare_topology(&channel).await?;
-        let queue = channel
-            .queue_declare(
-                "",
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_bind(
-                queue.name().as_str(),
-                EVENTS_EXCHANGE,
-                "",
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let consumer = channel
-            .basic_consume(
-                queue.name().as_str(),
-                "submit",
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let (channel, consumer) = subscribe_events(&conn, "submit").await?;
         Some((conn, channel, consumer))
     } else {
         None
@@ -185,8 +123,6 @@ pub async fn submit(args: SubmitArgs) -> Result<()> {
     let Some((_conn, _channel, mut consumer)) = events else {
         return Ok(());
     };
-
-    let mut pending: HashMap<String, u64> = sizes;
     let mut summary = Summary {
         files: requests.len(),
         bytes: files.iter().map(|(_, s)| s).sum(),
@@ -199,60 +135,14 @@ pub async fn submit(args: SubmitArgs) -> Result<()> {
         failures: Vec::new(),
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout_secs);
-    while !pending.is_empty() {
-        let delivery = match tokio::time::timeout_at(deadline, consumer.next()).await {
-            Err(_) => bail!("timed out with {} requests still pending", pending.len()),
-            Ok(None) => bail!("event stream ended"),
-            Ok(Some(d)) => d?,
-        };
-        let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-        let Ok(batch) = EventBatch::parse(&delivery.data) else {
-            continue;
-        };
-        for event in batch.events {
-            if pending.remove(&event.request_id).is_none() {
-                continue; // someone else's
-            }
-            match event.event.as_str() {
-                "upload.completed" => {
-                    summary.completed += 1;
-                    continue;
-                }
-                "request.rejected" => summary.rejected += 1,
-                _ => summary.failed += 1,
-            }
-            summary.failures.push(format!(
-                "{}: {}",
-                event.request_id,
-                event.error.unwrap_or_default()
-            ));
-        }
-    }
+    let pending = requests.iter().map(|r| r.request_id.clone()).collect();
+    summary
+        .await_events(&mut consumer, pending, deadline)
+        .await?;
     summary.seconds = started.elapsed().as_secs_f64();
     summary.mib_per_second = summary.bytes as f64 / (1 << 20) as f64 / summary.seconds;
     summary.files_per_second = summary.files as f64 / summary.seconds;
-    if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
-    } else {
-        println!("files:      {}", summary.files);
-        println!(
-            "bytes:      {} ({:.1} MiB)",
-            summary.bytes,
-            summary.bytes as f64 / (1 << 20) as f64
-        );
-        println!("completed:  {}", summary.completed);
-        println!(
-            "failed:     {} (+{} rejected)",
-            summary.failed, summary.rejected
-        );
-        println!(
-            "time:       {:.2} s ({:.1} MiB/s, {:.0} files/s)",
-            summary.seconds, summary.mib_per_second, summary.files_per_second
-        );
-        for f in summary.failures.iter().take(20) {
-            println!("  failure: {f}");
-        }
-    }
+    summary.print(args.json)?;
     if summary.failed + summary.rejected > 0 {
         bail!(
             "{} of {} requests did not complete",
@@ -261,4 +151,106 @@ pub async fn submit(args: SubmitArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// One request per file, keeping the layout below the given directories
+/// under `--dest`; request ids `<prefix>/<relative path>`.
+fn requests_for(args: &SubmitArgs, files: &[(PathBuf, u64)], prefix: &str) -> Vec<IngestRequest> {
+    let dest_dir = args.dest.trim_end_matches('/');
+    let roots: Vec<PathBuf> = args
+        .paths
+        .iter()
+        .map(|p| std::fs::canonicalize(p).unwrap_or(p.clone()))
+        .collect();
+    files
+        .iter()
+        .map(|(path, size)| {
+            let rel = roots
+                .iter()
+                .find_map(|r| {
+                    path.strip_prefix(r)
+                        .ok()
+                        .filter(|p| !p.as_os_str().is_empty())
+                })
+                .map(|p| p.to_path_buf())
+                .unwrap_or_else(|| PathBuf::from(path.file_name().expect("a file has a name")));
+            IngestRequest {
+                request_id: format!("{prefix}/{}", rel.display()),
+                source: format!("file://{}", path.display()),
+                dest: format!("{dest_dir}/{}", rel.display()),
+                size: Some(*size),
+                md5: None,
+                crc32c: None,
+                goal: args.goal,
+                overwrite: args.overwrite,
+                part_size: None,
+            }
+        })
+        .collect()
+}
+
+impl Summary {
+    /// Counts the events of the `pending` request ids (others' events are
+    /// skipped) until each has one, or `deadline`.
+    async fn await_events(
+        &mut self,
+        consumer: &mut lapin::Consumer,
+        mut pending: HashSet<String>,
+        deadline: tokio::time::Instant,
+    ) -> Result<()> {
+        while !pending.is_empty() {
+            let delivery = match tokio::time::timeout_at(deadline, consumer.next()).await {
+                Err(_) => bail!("timed out with {} requests still pending", pending.len()),
+                Ok(None) => bail!("event stream ended"),
+                Ok(Some(d)) => d?,
+            };
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            let Ok(batch) = EventBatch::parse(&delivery.data) else {
+                continue;
+            };
+            for event in batch.events {
+                if !pending.remove(&event.request_id) {
+                    continue; // someone else's
+                }
+                match event.event.as_str() {
+                    "upload.completed" => {
+                        self.completed += 1;
+                        continue;
+                    }
+                    "request.rejected" => self.rejected += 1,
+                    _ => self.failed += 1,
+                }
+                self.failures.push(format!(
+                    "{}: {}",
+                    event.request_id,
+                    event.error.unwrap_or_default()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Prints the summary, as JSON or as lines for people.
+    fn print(&self, json: bool) -> Result<()> {
+        if json {
+            println!("{}", serde_json::to_string(self)?);
+            return Ok(());
+        }
+        println!("files:      {}", self.files);
+        println!(
+            "bytes:      {} ({:.1} MiB)",
+            self.bytes,
+            self.bytes as f64 / (1 << 20) as f64
+        );
+        println!("completed:  {}", self.completed);
+        println!("failed:     {} (+{} rejected)", self.failed, self.rejected);
+        println!(
+            "time:       {:.2} s ({:.1} MiB/s, {:.0} files/s)",
+            self.seconds, self.mib_per_second, self.files_per_second
+        );
+        for f in self.failures.iter().take(20) {
+            println!("  failure: {f}");
+        }
+        Ok(())
+    }
 }

@@ -4,6 +4,9 @@
 //! after a crash between the rename and the commit, foreign files never
 //! adopted, timeouts and deadlines on the work under the session row lock,
 //! directory destinations refused.
+// The instrumented part attempt's future is deep: rustc's default query
+// depth overflows computing run_parts()'s layout.
+#![recursion_limit = "256"]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,12 +26,7 @@ async fn run_parts(ingest: &Ingest, session: &Session) -> Vec<PartOutcome> {
             session_id: session.id,
             part_number,
         };
-        outcomes.push(
-            ingest
-                .run_part(&job, "completion-test", &AttemptHooks::default())
-                .await
-                .unwrap(),
-        );
+        outcomes.push(ingest.run_part(&job, "completion-test").await.unwrap());
     }
     outcomes
 }
@@ -152,10 +150,7 @@ async fn two_uploads_to_one_destination_complete_one_after_the_other() {
                     part_number,
                 };
                 let ingest = &p.ingest;
-                ingest
-                    .run_part(&job, "race", &AttemptHooks::default())
-                    .await
-                    .unwrap();
+                ingest.run_part(&job, "race").await.unwrap();
             }
         }
         let barrier = Arc::new(tokio::sync::Barrier::new(2));
@@ -175,7 +170,7 @@ async fn two_uploads_to_one_destination_complete_one_after_the_other() {
                     session_id: s.id,
                     part_number: last_part,
                 };
-                tokio::spawn(async move { ingest.run_part(&job, "race", &hooks).await })
+                tokio::spawn(async move { ingest.run_part_with_hooks(&job, "race", &hooks).await })
             })
             .collect();
         for run in runs {
@@ -260,10 +255,7 @@ async fn single_part_completion_reruns_after_a_crash_between_rename_and_commit()
         session_id: s.id,
         part_number: 0,
     };
-    let crashed = p
-        .ingest
-        .run_part(&job, "crashing", &AttemptHooks::default())
-        .await;
+    let crashed = p.ingest.run_part(&job, "crashing").await;
     assert!(crashed.is_err(), "{crashed:?}");
     let (first_inode, data) = read_dest(&p, "rerun/one.bin")
         .await

@@ -289,7 +289,11 @@ async fn stalled_attempt_that_commits_after_completion_is_abandoned_and_collecte
     };
     let stale = {
         let ingest = p.ingest.clone();
-        tokio::spawn(async move { ingest.run_part(&stale_job, "stale-worker", &hooks).await })
+        tokio::spawn(async move {
+            ingest
+                .run_part_with_hooks(&stale_job, "stale-worker", &hooks)
+                .await
+        })
     };
     stalled_writing.notified().await;
 
@@ -299,11 +303,7 @@ async fn stalled_attempt_that_commits_after_completion_is_abandoned_and_collecte
             session_id: session.id,
             part_number: part,
         };
-        let out = p
-            .ingest
-            .run_part(&job, "retry-worker", &AttemptHooks::default())
-            .await
-            .unwrap();
+        let out = p.ingest.run_part(&job, "retry-worker").await.unwrap();
         assert!(
             matches!(out, PartOutcome::Committed { .. }),
             "part {part}: {out:?}"
@@ -322,7 +322,12 @@ async fn stalled_attempt_that_commits_after_completion_is_abandoned_and_collecte
     let stale_path = p
         .ingest
         .cfg
-        .staging_file(session.goal as u8, session.id, 1, 1)
+        .staging_file(
+            session.goal as u8,
+            session.id,
+            1,
+            shared::domain::FencingToken(1),
+        )
         .to_string();
     assert!(
         abandoned.iter().any(|(_, path, _)| *path == stale_path),
@@ -634,11 +639,7 @@ async fn single_part_commit_survives_a_failed_completion_and_files_keep_their_go
         session_id: session.id,
         part_number: 0,
     };
-    let out = p
-        .ingest
-        .run_part(&job, "onetx-worker", &AttemptHooks::default())
-        .await
-        .unwrap();
+    let out = p.ingest.run_part(&job, "onetx-worker").await.unwrap();
     assert_eq!(out, PartOutcome::Committed { completed: false });
     let open = p.ingest.store.session(session.id).await.unwrap().unwrap();
     assert_eq!(open.state, "open");
@@ -654,7 +655,7 @@ async fn single_part_commit_survives_a_failed_completion_and_files_keep_their_go
         Some(
             p.ingest
                 .cfg
-                .staging_file(2, session.id, 0, 1)
+                .staging_file(2, session.id, 0, shared::domain::FencingToken(1))
                 .to_string()
                 .as_str()
         )
@@ -692,10 +693,7 @@ async fn single_part_commit_survives_a_failed_completion_and_files_keep_their_go
             session_id: session.id,
             part_number: part,
         };
-        p.ingest
-            .run_part(&job, "onetx-worker", &AttemptHooks::default())
-            .await
-            .unwrap();
+        p.ingest.run_part(&job, "onetx-worker").await.unwrap();
     }
     let done = p.ingest.store.session(session.id).await.unwrap().unwrap();
     assert_eq!(done.state, "completed", "{:?}", done.error);
@@ -735,10 +733,7 @@ async fn run_one_part(p: &Pipeline, session_id: uuid::Uuid, part_number: i32) ->
         session_id,
         part_number,
     };
-    p.ingest
-        .run_part(&job, "test-worker", &AttemptHooks::default())
-        .await
-        .unwrap()
+    p.ingest.run_part(&job, "test-worker").await.unwrap()
 }
 
 /// The last part of a multi-part file is committed and the file completed
@@ -1015,10 +1010,7 @@ async fn a_group_of_small_files_commits_together_and_each_ends_on_its_own() {
     // The big file's parts, the usual way.
     for message in &messages {
         if let PartMessage::Single(job) = message {
-            p.ingest
-                .run_part(job, "w-single", &AttemptHooks::default())
-                .await
-                .unwrap();
+            p.ingest.run_part(job, "w-single").await.unwrap();
         }
     }
     expected.push(("g/big.bin".into(), big_md5));
@@ -1133,7 +1125,7 @@ async fn starting_a_group_uses_the_primary_keys_after_a_burst_of_new_uploads() {
         .unwrap();
     assert!(started
         .iter()
-        .all(|s| s.as_ref().map(|s| s.token) == Some(1)));
+        .all(|s| s.as_ref().map(|s| s.token) == Some(shared::domain::FencingToken(1))));
     // A finished upload's part is not started again.
     let finished: (uuid::Uuid,) =
         sqlx::query_as("SELECT id FROM upload_sessions WHERE state = 'completed' LIMIT 1")

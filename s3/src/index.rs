@@ -1,11 +1,21 @@
 //! The S3 namespace in PostgreSQL (this crate's own tables, migration
 //! 0005): buckets, uploads (one per upload session), and the objects index
-//! that ListObjectsV2 reads (never a MooseFS walk).
+//! that ListObjectsV2 reads (never a MooseFS walk); [`parts`]: part
+//! attempts and the frozen part list. The pipeline's tables are the
+//! store's; two reads here join `upload_sessions` only to filter by an
+//! upload's session state.
 
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::pipeline::{Pipeline, PipelineError, Placed};
+use crate::pipeline::{NewUpload, Placed};
+
+pub mod parts;
+
+pub use parts::{
+    committed_parts, frozen_list, lock_part, next_part_token, record_frozen_list,
+    record_part_commit, PartRow,
+};
 
 /// An object as listed and read.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -136,21 +146,15 @@ pub async fn conflicting_key(
     .await
 }
 
-/// Opens an S3 upload: its session (state `receiving`) and its row, in one
-/// transaction.
-pub async fn open_upload(
-    pipeline: &Pipeline,
-    bucket: &str,
-    key: &str,
-    multipart: bool,
-    content_type: Option<&str>,
-    metadata: Option<&s3s::dto::Metadata>,
-    who: &str,
-) -> Result<Uuid, PipelineError> {
-    let mut tx = pipeline.pool().begin().await?;
-    let id = pipeline.open_upload(&mut tx, bucket, key, who).await?;
+/// Records an upload's row (in the transaction that creates its session).
+pub async fn insert_upload(
+    conn: &mut PgConnection,
+    id: Uuid,
+    upload: &NewUpload<'_>,
+) -> Result<(), sqlx::Error> {
     let metadata = serde_json::Value::Object(
-        metadata
+        upload
+            .metadata
             .map(|m| {
                 m.iter()
                     .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
@@ -163,16 +167,15 @@ pub async fn open_upload(
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(id)
-    .bind(bucket)
-    .bind(key)
-    .bind(multipart)
-    .bind(content_type)
+    .bind(upload.bucket)
+    .bind(upload.key)
+    .bind(upload.multipart)
+    .bind(upload.content_type)
     .bind(&metadata)
-    .bind(who)
-    .execute(&mut *tx)
+    .bind(upload.who)
+    .execute(&mut *conn)
     .await?;
-    tx.commit().await?;
-    Ok(id)
+    Ok(())
 }
 
 /// Whether `upload` is a multipart upload of `bucket`/`key`.
@@ -193,24 +196,22 @@ pub async fn upload_of(
     .await
 }
 
-pub async fn upload_receiving(pool: &PgPool, upload: Uuid) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM upload_sessions WHERE id = $1 AND state = 'receiving')",
-    )
-    .bind(upload)
-    .fetch_one(pool)
-    .await
+/// What one list answer covers: the names of a bucket (keys, or the keys
+/// of uploads) that start with `prefix`, at most `max` entries.
+#[derive(Debug, Clone, Copy)]
+pub struct ListScope<'a> {
+    pub bucket: &'a str,
+    pub prefix: &'a str,
+    pub max: i32,
 }
 
 /// Multipart uploads of a bucket still receiving parts, by key then start
 /// time, after the markers; whether more follow.
 pub async fn receiving_uploads(
     pool: &PgPool,
-    bucket: &str,
-    prefix: &str,
+    q: &ListScope<'_>,
     key_marker: Option<&str>,
     upload_id_marker: Option<&str>,
-    max: i32,
 ) -> Result<(Vec<(Uuid, String, chrono::DateTime<chrono::Utc>)>, bool), sqlx::Error> {
     let upload_marker = upload_id_marker.and_then(|u| Uuid::parse_str(u).ok());
     let mut rows: Vec<(Uuid, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
@@ -223,15 +224,15 @@ pub async fn receiving_uploads(
           ORDER BY u.key, u.upload_id
           LIMIT $5",
     )
-    .bind(bucket)
-    .bind(prefix)
+    .bind(q.bucket)
+    .bind(q.prefix)
     .bind(key_marker)
     .bind(upload_marker)
-    .bind(i64::from(max) + 1)
+    .bind(i64::from(q.max) + 1)
     .fetch_all(pool)
     .await?;
-    let truncated = rows.len() > max as usize;
-    rows.truncate(max as usize);
+    let truncated = rows.len() > q.max as usize;
+    rows.truncate(q.max as usize);
     Ok((rows, truncated))
 }
 
@@ -350,15 +351,13 @@ fn past_prefix(prefix: &str) -> String {
 /// costs one query, not one row per key below it.
 pub async fn list(
     pool: &PgPool,
-    bucket: &str,
-    prefix: &str,
+    q: &ListScope<'_>,
     delimiter: Option<&str>,
     after: Option<&str>,
-    max: i32,
 ) -> Result<Page, sqlx::Error> {
     let mut page = Page::default();
     let mut cursor = after.map(str::to_string);
-    let max = max.max(0) as usize;
+    let max = q.max.max(0) as usize;
     if max == 0 {
         return Ok(page);
     }
@@ -370,8 +369,8 @@ pub async fn list(
               WHERE bucket = $1 AND starts_with(key, $2) AND ($3::text IS NULL OR key > $3)
               ORDER BY key LIMIT $4"
         ))
-        .bind(bucket)
-        .bind(prefix)
+        .bind(q.bucket)
+        .bind(q.prefix)
         .bind(cursor.as_deref())
         .bind(limit as i64)
         .fetch_all(pool)
@@ -385,9 +384,9 @@ pub async fn list(
                 return Ok(page);
             }
             let rolled = delimiter.and_then(|d| {
-                row.key[prefix.len()..]
+                row.key[q.prefix.len()..]
                     .find(d)
-                    .map(|i| row.key[..prefix.len() + i + d.len()].to_string())
+                    .map(|i| row.key[..q.prefix.len() + i + d.len()].to_string())
             });
             match rolled {
                 Some(common) => {

@@ -4,11 +4,14 @@
 //! fencing tokens, every replica acknowledged and verified before the ETag
 //! is answered, completion in the pipeline's one locked transaction.
 //!
-//! - [`pipeline`]: the adapter, the only module that calls the shared crate.
-//! - [`service`]: the S3 operations (s3s's `S3` trait).
-//! - [`index`]: buckets, uploads and the objects index in PostgreSQL.
+//! - [`pipeline`]: the adapter, the only module that calls the shared
+//!   crate's pipeline (ingest, store, MooseFS client).
+//! - [`service`]: the S3 operations (s3s's `S3` trait), a module per group.
+//! - [`index`]: buckets, uploads, parts and the objects index in PostgreSQL
+//!   (the crate's own tables).
 //! - [`keys`]: access keys, SigV4 secrets, per-bucket access.
-//! - [`server`]: HTTP serving with body, time and concurrency limits.
+//! - [`server`]: HTTP serving with body, time and concurrency limits (on
+//!   the shared serving loop, `shared::http_server`).
 //! - [`metrics`]: S3 request metrics.
 //! - [`cli`]: `worker s3 serve` and `worker s3 keys …`.
 

@@ -1,8 +1,9 @@
 //! Serving the S3 service over HTTP/1 with our own protection, since s3s
-//! has none against body-size, rate or back-pressure abuse:
+//! has none against body-size, rate or back-pressure abuse. The serving
+//! loop (header-read timeout, connection limit, graceful shutdown) is the
+//! shared one, [`shared::http_server`]; this module adds the per-request
+//! limits, answered as S3 errors:
 //!
-//! - **Header-read timeout** (hyper's `header_read_timeout`): a client
-//!   dripping its request head is cut off.
 //! - **Body limit**: a declared length (`Content-Length`, or
 //!   `x-amz-decoded-content-length` of an aws-chunked body) above the limit
 //!   is refused at once with `413 EntityTooLarge`; every body is also read
@@ -12,24 +13,16 @@
 //!   abandoned: its session or a newer attempt decides, as for any attempt).
 //! - **Concurrency limit**: past it a request is shed at once with
 //!   `503 SlowDown`, which every S3 SDK backs off from and retries.
-//! - **Connection limit**: past it new connections wait in the listen backlog.
-//! - **Graceful shutdown**: stop accepting, let in-flight requests finish up
-//!   to the drain bound.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use s3s::service::S3Service;
 use s3s::{s3_error, S3Error};
+use shared::http_server::{serve_connections, ConcurrencyLimit, ConnectionLimits};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// The server's limits (see the module doc).
@@ -91,11 +84,11 @@ fn declared_length(req: &http::Request<Incoming>) -> Option<u64> {
 
 async fn handle(
     s3: S3Service,
-    slots: Arc<Semaphore>,
+    slots: ConcurrencyLimit,
     limits: Arc<ServerLimits>,
     req: http::Request<Incoming>,
 ) -> HttpResponse {
-    let Ok(permit) = slots.try_acquire_owned() else {
+    let Some(permit) = slots.try_enter() else {
         return refuse(
             s3_error!(SlowDown, "too many requests at once; retry"),
             "concurrency",
@@ -132,69 +125,21 @@ async fn handle(
     response
 }
 
-/// Serves `s3` on `listener` until `shutdown`, then drains.
+/// Serves `s3` on `listener` until `shutdown`, then drains (the shared
+/// serving loop, [`shared::http_server::serve_connections`]).
 pub async fn serve(
     listener: TcpListener,
     s3: S3Service,
     limits: ServerLimits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
-    let drain = limits.drain;
-    let connections = Arc::new(Semaphore::new(limits.max_connections));
-    let slots = Arc::new(Semaphore::new(limits.concurrency));
+    let connections =
+        ConnectionLimits::new(limits.header_timeout, limits.max_connections, limits.drain);
+    let slots = ConcurrencyLimit::new(limits.concurrency);
     let limits = Arc::new(limits);
-    let graceful = GracefulShutdown::new();
-    let mut tasks = JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = connections.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-        };
-        let (stream, peer): (_, SocketAddr) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting an S3 connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        while tasks.try_join_next().is_some() {}
-        let _ = stream.set_nodelay(true);
+    let service = hyper::service::service_fn(move |req| {
         let (s3, slots, limits) = (s3.clone(), slots.clone(), limits.clone());
-        let service = hyper::service::service_fn(move |req| {
-            let (s3, slots, limits) = (s3.clone(), slots.clone(), limits.clone());
-            async move { Ok::<_, Infallible>(handle(s3, slots, limits, req).await) }
-        });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tasks.spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, error = %e, "S3 connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            connections = tasks.len(),
-            "S3 requests still running after the drain bound were cut"
-        );
-        tasks.abort_all();
-    }
-    while tasks.join_next().await.is_some() {}
-    Ok(())
+        async move { Ok::<_, Infallible>(handle(s3, slots, limits, req).await) }
+    });
+    serve_connections(listener, service, connections, shutdown, "S3").await
 }

@@ -288,7 +288,10 @@ async fn cleanup(args: ServiceArgs, prefix: Option<String>, root: Option<MfsPath
         None => Vec::new(),
     };
     for id in open {
-        if let Err(e) = ingest.end_session(id, "aborted", "test cleanup").await {
+        if let Err(e) = ingest
+            .end_session(id, shared::store::SessionState::Aborted, "test cleanup")
+            .await
+        {
             eprintln!("cleanup: aborting {id} failed: {e}");
         }
     }

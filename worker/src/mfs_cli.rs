@@ -184,8 +184,11 @@ struct Upload {
     display: String,
 }
 
-async fn cmd_put(client: &MfsClient, args: PutArgs) -> Result<()> {
-    let (dest, srcs) = args.paths.split_last().expect("clap requires 2 paths");
+/// What `put SRC… DEST` writes where: every source checked before
+/// MooseFS is touched, then the destination resolved (a directory is
+/// created if several sources or a trailing slash ask for one).
+async fn plan_uploads(client: &MfsClient, paths: &[String]) -> Result<Vec<Upload>> {
+    let (dest, srcs) = paths.split_last().expect("clap requires 2 paths");
     let dest_path = MfsPath::parse(dest)?;
     // Check every source before touching MooseFS.
     let mut sources: Vec<PathBuf> = Vec::with_capacity(srcs.len());
@@ -243,6 +246,11 @@ async fn cmd_put(client: &MfsClient, args: PutArgs) -> Result<()> {
             name,
         });
     }
+    Ok(uploads)
+}
+
+async fn cmd_put(client: &MfsClient, args: PutArgs) -> Result<()> {
+    let uploads = plan_uploads(client, &args.paths).await?;
     let mut opts = client.config().write.clone();
     opts.verify = !args.no_verify;
     opts.compute_md5 = !args.no_md5;

@@ -122,7 +122,8 @@ async fn dead_letter(ctx: &WorkerCtx, delivery: &Delivery, reason: &str) {
 pub(crate) async fn handle(ctx: &WorkerCtx, delivery: Delivery) {
     let message = match PartMessage::parse(&delivery.data) {
         Ok(message) => message,
-        Err(reason) => {
+        Err(malformed) => {
+            let reason = malformed.to_string();
             tracing::warn!(%reason, "malformed part job");
             dead_letter(ctx, &delivery, &reason).await;
             return;
@@ -233,7 +234,7 @@ async fn settle(
             tracing::warn!(session = %job.session_id, part = job.part_number, %why, "session failed");
             (false, Next::Finished)
         }
-        Err(PartError::Transient(why)) => {
+        Err(why) => {
             let next = attempt.saturating_add(1);
             if next >= ctx.max_attempts {
                 let reason = format!(

@@ -106,17 +106,15 @@ impl Ingest {
                 self.mfs
                     .write_stream(file.inode, p.part_offset as u64, source, &opts)
                     .await?;
-                reader
-                    .await
-                    .map_err(|e| CompletionError::Internal(e.to_string()))??;
+                reader.await??;
             }
         }
         let length = self.mfs.getattr(file.inode).await?.length;
         if length != session.size as u64 {
-            return Err(CompletionError::Internal(format!(
-                "assembled file has {length} bytes, expected {}",
-                session.size
-            )));
+            return Err(CompletionError::AssembledLength {
+                length,
+                expected: session.size,
+            });
         }
         Ok((staging_dir, name, file.inode))
     }

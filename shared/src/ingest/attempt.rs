@@ -3,44 +3,57 @@
 //! inode written (every replica acknowledged and verified), then its commit
 //! (see `commit`). A failed write's inode is recorded as abandoned.
 
-use std::sync::Arc;
-
 use uuid::Uuid;
 
+use super::CompletionError;
 use super::{Ingest, PartOutcome};
-use crate::moosefs::{CreatedFile, MfsError, WriteOptions};
+use crate::moosefs::{CreatedFile, MfsError, WriteOptions, WriteOutcome};
 use crate::queue::PartJob;
 use crate::source::{Source, SourceError, SourceVersion, Validator};
-use crate::store::{state, AttemptStart, CommitOutcome, PartCommit};
+use crate::store::{AttemptStart, CommitOutcome, PartCommit, SessionState, StoreError};
 
-/// Failures of a part attempt.
+/// Failures of a part attempt. Every one but [`PartError::SessionFailed`]
+/// is transient: trying again may succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum PartError {
-    /// Trying again may succeed (network, MooseFS, database trouble).
+    /// PostgreSQL trouble.
     #[error("{0}")]
-    Transient(String),
+    Store(#[from] StoreError),
+    /// MooseFS trouble (master, chunkservers, or the source read into it).
+    #[error("{0}")]
+    Mfs(#[from] MfsError),
+    /// The source failed in a way that may pass (see [`SourceError::is_transient`]).
+    #[error("{0}")]
+    Source(SourceError),
+    /// The completion that went with the part's commit could not run.
+    #[error("{0}")]
+    Completion(#[from] CompletionError),
     /// The session cannot succeed; it has been marked failed.
     #[error("{0}")]
     SessionFailed(String),
 }
 
-/// Test hooks into a part attempt.
+impl PartError {
+    /// Whether trying the part again may succeed.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, PartError::SessionFailed(_))
+    }
+}
+
+/// Test hooks into a part attempt (feature `test-hooks`).
+#[cfg(feature = "test-hooks")]
 #[derive(Clone, Default)]
 pub struct AttemptHooks {
     /// Runs after the staging file is written, before the commit.
     pub before_commit:
-        Option<Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>>,
-}
-
-pub(super) fn transient(e: impl std::fmt::Display) -> PartError {
-    PartError::Transient(e.to_string())
+        Option<std::sync::Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>>,
 }
 
 /// A source that may work later is a transient failure; one that never
 /// will (refused, changed, gone) fails the session.
 fn source_failure(e: SourceError) -> PartError {
     if e.is_transient() {
-        transient(e)
+        PartError::Source(e)
     } else {
         PartError::SessionFailed(e.to_string())
     }
@@ -108,24 +121,38 @@ impl Ingest {
     /// staging inode, the source range streamed into it (every replica
     /// acknowledged and verified), then the commit. Completes the session if
     /// this was its last part.
-    pub async fn run_part(
+    pub async fn run_part(&self, job: &PartJob, worker: &str) -> Result<PartOutcome, PartError> {
+        self.run_part_inner(job, worker, || async {}).await
+    }
+
+    /// [`Ingest::run_part`] with `hooks` run at their points (tests only).
+    #[cfg(feature = "test-hooks")]
+    pub async fn run_part_with_hooks(
         &self,
         job: &PartJob,
         worker: &str,
         hooks: &AttemptHooks,
     ) -> Result<PartOutcome, PartError> {
-        let Some(start) = self
-            .store
-            .start_attempt(job, worker)
-            .await
-            .map_err(transient)?
-        else {
+        self.run_part_inner(job, worker, || async {
+            if let Some(hook) = &hooks.before_commit {
+                hook().await;
+            }
+        })
+        .await
+    }
+
+    #[tracing::instrument(name = "part", level = "info", skip_all, fields(session = %job.session_id, part = job.part_number))]
+    async fn run_part_inner<F: std::future::Future<Output = ()>>(
+        &self,
+        job: &PartJob,
+        worker: &str,
+        before_commit: impl FnOnce() -> F,
+    ) -> Result<PartOutcome, PartError> {
+        let Some(start) = self.store.start_attempt(job, worker).await? else {
             return Ok(already_done());
         };
         let written = self.write_attempt(*job, start).await?;
-        if let Some(hook) = &hooks.before_commit {
-            hook().await;
-        }
+        before_commit().await;
         let commit = written.commit(worker);
         let committed = if written.start.part_count == 1 {
             self.commit_single_part(&commit).await?
@@ -141,6 +168,7 @@ impl Ingest {
     /// completes every file written (each still completes or fails alone;
     /// if that transaction cannot finish, each is committed on its own).
     /// One result per job, in order.
+    #[tracing::instrument(name = "part_group", level = "info", skip_all, fields(parts = jobs.len()))]
     pub async fn run_parts_together(
         &self,
         jobs: &[PartJob],
@@ -148,7 +176,13 @@ impl Ingest {
     ) -> Vec<Result<PartOutcome, PartError>> {
         let starts = match self.store.start_attempts(jobs, worker).await {
             Ok(starts) => starts,
-            Err(e) => return jobs.iter().map(|_| Err(transient(&e))).collect(),
+            Err(e) => {
+                return e
+                    .for_each(jobs.len())
+                    .into_iter()
+                    .map(|e| Err(e.into()))
+                    .collect()
+            }
         };
         let writes =
             futures::future::join_all(jobs.iter().zip(starts).map(|(job, start)| async move {
@@ -206,6 +240,7 @@ impl Ingest {
     /// minimum throughput ([`crate::source::PartLimits`]); a read cut short
     /// by those ends the chunk being written (its lock released) and is
     /// retried like any transient failure.
+    #[tracing::instrument(name = "attempt", level = "info", skip_all, fields(session = %job.session_id, part = job.part_number, token = %start.token))]
     async fn write_attempt(
         &self,
         job: PartJob,
@@ -216,7 +251,7 @@ impl Ingest {
 
         let _budget = self.write_budget.reserve(start.size as u64).await;
         let goal = start.goal as u8;
-        let dir_inode = self.staging_dir_inode(goal).await.map_err(transient)?;
+        let dir_inode = self.staging_dir_inode(goal).await?;
         let staging = self
             .cfg
             .staging_file(goal, job.session_id, job.part_number, start.token);
@@ -226,51 +261,16 @@ impl Ingest {
             Ok(f) => f,
             Err(e @ MfsError::NotFound(_)) => {
                 self.dirs.forget();
-                return Err(transient(e));
+                return Err(e.into());
             }
             // A previous try of this very attempt created it: a new attempt
             // (new token, new name) is the clean way forward.
-            Err(e) => return Err(transient(e)),
+            Err(e) => return Err(e.into()),
         };
-        // The error and the reason its inode is abandoned.
-        let written: Result<_, (PartError, &str)> = async {
-            let reader = source
-                .open_range(
-                    start.part_offset as u64,
-                    start.size as u64,
-                    &pinned,
-                    &self.cfg.sources,
-                )
-                .await
-                .map_err(|e| (source_failure(e), "attempt failed"))?;
-            let opts = WriteOptions {
-                required_copies: Some(start.goal as u8),
-                // Only a single part's MD5 is the file's; a multi-part file's
-                // MD5 is computed at completion, and only if it was asked for.
-                compute_md5: start.part_count == 1,
-                ..self.mfs.config().write.clone()
-            };
-            let outcome = self
-                .mfs
-                .write_new_file(&file, reader, &opts)
-                .await
-                .map_err(|e| match &e {
-                    MfsError::Source(io) if crate::source::PartReadLimitError::is_in(io) => {
-                        (transient(e), "source too slow")
-                    }
-                    _ => (transient(e), "attempt failed"),
-                })?;
-            if outcome.length != start.size as u64 {
-                let why = format!(
-                    "source ended early: part {} has {} of {} bytes",
-                    job.part_number, outcome.length, start.size
-                );
-                return Err((PartError::SessionFailed(why), "attempt failed"));
-            }
-            Ok(outcome)
-        }
-        .await;
-        match written {
+        match self
+            .stream_part(&job, &start, &source, &pinned, &file)
+            .await
+        {
             Ok(outcome) => Ok(WrittenPart {
                 job,
                 md5: outcome.md5_hex(),
@@ -280,32 +280,87 @@ impl Ingest {
                 staging_path,
             }),
             Err((e, reason)) => {
-                // The staging inode is nobody's: record it for the collector.
-                let _ = self
-                    .store
-                    .abandon_attempt(
-                        job.session_id,
-                        job.part_number,
-                        start.token,
-                        file.inode,
-                        &staging_path,
-                        reason,
-                    )
+                self.abandon_written(&job, &start, &file, &staging_path, reason)
                     .await;
-                crate::metrics::metrics()
-                    .parts_abandoned
-                    .with_label_values(&[if reason == "source too slow" {
-                        "source_too_slow"
-                    } else {
-                        "attempt_failed"
-                    }])
-                    .inc();
                 Err(match e {
                     PartError::SessionFailed(why) => self.fail_session(job.session_id, &why).await,
                     other => other,
                 })
             }
         }
+    }
+
+    /// Streams the part's source range into its staging file; on failure,
+    /// the error and the reason its inode is abandoned.
+    async fn stream_part(
+        &self,
+        job: &PartJob,
+        start: &AttemptStart,
+        source: &Source,
+        pinned: &SourceVersion,
+        file: &CreatedFile,
+    ) -> Result<WriteOutcome, (PartError, AbandonReason)> {
+        let reader = source
+            .open_range(
+                start.part_offset as u64,
+                start.size as u64,
+                pinned,
+                &self.cfg.sources,
+            )
+            .await
+            .map_err(|e| (source_failure(e), AbandonReason::AttemptFailed))?;
+        let opts = WriteOptions {
+            required_copies: Some(start.goal as u8),
+            // Only a single part's MD5 is the file's; a multi-part file's
+            // MD5 is computed at completion, and only if it was asked for.
+            compute_md5: start.part_count == 1,
+            ..self.mfs.config().write.clone()
+        };
+        let outcome = self
+            .mfs
+            .write_new_file(file, reader, &opts)
+            .await
+            .map_err(|e| match &e {
+                MfsError::Source(io) if crate::source::PartReadLimitError::is_in(io) => {
+                    (e.into(), AbandonReason::SourceTooSlow)
+                }
+                _ => (e.into(), AbandonReason::AttemptFailed),
+            })?;
+        if outcome.length != start.size as u64 {
+            let why = format!(
+                "source ended early: part {} has {} of {} bytes",
+                job.part_number, outcome.length, start.size
+            );
+            return Err((PartError::SessionFailed(why), AbandonReason::AttemptFailed));
+        }
+        Ok(outcome)
+    }
+
+    /// Records a failed write's staging inode for the collector (it is
+    /// nobody's) and counts it.
+    async fn abandon_written(
+        &self,
+        job: &PartJob,
+        start: &AttemptStart,
+        file: &CreatedFile,
+        staging_path: &str,
+        reason: AbandonReason,
+    ) {
+        let _ = self
+            .store
+            .abandon_attempt(
+                job.session_id,
+                job.part_number,
+                start.token,
+                file.inode,
+                staging_path,
+                reason.recorded(),
+            )
+            .await;
+        crate::metrics::metrics()
+            .parts_abandoned
+            .with_label_values(&[reason.label()])
+            .inc();
     }
 
     /// An attempt's source: parsed, and its size and validator now compared
@@ -342,10 +397,38 @@ impl Ingest {
     }
 
     /// Marks a session failed (if still open) and returns the error to report.
+    #[tracing::instrument(level = "info", skip(self, why), fields(session = %id))]
     pub async fn fail_session(&self, id: Uuid, why: &str) -> PartError {
-        match self.end_session(id, state::FAILED, why).await {
+        match self.end_session(id, SessionState::Failed, why).await {
             Ok(_) => PartError::SessionFailed(why.to_string()),
-            Err(e) => transient(e),
+            Err(e) => e.into(),
+        }
+    }
+}
+
+/// Why a written staging inode was abandoned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AbandonReason {
+    /// The write or the source failed.
+    AttemptFailed,
+    /// The source was slower than the part's minimum throughput.
+    SourceTooSlow,
+}
+
+impl AbandonReason {
+    /// As `abandoned_inodes.reason` records it.
+    fn recorded(self) -> &'static str {
+        match self {
+            AbandonReason::AttemptFailed => "attempt failed",
+            AbandonReason::SourceTooSlow => "source too slow",
+        }
+    }
+
+    /// As the `reason` label of `mfs_ingest_parts_abandoned_total`.
+    fn label(self) -> &'static str {
+        match self {
+            AbandonReason::AttemptFailed => "attempt_failed",
+            AbandonReason::SourceTooSlow => "source_too_slow",
         }
     }
 }

@@ -8,10 +8,9 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use uuid::Uuid;
 
-use super::attempt::transient;
 use super::complete::{Completion, CompletionError, Finish, KeepWrites};
 use super::{Ingest, PartError};
-use crate::store::{state, CommitOutcome, Part, PartCommit, Session, SessionDone};
+use crate::store::{CommitOutcome, Part, PartCommit, Session, SessionState};
 
 impl Ingest {
     /// Commits a part of a multi-part session, the session row shared with
@@ -22,15 +21,12 @@ impl Ingest {
     /// that completion cannot finish, the transaction rolls back and the part
     /// is committed alone, as any part is; its completion follows at once or
     /// from the reconciler. The bool says whether the session completed.
+    #[tracing::instrument(name = "commit", level = "info", skip_all, fields(session = %commit.session_id, part = commit.part_number))]
     pub(super) async fn commit_one_of_many(
         &self,
         commit: &PartCommit<'_>,
     ) -> Result<(CommitOutcome, bool), PartError> {
-        let (mut lock, committed) = self
-            .store
-            .commit_part_open(commit)
-            .await
-            .map_err(transient)?;
+        let (mut lock, committed) = self.store.commit_part_open(commit).await?;
         if committed.was_last() {
             let completion = async move {
                 let session = lock.lock_session(commit.session_id).await?;
@@ -47,12 +43,11 @@ impl Ingest {
                 }
             };
         }
-        lock.commit().await.map_err(transient)?;
+        lock.commit().await?;
         let committed = self
             .store
             .recount_after_commit(commit.session_id, committed)
-            .await
-            .map_err(transient)?;
+            .await?;
         Ok((
             committed,
             self.complete_if_last(commit.session_id, committed).await,
@@ -65,7 +60,7 @@ impl Ingest {
         &self,
         commit: &PartCommit<'_>,
     ) -> Result<(CommitOutcome, bool), PartError> {
-        let committed = self.store.commit_part(commit).await.map_err(transient)?;
+        let committed = self.store.commit_part(commit).await?;
         Ok((
             committed,
             self.complete_if_last(commit.session_id, committed).await,
@@ -84,6 +79,7 @@ impl Ingest {
     /// PostgreSQL trouble), that transaction rolls back and the part is
     /// committed alone, as any part is: its completion is then retried by the
     /// reconciler, and recognises a rename that already happened.
+    #[tracing::instrument(name = "commit", level = "info", skip_all, fields(session = %commit.session_id, part = commit.part_number))]
     pub(super) async fn commit_single_part(
         &self,
         commit: &PartCommit<'_>,
@@ -104,6 +100,7 @@ impl Ingest {
     /// still completes or fails on its own; any error rolls back the whole
     /// transaction (the caller then commits each part alone). One result per
     /// commit, in order.
+    #[tracing::instrument(name = "commit_group", level = "info", skip_all, fields(parts = commits.len()))]
     pub(super) async fn commit_single_parts(
         &self,
         commits: &[PartCommit<'_>],
@@ -122,9 +119,9 @@ impl Ingest {
         self.store.record_placements(&placements).await?;
         let ids: Vec<Uuid> = commits.iter().map(|c| c.session_id).collect();
         let (mut lock, sessions) = self.store.lock_sessions(&ids).await?;
-        let states: Vec<Option<&str>> = commits
+        let states: Vec<Option<SessionState>> = commits
             .iter()
-            .map(|c| sessions.get(&c.session_id).map(|s| s.state.as_str()))
+            .map(|c| sessions.get(&c.session_id).map(|s| s.state))
             .collect();
         let committed = lock.commit_parts(commits, &states).await?;
         let finishing_sessions = committed
@@ -147,41 +144,21 @@ impl Ingest {
         for (i, finish, own_time) in &finished {
             let session = &sessions[&commits[*i].session_id];
             match finish {
-                Finish::Completed {
-                    md5,
-                    crc,
-                    final_inode,
-                    replaced,
-                } => {
+                Finish::Completed(placed) => {
                     completed[*i] = true;
-                    done.push(SessionDone {
-                        session,
-                        md5: md5.as_deref(),
-                        crc32c: *crc,
-                        final_inode: *final_inode,
-                        replaced: *replaced,
-                    });
-                    ended.push((state::COMPLETED, session.created_at, Some(*own_time)));
+                    done.push(placed.done(session));
+                    ended.push((SessionState::Completed, session.created_at, Some(*own_time)));
                 }
                 Finish::Failed(why) => {
                     self.finish_failed(&mut lock, session, why.clone()).await?;
-                    ended.push((state::FAILED, session.created_at, None));
+                    ended.push((SessionState::Failed, session.created_at, None));
                 }
             }
         }
         lock.complete_all(&done).await?;
         let committing = std::time::Instant::now();
         lock.commit().await?;
-        let commit_time = committing.elapsed();
-        let m = crate::metrics::metrics();
-        for (state, created_at, own_time) in ended {
-            if let Some(own_time) = own_time {
-                // Its own work plus the commit that made it visible.
-                m.completion_duration
-                    .observe((own_time + commit_time).as_secs_f64());
-            }
-            crate::metrics::session_finished(state, created_at);
-        }
+        count_group_ends(ended, committing.elapsed());
         Ok(committed
             .iter()
             .zip(completed)
@@ -217,10 +194,10 @@ impl Ingest {
                 async move {
                     let started = std::time::Instant::now();
                     if session.part_count != 1 {
-                        return Err(CompletionError::Internal(format!(
-                            "session {} has {} parts, not one",
-                            session.id, session.part_count
-                        )));
+                        return Err(CompletionError::NotSinglePart {
+                            session: session.id,
+                            parts: session.part_count,
+                        });
                     }
                     let inode = part.staging_inode.unwrap_or_default() as u32;
                     let finish = self
@@ -235,5 +212,25 @@ impl Ingest {
             .try_collect()
             .await
             .inspect_err(|_| self.completion_failed())
+    }
+}
+
+/// Counts the sessions a group commit ended (`(state, created, own time)`;
+/// a completed one's duration is its own work plus the shared commit).
+fn count_group_ends(
+    ended: Vec<(
+        SessionState,
+        chrono::DateTime<chrono::Utc>,
+        Option<Duration>,
+    )>,
+    commit_time: Duration,
+) {
+    let m = crate::metrics::metrics();
+    for (state, created_at, own_time) in ended {
+        if let Some(own_time) = own_time {
+            m.completion_duration
+                .observe((own_time + commit_time).as_secs_f64());
+        }
+        crate::metrics::session_finished(state.as_str(), created_at);
     }
 }

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::Ingest;
 use crate::moosefs::{MfsError, Name};
-use crate::store::{state, Part, Session, SessionDone, SessionLock, StoreError};
+use crate::store::{Part, Session, SessionDone, SessionLock, SessionState, StoreError};
 
 /// How a completion attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,10 +23,10 @@ pub enum Completion {
 
 impl Completion {
     /// The session state this completion ends in, if it ends the session.
-    fn final_state(&self) -> Option<&'static str> {
+    fn final_state(&self) -> Option<SessionState> {
         match self {
-            Completion::Completed { .. } => Some(state::COMPLETED),
-            Completion::Failed(_) => Some(state::FAILED),
+            Completion::Completed { .. } => Some(SessionState::Completed),
+            Completion::Failed(_) => Some(SessionState::Failed),
             Completion::NotReady | Completion::AlreadyFinished => None,
         }
     }
@@ -42,14 +42,31 @@ pub(super) enum KeepWrites {
 
 /// What the MooseFS side of a completion decided, before it is recorded.
 pub(super) enum Finish {
-    Completed {
-        md5: Option<String>,
-        crc: u32,
-        final_inode: u32,
-        /// A foreign file at the destination was replaced (`overwrite`).
-        replaced: bool,
-    },
+    Completed(PlacedFile),
     Failed(String),
+}
+
+/// A session's file as a completion put it in place.
+#[derive(Debug)]
+pub(super) struct PlacedFile {
+    pub(super) md5: Option<String>,
+    pub(super) crc: u32,
+    pub(super) final_inode: u32,
+    /// A foreign file at the destination was replaced (`overwrite`).
+    pub(super) replaced: bool,
+}
+
+impl PlacedFile {
+    /// What the completion transaction records of it.
+    pub(super) fn done<'a>(&'a self, session: &'a Session) -> SessionDone<'a> {
+        SessionDone {
+            session,
+            md5: self.md5.as_deref(),
+            crc32c: self.crc,
+            final_inode: self.final_inode,
+            replaced: self.replaced,
+        }
+    }
 }
 
 /// What a completion found at its destination.
@@ -117,8 +134,21 @@ pub enum CompletionError {
     Mfs(#[from] MfsError),
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// The task reading a part into the assembled file failed.
     #[error("{0}")]
-    Internal(String),
+    PartReader(#[from] tokio::task::JoinError),
+    /// The assembled file's length is not the session's size.
+    #[error("assembled file has {length} bytes, expected {expected}")]
+    AssembledLength { length: u64, expected: i64 },
+    /// A group commit met a session of several parts.
+    #[error("session {session} has {parts} parts, not one")]
+    NotSinglePart { session: Uuid, parts: i32 },
+    /// A committed part row has no staging path.
+    #[error("committed part without a staging path")]
+    MissingStagingPath,
+    /// A committed part's staging path is the root.
+    #[error("empty staging path")]
+    EmptyStagingPath,
     #[error("the completion's MooseFS work did not finish within its deadline of {0:?}")]
     Deadline(Duration),
 }
@@ -152,21 +182,22 @@ impl Ingest {
 
     /// Ends an open session as failed or aborted; its parts' staging inodes
     /// are recorded as abandoned. Returns false if it was not open.
+    #[tracing::instrument(level = "info", skip(self, why), fields(session = %id, state = %new_state))]
     pub async fn end_session(
         &self,
         id: Uuid,
-        new_state: &'static str,
+        new_state: SessionState,
         why: &str,
     ) -> Result<bool, StoreError> {
         let (mut lock, session) = self.store.lock_session(id).await?;
-        let Some(session) = session.filter(|s| s.state == state::OPEN) else {
+        let Some(session) = session.filter(|s| s.state == SessionState::Open) else {
             lock.rollback().await?;
             return Ok(false);
         };
         lock.end(&session, new_state, why).await?;
         lock.abandon_parts(id).await?;
         lock.commit().await?;
-        crate::metrics::session_finished(new_state, session.created_at);
+        crate::metrics::session_finished(new_state.as_str(), session.created_at);
         Ok(true)
     }
 
@@ -174,6 +205,7 @@ impl Ingest {
     /// the session row `FOR UPDATE` from reading the parts until the state
     /// says completed. The MooseFS work is idempotent (safe to re-run after a
     /// crash before the commit).
+    #[tracing::instrument(name = "completion", level = "info", skip(self), fields(session = %id))]
     pub async fn complete(&self, id: Uuid) -> Result<Completion, CompletionError> {
         let (lock, session) = self.store.lock_session(id).await?;
         self.complete_locked(lock, session, None, KeepWrites::No)
@@ -205,12 +237,12 @@ impl Ingest {
         match (completion.final_state(), created_at) {
             (Some(state), Some(created_at)) => {
                 lock.commit().await?;
-                if state == state::COMPLETED {
+                if state == SessionState::Completed {
                     crate::metrics::metrics()
                         .completion_duration
                         .observe(started.elapsed().as_secs_f64());
                 }
-                crate::metrics::session_finished(state, created_at);
+                crate::metrics::session_finished(state.as_str(), created_at);
             }
             _ if keep == KeepWrites::Yes => lock.commit().await?,
             _ => lock.rollback().await?,
@@ -237,7 +269,7 @@ impl Ingest {
         let Some(session) = session else {
             return Ok(Completion::AlreadyFinished);
         };
-        if session.state != state::OPEN {
+        if session.state != SessionState::Open {
             return Ok(Completion::AlreadyFinished);
         }
         let id = session.id;
@@ -262,6 +294,7 @@ impl Ingest {
     /// The MooseFS side of a completion, nothing recorded yet, bounded by
     /// the completion deadline (it runs under the session row lock): see
     /// [`Ingest::finish_file_unbounded`].
+    #[tracing::instrument(name = "finish", level = "info", skip_all, fields(session = %session.id))]
     pub(super) async fn finish_file(
         &self,
         session: &Session,
@@ -319,12 +352,12 @@ impl Ingest {
                 return Ok(Finish::Failed(why));
             }
             AtDest::ThisFile(final_inode) => {
-                return Ok(Finish::Completed {
+                return Ok(Finish::Completed(PlacedFile {
                     md5: single_md5,
                     crc,
                     final_inode,
                     replaced: false,
-                })
+                }))
             }
             AtDest::Foreign if !session.overwrite => {
                 let why = format!(
@@ -349,12 +382,12 @@ impl Ingest {
         self.mfs
             .rename(file.dir, &file.name, parent, dest_name)
             .await?;
-        Ok(Finish::Completed {
+        Ok(Finish::Completed(PlacedFile {
             md5: file.md5,
             crc,
             final_inode: file.inode,
             replaced,
-        })
+        }))
     }
 
     /// What is at a session's destination. A file is this session's own
@@ -403,25 +436,15 @@ impl Ingest {
         finish: Finish,
     ) -> Result<Completion, CompletionError> {
         match finish {
-            Finish::Completed {
-                md5,
-                crc,
-                final_inode,
-                replaced,
-            } => {
-                let done = SessionDone {
-                    session,
-                    md5: md5.as_deref(),
-                    crc32c: crc,
-                    final_inode,
-                    replaced,
-                };
-                lock.complete(done).await?;
+            Finish::Completed(placed) => {
+                lock.complete(placed.done(session)).await?;
                 // A single part IS the final file; the parts of an assembly are garbage.
                 if part_count > 1 {
                     lock.abandon_parts(session.id).await?;
                 }
-                Ok(Completion::Completed { final_inode })
+                Ok(Completion::Completed {
+                    final_inode: placed.final_inode,
+                })
             }
             Finish::Failed(why) => self.finish_failed(lock, session, why).await,
         }
@@ -433,7 +456,7 @@ impl Ingest {
         session: &Session,
         why: String,
     ) -> Result<Completion, CompletionError> {
-        lock.end(session, state::FAILED, &why).await?;
+        lock.end(session, SessionState::Failed, &why).await?;
         lock.abandon_parts(session.id).await?;
         Ok(Completion::Failed(why))
     }

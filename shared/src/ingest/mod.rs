@@ -27,9 +27,11 @@ mod staging;
 
 /// Re-exported from the store, which sizes its transactions' idle timeout by it.
 pub use crate::store::DEFAULT_COMPLETION_DEADLINE_SECS;
-pub use attempt::{AttemptHooks, PartError};
+#[cfg(feature = "test-hooks")]
+pub use attempt::AttemptHooks;
+pub use attempt::PartError;
 pub use complete::{Completion, CompletionError};
-pub use request::RequestError;
+pub use request::{RequestError, ValidRequest};
 pub use staging::{DirCache, WriteBudget};
 
 /// Name of the system's own directory under the MooseFS root.

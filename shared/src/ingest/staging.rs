@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::complete::CompletionError;
 use super::{Ingest, IngestConfig, SYSTEM_DIR};
+use crate::domain::FencingToken;
 use crate::moosefs::{MfsClient, MfsError, MfsPath, Name};
 
 impl IngestConfig {
@@ -27,7 +28,7 @@ impl IngestConfig {
 
     /// A part attempt's staging file: `<session>-p<part>-t<token>`, unique per
     /// attempt (the token is the attempt counter).
-    pub fn staging_file(&self, goal: u8, session: Uuid, part: i32, token: i32) -> MfsPath {
+    pub fn staging_file(&self, goal: u8, session: Uuid, part: i32, token: FencingToken) -> MfsPath {
         self.staging_dir(goal)
             .join(&Name::parse(&format!("{session}-p{part:05}-t{token}")).expect("valid name"))
     }
@@ -38,13 +39,9 @@ impl IngestConfig {
             .join(&Name::parse(&format!("{session}-assembly")).expect("valid name"))
     }
 
+    /// The full path of a destination as sessions record it.
     pub fn dest_path(&self, dest: &str) -> Result<MfsPath, MfsError> {
-        let rel = MfsPath::parse(dest)?;
-        let mut full = self.root.clone();
-        for c in rel.components() {
-            full = full.join(c);
-        }
-        Ok(full)
+        Ok(crate::domain::Dest::parse(dest)?.under(&self.root))
     }
 }
 
@@ -163,13 +160,9 @@ impl Ingest {
         &self,
         path: &Option<String>,
     ) -> Result<(u32, Name), CompletionError> {
-        let path = path.as_deref().ok_or_else(|| {
-            CompletionError::Internal("committed part without a staging path".into())
-        })?;
+        let path = path.as_deref().ok_or(CompletionError::MissingStagingPath)?;
         let path = MfsPath::parse(path)?;
-        let (dir, name) = path
-            .split_last()
-            .ok_or_else(|| CompletionError::Internal("empty staging path".into()))?;
+        let (dir, name) = path.split_last().ok_or(CompletionError::EmptyStagingPath)?;
         Ok((self.dirs.ensure(&self.mfs, &dir).await?, name.clone()))
     }
 }

@@ -45,21 +45,9 @@ pub async fn consume_until<F, Fut>(
     let tracker = tokio_util::task::TaskTracker::new();
     let mut delay = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
-        let session = async {
-            let conn = connect(amqp_url, name).await?;
-            let channel = consumer_channel(&conn, prefetch).await?;
-            declare_topology(&channel).await?;
-            let consumer = channel
-                .basic_consume(
-                    queue,
-                    name,
-                    lapin::options::BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            Ok::<_, JobsError>((conn, channel, consumer))
-        };
-        let (conn, channel, mut consumer) = match session.await {
+        let (conn, channel, mut consumer) = match open_consumer(amqp_url, name, queue, prefetch)
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
                 crate::metrics::service_error(crate::metrics::Service::RabbitMq);
@@ -100,20 +88,53 @@ pub async fn consume_until<F, Fut>(
             }
         }
         if shutdown.is_cancelled() {
-            // Stop deliveries, let running handlers ack, then close.
-            let _ = channel
-                .basic_cancel(name, lapin::options::BasicCancelOptions::default())
-                .await;
-            tracker.close();
-            if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-                tracing::warn!(%queue, "handlers still running after {grace:?}; their messages will be redelivered");
-            }
-            let _ = channel.close(200, "shutdown").await;
-            let _ = conn.close(200, "shutdown").await;
-            return;
+            return drain(conn, channel, tracker, name, queue, grace).await;
         }
         let _ = conn.close(0, "reconnecting").await;
     }
     tracker.close();
     let _ = tokio::time::timeout(grace, tracker.wait()).await;
+}
+
+/// A connection, a channel with `prefetch`, the topology declared, and a
+/// consumer of `queue` on it.
+async fn open_consumer(
+    amqp_url: &str,
+    name: &str,
+    queue: &str,
+    prefetch: u16,
+) -> Result<(lapin::Connection, lapin::Channel, lapin::Consumer), JobsError> {
+    let conn = connect(amqp_url, name).await?;
+    let channel = consumer_channel(&conn, prefetch).await?;
+    declare_topology(&channel).await?;
+    let consumer = channel
+        .basic_consume(
+            queue,
+            name,
+            lapin::options::BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((conn, channel, consumer))
+}
+
+/// At shutdown: stops deliveries, lets running handlers ack (up to
+/// `grace`), then closes the channel and the connection.
+async fn drain(
+    conn: lapin::Connection,
+    channel: lapin::Channel,
+    tracker: tokio_util::task::TaskTracker,
+    name: &str,
+    queue: &str,
+    grace: Duration,
+) {
+    let _ = channel
+        .basic_cancel(name, lapin::options::BasicCancelOptions::default())
+        .await;
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(%queue, "handlers still running after {grace:?}; their messages will be redelivered");
+    }
+    let _ = channel.close(200, "shutdown").await;
+    let _ = conn.close(200, "shutdown").await;
 }

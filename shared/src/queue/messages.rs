@@ -122,31 +122,44 @@ pub enum PartMessage {
     Group(PartGroup),
 }
 
+/// Why a part message is malformed (its text is the dead letter's reason).
+#[derive(Debug, thiserror::Error)]
+pub enum MalformedPartMessage {
+    #[error("malformed part job: not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error("malformed part job: {0}")]
+    Job(#[source] serde_json::Error),
+    #[error("malformed part job group: {0}")]
+    Group(#[source] serde_json::Error),
+    #[error("malformed part job group: {0} jobs, expected 1 to {PART_GROUP_MAX_JOBS}")]
+    GroupSize(usize),
+    #[error(
+        "malformed part job group: part {part_number} of session {session_id} is listed twice"
+    )]
+    ListedTwice { session_id: Uuid, part_number: i32 },
+}
+
 impl PartMessage {
-    /// Parses a message body; the error (the dead letter's reason) says
-    /// what is wrong with it.
-    pub fn parse(body: &[u8]) -> Result<PartMessage, String> {
-        let value: serde_json::Value = serde_json::from_slice(body)
-            .map_err(|e| format!("malformed part job: not JSON: {e}"))?;
+    /// Parses a message body; the error says what is wrong with it.
+    pub fn parse(body: &[u8]) -> Result<PartMessage, MalformedPartMessage> {
+        let value: serde_json::Value =
+            serde_json::from_slice(body).map_err(MalformedPartMessage::NotJson)?;
         if value.get("jobs").is_none() {
             return serde_json::from_value(value)
                 .map(PartMessage::Single)
-                .map_err(|e| format!("malformed part job: {e}"));
+                .map_err(MalformedPartMessage::Job);
         }
         let group: PartGroup =
-            serde_json::from_value(value).map_err(|e| format!("malformed part job group: {e}"))?;
+            serde_json::from_value(value).map_err(MalformedPartMessage::Group)?;
         if group.jobs.is_empty() || group.jobs.len() > PART_GROUP_MAX_JOBS {
-            return Err(format!(
-                "malformed part job group: {} jobs, expected 1 to {PART_GROUP_MAX_JOBS}",
-                group.jobs.len()
-            ));
+            return Err(MalformedPartMessage::GroupSize(group.jobs.len()));
         }
         let mut seen = std::collections::HashSet::new();
         if let Some(twice) = group.jobs.iter().find(|j| !seen.insert(**j)) {
-            return Err(format!(
-                "malformed part job group: part {} of session {} is listed twice",
-                twice.part_number, twice.session_id
-            ));
+            return Err(MalformedPartMessage::ListedTwice {
+                session_id: twice.session_id,
+                part_number: twice.part_number,
+            });
         }
         Ok(PartMessage::Group(group))
     }

@@ -175,7 +175,7 @@ mod tests {
             (too_many, "17 jobs"),
             (format!(r#"{{"jobs":[{a},{a}]}}"#), "listed twice"),
         ] {
-            let err = PartMessage::parse(bad.as_bytes()).unwrap_err();
+            let err = PartMessage::parse(bad.as_bytes()).unwrap_err().to_string();
             assert!(err.starts_with("malformed part job"), "{bad}: {err}");
             assert!(err.contains(says), "{bad}: {err}");
         }

@@ -25,6 +25,48 @@ pub(super) fn string(v: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(v))
 }
 
+/// A subscription to `ingest.events` (the fanout every upload's outcome is
+/// published to) through a queue of its own, exclusive and auto-deleted,
+/// declared and bound on a new channel of `conn`: the channel and its
+/// consumer (tagged `consumer_tag`). Open it before publishing what the
+/// events are awaited for, so that none is missed.
+pub async fn subscribe_events(
+    conn: &Connection,
+    consumer_tag: &str,
+) -> Result<(Channel, lapin::Consumer), JobsError> {
+    let channel = conn.create_channel().await?;
+    declare_topology(&channel).await?;
+    let queue = channel
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.name().as_str(),
+            EVENTS_EXCHANGE,
+            "",
+            lapin::options::QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            queue.name().as_str(),
+            consumer_tag,
+            lapin::options::BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((channel, consumer))
+}
+
 /// Declares every queue (idempotent).
 pub async fn declare_topology(channel: &Channel) -> Result<(), JobsError> {
     let durable = QueueDeclareOptions {

@@ -249,10 +249,10 @@ pub async fn open_range(
     }
     match status {
         StatusCode::PARTIAL_CONTENT => {
-            check_content_range(resp.headers(), offset, last, version.size).map_err(|detail| {
+            check_content_range(resp.headers(), offset, last, version.size).map_err(|e| {
                 SourceError::BadRange {
                     url: masked(url),
-                    detail,
+                    detail: e.to_string(),
                 }
             })?;
         }
@@ -279,6 +279,20 @@ pub async fn open_range(
     Ok(Box::pin(reader.take(len)))
 }
 
+/// A 206 answer whose `Content-Range` is not the range asked for.
+#[derive(Debug, thiserror::Error)]
+enum ContentRangeMismatch {
+    #[error("a 206 answer without Content-Range")]
+    Missing,
+    #[error("Content-Range {raw:?} is not the range asked for (bytes {first}-{last}/{total})")]
+    Other {
+        raw: String,
+        first: u64,
+        last: u64,
+        total: u64,
+    },
+}
+
 /// Checks `Content-Range: bytes <first>-<last>/<total>` against what was
 /// asked.
 fn check_content_range(
@@ -286,11 +300,11 @@ fn check_content_range(
     first: u64,
     last: u64,
     total: u64,
-) -> Result<(), String> {
+) -> Result<(), ContentRangeMismatch> {
     let raw = headers
         .get(header::CONTENT_RANGE)
         .and_then(|v| v.to_str().ok())
-        .ok_or("a 206 answer without Content-Range")?;
+        .ok_or(ContentRangeMismatch::Missing)?;
     let parsed = (|| {
         let rest = raw.trim().strip_prefix("bytes ")?;
         let (range, size) = rest.split_once('/')?;
@@ -303,9 +317,12 @@ fn check_content_range(
     })();
     match parsed {
         Some(got) if got == (first, last, total) => Ok(()),
-        _ => Err(format!(
-            "Content-Range {raw:?} is not the range asked for (bytes {first}-{last}/{total})"
-        )),
+        _ => Err(ContentRangeMismatch::Other {
+            raw: raw.to_string(),
+            first,
+            last,
+            total,
+        }),
     }
 }
 

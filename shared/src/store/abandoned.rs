@@ -7,6 +7,7 @@ use sqlx::FromRow;
 use uuid::Uuid;
 
 use super::{Store, StoreError, Tx};
+use crate::domain::FencingToken;
 
 /// An abandoned staging inode waiting for deletion.
 #[derive(Debug, Clone, FromRow)]
@@ -42,7 +43,7 @@ pub(super) struct Abandon {
     pub(super) path: String,
     pub(super) session_id: Uuid,
     pub(super) part_number: i32,
-    pub(super) token: i32,
+    pub(super) token: FencingToken,
     pub(super) reason: &'static str,
 }
 
@@ -74,7 +75,7 @@ impl Store {
         &self,
         session_id: Uuid,
         part_number: i32,
-        token: i32,
+        token: FencingToken,
         inode: u32,
         path: &str,
         reason: &'static str,

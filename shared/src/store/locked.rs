@@ -14,7 +14,7 @@ use super::abandoned::abandon_parts_in;
 use super::outbox::enqueue;
 use super::parts::{commit_parts_in, CommitOutcome, Part, PartCommit, PARTS_OF_SESSION};
 use super::placements::lock_destinations_in;
-use super::{Session, Store, StoreError, Tx};
+use super::{Session, SessionState, Store, StoreError, Tx};
 use crate::queue::{Outgoing, UploadEvent, EVENTS_EXCHANGE};
 
 /// A session whose file is in place, as [`SessionLock::complete_all`] records it.
@@ -62,6 +62,42 @@ impl Store {
 }
 
 impl Store {
+    /// Records a written staging file as the part, in one transaction: the
+    /// session row is held `FOR SHARE` (completion takes it `FOR UPDATE`, so
+    /// the two never interleave); see `commit_parts_in`.
+    pub async fn commit_part(&self, c: &PartCommit<'_>) -> Result<CommitOutcome, StoreError> {
+        let (lock, outcome) = self.commit_part_open(c).await?;
+        lock.commit().await?;
+        self.recount_after_commit(c.session_id, outcome).await
+    }
+
+    /// [`Store::commit_part`] up to, not including, the commit: the part is
+    /// recorded in a transaction holding the session row `FOR SHARE`, which
+    /// is returned still open. `Committed { all_committed }` says whether
+    /// every part is committed as this transaction sees it: true means this
+    /// was the last part (the caller may complete the session in the same
+    /// transaction, see [`SessionLock::lock_session`]); false may be wrong
+    /// only when other parts commit at the same time, which
+    /// [`Store::recount_after_commit`] settles.
+    pub async fn commit_part_open(
+        &self,
+        c: &PartCommit<'_>,
+    ) -> Result<(SessionLock, CommitOutcome), StoreError> {
+        let (SessionLock { mut tx }, state) = self.share_session(c.session_id).await?;
+        let mut one = commit_parts_in(&mut tx, std::slice::from_ref(c), &[state]).await?;
+        let (outcome, _) = one.pop().expect("one result per commit");
+        if !matches!(outcome, CommitOutcome::Committed { .. }) {
+            return Ok((SessionLock { tx }, outcome));
+        }
+        let remaining = Self::uncommitted_parts(&mut *tx, c.session_id).await?;
+        Ok((
+            SessionLock { tx },
+            CommitOutcome::Committed {
+                all_committed: remaining == 0,
+            },
+        ))
+    }
+
     /// A transaction holding only the advisory locks of `dests` (full
     /// MooseFS paths): what a completion to one of them takes, so whatever
     /// the holder does to those paths never interleaves with a completion.
@@ -88,7 +124,7 @@ impl SessionLock {
     pub async fn commit_parts(
         &mut self,
         commits: &[PartCommit<'_>],
-        session_states: &[Option<&str>],
+        session_states: &[Option<SessionState>],
     ) -> Result<Vec<(CommitOutcome, Option<Part>)>, StoreError> {
         commit_parts_in(&mut self.tx, commits, session_states).await
     }
@@ -211,7 +247,7 @@ impl SessionLock {
     pub async fn end(
         &mut self,
         session: &Session,
-        new_state: &'static str,
+        new_state: SessionState,
         error: &str,
     ) -> Result<(), StoreError> {
         sqlx::query(
@@ -220,7 +256,7 @@ impl SessionLock {
               WHERE id = $1",
         )
         .bind(session.id)
-        .bind(new_state)
+        .bind(new_state.as_str())
         .bind(error)
         .execute(&mut *self.tx)
         .await?;

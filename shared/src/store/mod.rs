@@ -11,6 +11,8 @@
 //! - `abandoned`: staging inodes waiting for the collector;
 //! - `outbox`: messages committed with the state they announce;
 //! - `placements`: inodes a completion puts in place, and destination locks.
+//! - `pushed`: sessions whose parts a client pushes (the S3 endpoint):
+//!   created receiving, parts committed under the row `FOR SHARE`, frozen.
 
 use std::time::Duration;
 
@@ -22,13 +24,15 @@ mod locked;
 mod outbox;
 mod parts;
 mod placements;
+mod pushed;
 mod sessions;
 
 pub use abandoned::{Abandoned, Collected, Leftover};
 pub use locked::{SessionDone, SessionLock};
 pub use outbox::{OutboxRelayError, OutboxRow};
 pub use parts::{AttemptStart, CommitOutcome, Part, PartCommit, START_ATTEMPTS_SQL};
-pub use sessions::{state, NewSession, Session};
+pub use pushed::{NewPushedSession, PushedInode, PushedPart};
+pub use sessions::{NewSession, Session, SessionState, UnknownSessionState};
 
 /// Database failures.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +50,8 @@ pub enum StoreError {
     /// A value that does not fit its column (validation lets none through).
     #[error("{field} {value} does not fit its PostgreSQL column")]
     OutOfRange { field: &'static str, value: u64 },
+    #[error("{0}")]
+    UnknownState(#[from] UnknownSessionState),
 }
 
 /// A u64 for a PostgreSQL `bigint`, refused rather than wrapped.

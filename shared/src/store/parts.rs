@@ -8,9 +8,9 @@ use sqlx::FromRow;
 use uuid::Uuid;
 
 use super::abandoned::{abandon_all, Abandon};
-use super::locked::SessionLock;
 use super::outbox::enqueue_jobs;
-use super::{state, Store, StoreError, Tx};
+use super::{SessionState, Store, StoreError, Tx};
+use crate::domain::FencingToken;
 use crate::queue::PartJob;
 
 /// Every part of one session, in order.
@@ -38,7 +38,7 @@ pub struct Part {
 /// A part attempt that just started: its fencing token and what to write.
 #[derive(Debug, Clone, FromRow)]
 pub struct AttemptStart {
-    pub token: i32,
+    pub token: FencingToken,
     pub part_offset: i64,
     pub size: i64,
     pub source: String,
@@ -74,7 +74,7 @@ pub const START_ATTEMPTS_SQL: &str = "UPDATE upload_parts p
 pub struct PartCommit<'a> {
     pub session_id: Uuid,
     pub part_number: i32,
-    pub token: i32,
+    pub token: FencingToken,
     pub staging_inode: u32,
     pub staging_path: &'a str,
     /// The part's MD5, computed only for the only part of a session (the
@@ -156,48 +156,6 @@ impl Store {
             .collect())
     }
 
-    /// Records a written staging file as the part, in one transaction: the
-    /// session row is held `FOR SHARE` (completion takes it `FOR UPDATE`, so
-    /// the two never interleave); see `commit_parts_in`.
-    pub async fn commit_part(&self, c: &PartCommit<'_>) -> Result<CommitOutcome, StoreError> {
-        let (lock, outcome) = self.commit_part_open(c).await?;
-        lock.commit().await?;
-        self.recount_after_commit(c.session_id, outcome).await
-    }
-
-    /// [`Store::commit_part`] up to, not including, the commit: the part is
-    /// recorded in a transaction holding the session row `FOR SHARE`, which
-    /// is returned still open. `Committed { all_committed }` says whether
-    /// every part is committed as this transaction sees it: true means this
-    /// was the last part (the caller may complete the session in the same
-    /// transaction, see [`SessionLock::lock_session`]); false may be wrong
-    /// only when other parts commit at the same time, which
-    /// [`Store::recount_after_commit`] settles.
-    pub async fn commit_part_open(
-        &self,
-        c: &PartCommit<'_>,
-    ) -> Result<(SessionLock, CommitOutcome), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let state: Option<String> =
-            sqlx::query_scalar("SELECT state FROM upload_sessions WHERE id = $1 FOR SHARE")
-                .bind(c.session_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let mut one =
-            commit_parts_in(&mut tx, std::slice::from_ref(c), &[state.as_deref()]).await?;
-        let (outcome, _) = one.pop().expect("one result per commit");
-        if !matches!(outcome, CommitOutcome::Committed { .. }) {
-            return Ok((SessionLock { tx }, outcome));
-        }
-        let remaining = Self::uncommitted_parts(&mut *tx, c.session_id).await?;
-        Ok((
-            SessionLock { tx },
-            CommitOutcome::Committed {
-                all_committed: remaining == 0,
-            },
-        ))
-    }
-
     /// After the commit of a part whose own transaction still saw other
     /// parts uncommitted: counts again, now that it is committed. Two last
     /// parts committing at the same time each see the other's commit here,
@@ -222,7 +180,7 @@ impl Store {
 
     /// The session's parts not committed yet (through the primary key, not
     /// the partial index of all pending parts).
-    async fn uncommitted_parts<'e>(
+    pub(super) async fn uncommitted_parts<'e>(
         db: impl sqlx::PgExecutor<'e>,
         session_id: Uuid,
     ) -> Result<i64, StoreError> {
@@ -281,7 +239,7 @@ impl Store {
 pub(super) async fn commit_parts_in(
     tx: &mut Tx,
     commits: &[PartCommit<'_>],
-    session_states: &[Option<&str>],
+    session_states: &[Option<SessionState>],
 ) -> Result<Vec<(CommitOutcome, Option<Part>)>, StoreError> {
     let abandon_ours = |c: &PartCommit<'_>, reason: &'static str| Abandon {
         inode: c.staging_inode as i64,
@@ -294,146 +252,45 @@ pub(super) async fn commit_parts_in(
     let mut outcomes: Vec<Option<CommitOutcome>> = vec![None; commits.len()];
     let mut abandons = Vec::new();
     let open: Vec<usize> = (0..commits.len())
-        .filter(|&i| session_states[i] == Some(state::OPEN))
+        .filter(|&i| session_states[i] == Some(SessionState::Open))
         .collect();
     for (i, c) in commits.iter().enumerate() {
-        if session_states[i] != Some(state::OPEN) {
+        if session_states[i] != Some(SessionState::Open) {
             abandons.push(abandon_ours(c, "session no longer open"));
             outcomes[i] = Some(CommitOutcome::SessionClosed);
         }
     }
-    #[derive(FromRow)]
-    struct Current {
-        session_id: Uuid,
-        part_number: i32,
-        committed_token: Option<i32>,
-        staging_inode: Option<i64>,
-        staging_path: Option<String>,
-    }
-    let current: Vec<Current> = sqlx::query_as(
-        "SELECT p.session_id, p.part_number, p.committed_token, p.staging_inode,
-                    p.staging_path
-               FROM upload_parts p
-               JOIN UNNEST($1::uuid[], $2::int[]) AS j(session_id, part_number)
-                 ON p.session_id = j.session_id AND p.part_number = j.part_number
-              ORDER BY p.session_id, p.part_number
-                FOR UPDATE OF p",
-    )
-    .bind(
-        open.iter()
-            .map(|&i| commits[i].session_id)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        open.iter()
-            .map(|&i| commits[i].part_number)
-            .collect::<Vec<_>>(),
-    )
-    .fetch_all(&mut **tx)
-    .await?;
-    let current: std::collections::HashMap<(Uuid, i32), _> = current
-        .into_iter()
-        .map(|c| {
-            (
-                (c.session_id, c.part_number),
-                (c.committed_token, c.staging_inode, c.staging_path),
-            )
-        })
-        .collect();
+    let current = lock_current_parts(tx, commits, &open).await?;
     let mut winners = Vec::new();
     for &i in &open {
         let c = &commits[i];
-        let Some((token, inode, path)) = current.get(&(c.session_id, c.part_number)) else {
+        let Some(now) = current.get(&(c.session_id, c.part_number)) else {
             return Err(StoreError::SameBatch(format!(
                 "part {} of session {} does not exist",
                 c.part_number, c.session_id
             )));
         };
-        if token.is_some_and(|t| t >= c.token) {
+        if now.committed_token.is_some_and(|t| t >= c.token) {
             abandons.push(abandon_ours(c, "a newer attempt committed first"));
             outcomes[i] = Some(CommitOutcome::Superseded);
             continue;
         }
-        if let (Some(old_token), Some(old_inode), Some(old_path)) = (token, inode, path) {
+        if let (Some(old_token), Some(old_inode), Some(old_path)) =
+            (now.committed_token, now.staging_inode, &now.staging_path)
+        {
             abandons.push(Abandon {
-                inode: *old_inode,
+                inode: old_inode,
                 path: old_path.clone(),
                 session_id: c.session_id,
                 part_number: c.part_number,
-                token: *old_token,
+                token: old_token,
                 reason: "replaced by a newer attempt",
             });
         }
         winners.push(i);
     }
     abandon_all(tx, &abandons).await?;
-    let rows: Vec<Part> = if winners.is_empty() {
-        Vec::new()
-    } else {
-        sqlx::query_as(
-            "UPDATE upload_parts p
-                SET committed_token = c.token, staging_inode = c.inode,
-                    staging_path = c.path, md5 = c.md5, crc32c = c.crc32c,
-                    worker = c.worker, committed_at = clock_timestamp()
-               FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::bigint[], $5::text[],
-                           $6::text[], $7::bigint[], $8::text[])
-                    AS c(session_id, part_number, token, inode, path, md5, crc32c, worker)
-              WHERE p.session_id = c.session_id AND p.part_number = c.part_number
-             RETURNING p.session_id, p.part_number, p.part_offset, p.size, p.attempts,
-                       p.committed_token, p.staging_inode, p.staging_path, p.md5,
-                       p.crc32c, p.worker",
-        )
-        .bind(
-            winners
-                .iter()
-                .map(|&i| commits[i].session_id)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            winners
-                .iter()
-                .map(|&i| commits[i].part_number)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            winners
-                .iter()
-                .map(|&i| commits[i].token)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            winners
-                .iter()
-                .map(|&i| commits[i].staging_inode as i64)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            winners
-                .iter()
-                .map(|&i| commits[i].staging_path)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            winners
-                .iter()
-                .map(|&i| commits[i].md5)
-                .collect::<Vec<Option<&str>>>(),
-        )
-        .bind(
-            winners
-                .iter()
-                .map(|&i| commits[i].crc32c as i64)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            winners
-                .iter()
-                .map(|&i| commits[i].worker)
-                .collect::<Vec<_>>(),
-        )
-        .fetch_all(&mut **tx)
-        .await?
-    };
+    let rows = record_commits_in(tx, commits, &winners).await?;
     let mut rows: std::collections::HashMap<(Uuid, i32), Part> = rows
         .into_iter()
         .map(|p| ((p.session_id, p.part_number), p))
@@ -451,4 +308,84 @@ pub(super) async fn commit_parts_in(
             ),
         })
         .collect())
+}
+
+/// What a part row holds now, read `FOR UPDATE` before a commit decides.
+#[derive(FromRow)]
+struct CurrentPart {
+    session_id: Uuid,
+    part_number: i32,
+    committed_token: Option<FencingToken>,
+    staging_inode: Option<i64>,
+    staging_path: Option<String>,
+}
+
+/// `f` of each commit `which` names, in that order: one array parameter
+/// of an `UNNEST` statement.
+fn column<'c, 'a, T>(
+    commits: &'c [PartCommit<'a>],
+    which: &[usize],
+    f: impl Fn(&'c PartCommit<'a>) -> T,
+) -> Vec<T> {
+    which.iter().map(|&i| f(&commits[i])).collect()
+}
+
+/// Locks the part rows of the commits `which` names (in key order) and
+/// returns them by `(session, part number)`.
+async fn lock_current_parts(
+    tx: &mut Tx,
+    commits: &[PartCommit<'_>],
+    which: &[usize],
+) -> Result<std::collections::HashMap<(Uuid, i32), CurrentPart>, StoreError> {
+    let current: Vec<CurrentPart> = sqlx::query_as(
+        "SELECT p.session_id, p.part_number, p.committed_token, p.staging_inode,
+                    p.staging_path
+               FROM upload_parts p
+               JOIN UNNEST($1::uuid[], $2::int[]) AS j(session_id, part_number)
+                 ON p.session_id = j.session_id AND p.part_number = j.part_number
+              ORDER BY p.session_id, p.part_number
+                FOR UPDATE OF p",
+    )
+    .bind(column(commits, which, |c| c.session_id))
+    .bind(column(commits, which, |c| c.part_number))
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(current
+        .into_iter()
+        .map(|c| ((c.session_id, c.part_number), c))
+        .collect())
+}
+
+/// Records the commits `which` names in one statement; the part rows as committed.
+async fn record_commits_in(
+    tx: &mut Tx,
+    commits: &[PartCommit<'_>],
+    which: &[usize],
+) -> Result<Vec<Part>, StoreError> {
+    if which.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query_as(
+        "UPDATE upload_parts p
+            SET committed_token = c.token, staging_inode = c.inode,
+                staging_path = c.path, md5 = c.md5, crc32c = c.crc32c,
+                worker = c.worker, committed_at = clock_timestamp()
+           FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::bigint[], $5::text[],
+                       $6::text[], $7::bigint[], $8::text[])
+                AS c(session_id, part_number, token, inode, path, md5, crc32c, worker)
+          WHERE p.session_id = c.session_id AND p.part_number = c.part_number
+         RETURNING p.session_id, p.part_number, p.part_offset, p.size, p.attempts,
+                   p.committed_token, p.staging_inode, p.staging_path, p.md5,
+                   p.crc32c, p.worker",
+    )
+    .bind(column(commits, which, |c| c.session_id))
+    .bind(column(commits, which, |c| c.part_number))
+    .bind(column(commits, which, |c| c.token))
+    .bind(column(commits, which, |c| c.staging_inode as i64))
+    .bind(column(commits, which, |c| c.staging_path))
+    .bind(column(commits, which, |c| c.md5))
+    .bind(column(commits, which, |c| c.crc32c as i64))
+    .bind(column(commits, which, |c| c.worker))
+    .fetch_all(&mut **tx)
+    .await?)
 }

@@ -8,19 +8,93 @@ use sqlx::FromRow;
 use uuid::Uuid;
 
 use super::outbox::enqueue_jobs;
-use super::{to_bigint, Store, StoreError};
+use super::{to_bigint, Store, StoreError, Tx};
+use crate::domain::{Dest, Goal, PartSize};
 use crate::queue::{PartJob, PART_GROUP_MAX_FILE_BYTES};
 
-/// Session states.
-pub mod state {
-    pub const OPEN: &str = "open";
-    pub const COMPLETING: &str = "completing";
-    pub const COMPLETED: &str = "completed";
-    pub const ABORTED: &str = "aborted";
-    pub const FAILED: &str = "failed";
+/// The state of an upload session (the `upload_sessions.state` column, in
+/// lower case): `Receiving` while an S3 client pushes its parts, `Open`
+/// while its parts are written, `Completing` while a completion holds it,
+/// then one of the three final states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionState {
+    Receiving,
+    Open,
+    Completing,
+    Completed,
+    Aborted,
+    Failed,
 }
 
-/// An upload session row.
+impl SessionState {
+    pub const ALL: [SessionState; 6] = [
+        SessionState::Receiving,
+        SessionState::Open,
+        SessionState::Completing,
+        SessionState::Completed,
+        SessionState::Aborted,
+        SessionState::Failed,
+    ];
+
+    /// The column's value (and the `upload.<state>` event's suffix).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Receiving => "receiving",
+            SessionState::Open => "open",
+            SessionState::Completing => "completing",
+            SessionState::Completed => "completed",
+            SessionState::Aborted => "aborted",
+            SessionState::Failed => "failed",
+        }
+    }
+
+    /// Whether the session has ended (no part may be committed to it any more).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            SessionState::Completed | SessionState::Aborted | SessionState::Failed
+        )
+    }
+}
+
+impl std::fmt::Display for SessionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Compared with the column's spelling (`session.state == "open"`).
+impl PartialEq<&str> for SessionState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// A state the column does not know (the migrations' CHECK lets none in).
+#[derive(Debug, thiserror::Error)]
+#[error("unknown session state {0:?}")]
+pub struct UnknownSessionState(pub String);
+
+impl std::str::FromStr for SessionState {
+    type Err = UnknownSessionState;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        SessionState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| UnknownSessionState(s.to_string()))
+    }
+}
+
+impl TryFrom<String> for SessionState {
+    type Error = UnknownSessionState;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+/// An upload session row (serialized as the HTTP API shows it: without its
+/// final inode).
 #[derive(Debug, Clone, FromRow, Serialize)]
 pub struct Session {
     pub id: Uuid,
@@ -32,11 +106,13 @@ pub struct Session {
     pub part_count: i32,
     pub goal: i16,
     pub overwrite: bool,
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub state: SessionState,
     pub expected_md5: Option<String>,
     pub expected_crc32c: Option<i64>,
     pub md5: Option<String>,
     pub crc32c: Option<i64>,
+    #[serde(skip_serializing)]
     pub final_inode: Option<i64>,
     pub error: Option<String>,
     pub created_at: chrono::DateTime<chrono::Utc>,
@@ -49,10 +125,10 @@ pub struct Session {
 pub struct NewSession {
     pub request_id: String,
     pub source: String,
-    pub dest: String,
+    pub dest: Dest,
     pub size: u64,
-    pub part_size: u64,
-    pub goal: u8,
+    pub part_size: PartSize,
+    pub goal: Goal,
     pub overwrite: bool,
     pub expected_md5: Option<String>,
     pub expected_crc32c: Option<u32>,
@@ -76,12 +152,12 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()?;
         let part_sizes = news
             .iter()
-            .map(|n| to_bigint("part_size", n.part_size))
+            .map(|n| to_bigint("part_size", n.part_size.bytes()))
             .collect::<Result<Vec<_>, _>>()?;
         let part_counts = news
             .iter()
             .map(|n| {
-                let count = n.size.div_ceil(n.part_size.max(1)).max(1);
+                let count = n.part_size.parts_of(n.size);
                 i32::try_from(count).map_err(|_| StoreError::OutOfRange {
                     field: "part count",
                     value: count,
@@ -89,84 +165,15 @@ impl Store {
             })
             .collect::<Result<Vec<i32>, _>>()?;
         let mut tx = self.pool.begin().await?;
-        let created: Vec<Session> = sqlx::query_as(
-            "INSERT INTO upload_sessions
-                (id, request_id, source, dest, size, part_size, part_count, goal, overwrite,
-                 expected_md5, expected_crc32c, source_validator)
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[],
-                                  $6::bigint[], $7::int[], $8::smallint[], $9::bool[],
-                                  $10::text[], $11::bigint[], $12::text[])
-             ON CONFLICT (request_id) DO NOTHING
-             RETURNING *",
-        )
-        .bind(&ids)
-        .bind(
-            news.iter()
-                .map(|n| n.request_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(news.iter().map(|n| n.source.as_str()).collect::<Vec<_>>())
-        .bind(news.iter().map(|n| n.dest.as_str()).collect::<Vec<_>>())
-        .bind(&sizes)
-        .bind(&part_sizes)
-        .bind(&part_counts)
-        .bind(news.iter().map(|n| i16::from(n.goal)).collect::<Vec<_>>())
-        .bind(news.iter().map(|n| n.overwrite).collect::<Vec<_>>())
-        .bind(
-            news.iter()
-                .map(|n| n.expected_md5.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            news.iter()
-                .map(|n| n.expected_crc32c.map(i64::from))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            news.iter()
-                .map(|n| n.source_validator.clone())
-                .collect::<Vec<_>>(),
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-
-        let (mut part_sessions, mut numbers, mut offsets, mut sizes) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut jobs = Vec::new();
-        let mut grouped = Vec::new();
-        for session in &created {
-            // Small single-part files travel in groups, every other part alone.
-            let queue = if session.part_count == 1
-                && u64::try_from(session.size).is_ok_and(|s| s <= PART_GROUP_MAX_FILE_BYTES)
-            {
-                &mut grouped
-            } else {
-                &mut jobs
-            };
-            for n in 0..session.part_count {
-                let offset = i64::from(n) * session.part_size;
-                part_sessions.push(session.id);
-                numbers.push(n);
-                offsets.push(offset);
-                sizes.push((session.size - offset).min(session.part_size));
-                queue.push(PartJob {
-                    session_id: session.id,
-                    part_number: n,
-                });
-            }
-        }
+        let columns = NewColumns {
+            ids: &ids,
+            sizes: &sizes,
+            part_sizes: &part_sizes,
+            part_counts: &part_counts,
+        };
+        let created = insert_sessions_in(&mut tx, news, &columns).await?;
         if !created.is_empty() {
-            sqlx::query(
-                "INSERT INTO upload_parts (session_id, part_number, part_offset, size)
-                 SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::bigint[], $4::bigint[])",
-            )
-            .bind(&part_sessions)
-            .bind(&numbers)
-            .bind(&offsets)
-            .bind(&sizes)
-            .execute(&mut *tx)
-            .await?;
-            enqueue_jobs(&mut tx, &jobs, &grouped).await?;
+            insert_parts_and_jobs_in(&mut tx, &created).await?;
         }
         let mut by_request: std::collections::HashMap<String, Session> = created
             .into_iter()
@@ -270,4 +277,100 @@ impl Store {
         .fetch_all(&self.pool)
         .await?)
     }
+}
+
+/// The columns of new sessions computed (and range-checked) before their insert.
+struct NewColumns<'a> {
+    ids: &'a [Uuid],
+    sizes: &'a [i64],
+    part_sizes: &'a [i64],
+    part_counts: &'a [i32],
+}
+
+/// Inserts the sessions whose request id is new; the rows inserted.
+async fn insert_sessions_in(
+    tx: &mut Tx,
+    news: &[NewSession],
+    columns: &NewColumns<'_>,
+) -> Result<Vec<Session>, StoreError> {
+    Ok(sqlx::query_as(
+        "INSERT INTO upload_sessions
+            (id, request_id, source, dest, size, part_size, part_count, goal, overwrite,
+             expected_md5, expected_crc32c, source_validator)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[],
+                              $6::bigint[], $7::int[], $8::smallint[], $9::bool[],
+                              $10::text[], $11::bigint[], $12::text[])
+         ON CONFLICT (request_id) DO NOTHING
+         RETURNING *",
+    )
+    .bind(columns.ids)
+    .bind(
+        news.iter()
+            .map(|n| n.request_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(news.iter().map(|n| n.source.as_str()).collect::<Vec<_>>())
+    .bind(news.iter().map(|n| n.dest.to_stored()).collect::<Vec<_>>())
+    .bind(columns.sizes)
+    .bind(columns.part_sizes)
+    .bind(columns.part_counts)
+    .bind(news.iter().map(|n| i16::from(n.goal)).collect::<Vec<_>>())
+    .bind(news.iter().map(|n| n.overwrite).collect::<Vec<_>>())
+    .bind(
+        news.iter()
+            .map(|n| n.expected_md5.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        news.iter()
+            .map(|n| n.expected_crc32c.map(i64::from))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        news.iter()
+            .map(|n| n.source_validator.clone())
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(&mut **tx)
+    .await?)
+}
+
+/// Inserts the part rows of new sessions and their part jobs (into the
+/// outbox): small single-part files travel in groups, every other part alone.
+async fn insert_parts_and_jobs_in(tx: &mut Tx, created: &[Session]) -> Result<(), StoreError> {
+    let (mut part_sessions, mut numbers, mut offsets, mut sizes) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut jobs = Vec::new();
+    let mut grouped = Vec::new();
+    for session in created {
+        let queue = if session.part_count == 1
+            && u64::try_from(session.size).is_ok_and(|s| s <= PART_GROUP_MAX_FILE_BYTES)
+        {
+            &mut grouped
+        } else {
+            &mut jobs
+        };
+        for n in 0..session.part_count {
+            let offset = i64::from(n) * session.part_size;
+            part_sessions.push(session.id);
+            numbers.push(n);
+            offsets.push(offset);
+            sizes.push((session.size - offset).min(session.part_size));
+            queue.push(PartJob {
+                session_id: session.id,
+                part_number: n,
+            });
+        }
+    }
+    sqlx::query(
+        "INSERT INTO upload_parts (session_id, part_number, part_offset, size)
+         SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::bigint[], $4::bigint[])",
+    )
+    .bind(&part_sessions)
+    .bind(&numbers)
+    .bind(&offsets)
+    .bind(&sizes)
+    .execute(&mut **tx)
+    .await?;
+    enqueue_jobs(tx, &jobs, &grouped).await
 }

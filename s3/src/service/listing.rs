@@ -1,0 +1,225 @@
+//! The list operations: objects (ListObjects and ListObjectsV2, one page
+//! from the index, common prefixes rolled up), the parts of an upload
+//! (ListParts) and the uploads of a bucket (ListMultipartUploads).
+
+use s3s::dto::*;
+use s3s::{s3_error, S3Request, S3Response, S3Result};
+
+use super::errors::{db_error, pipeline_error};
+use super::{timestamp, Endpoint, MAX_LIST};
+use crate::index::{self, ListScope, ObjectRow};
+use crate::pipeline::CommittedPart;
+
+/// A page of objects as both ListObjects versions answer it.
+struct ListedPage {
+    max_keys: i32,
+    contents: Vec<Object>,
+    common_prefixes: Vec<CommonPrefix>,
+    /// Where the next page starts, if the page is truncated.
+    next: Option<String>,
+}
+
+/// One page of an existing bucket's keys after `after`, at most
+/// `max_keys` (S3's limit if none, or above it).
+async fn list_page(
+    ep: &Endpoint,
+    bucket: &str,
+    prefix: Option<&str>,
+    delimiter: Option<&str>,
+    after: Option<&str>,
+    max_keys: Option<i32>,
+) -> S3Result<ListedPage> {
+    let max_keys = max_keys.unwrap_or(MAX_LIST).clamp(0, MAX_LIST);
+    let scope = ListScope {
+        bucket,
+        prefix: prefix.unwrap_or(""),
+        max: max_keys,
+    };
+    let page = index::list(
+        ep.pool(),
+        &scope,
+        delimiter.filter(|d| !d.is_empty()),
+        after,
+    )
+    .await
+    .map_err(db_error)?;
+    Ok(ListedPage {
+        max_keys,
+        contents: page.objects.iter().map(listed_object).collect(),
+        common_prefixes: page
+            .prefixes
+            .into_iter()
+            .map(|p| CommonPrefix { prefix: Some(p) })
+            .collect(),
+        next: page.next,
+    })
+}
+
+pub(super) async fn list_objects_v2(
+    ep: &Endpoint,
+    req: S3Request<ListObjectsV2Input>,
+) -> S3Result<S3Response<ListObjectsV2Output>> {
+    let input = req.input;
+    ep.require_bucket(&input.bucket).await?;
+    let after = match &input.continuation_token {
+        Some(token) => Some(
+            index::decode_token(token)
+                .ok_or_else(|| s3_error!(InvalidArgument, "invalid continuation token"))?,
+        ),
+        None => input.start_after.clone(),
+    };
+    let page = list_page(
+        ep,
+        &input.bucket,
+        input.prefix.as_deref(),
+        input.delimiter.as_deref(),
+        after.as_deref(),
+        input.max_keys,
+    )
+    .await?;
+    let key_count = (page.contents.len() + page.common_prefixes.len()) as i32;
+    Ok(S3Response::new(ListObjectsV2Output {
+        name: Some(input.bucket),
+        prefix: input.prefix,
+        delimiter: input.delimiter,
+        max_keys: Some(page.max_keys),
+        key_count: Some(key_count),
+        continuation_token: input.continuation_token,
+        start_after: input.start_after,
+        is_truncated: Some(page.next.is_some()),
+        next_continuation_token: page.next.as_deref().map(index::encode_token),
+        contents: Some(page.contents),
+        common_prefixes: Some(page.common_prefixes),
+        encoding_type: input.encoding_type,
+        ..Default::default()
+    }))
+}
+
+pub(super) async fn list_objects(
+    ep: &Endpoint,
+    req: S3Request<ListObjectsInput>,
+) -> S3Result<S3Response<ListObjectsOutput>> {
+    let input = req.input;
+    ep.require_bucket(&input.bucket).await?;
+    let page = list_page(
+        ep,
+        &input.bucket,
+        input.prefix.as_deref(),
+        input.delimiter.as_deref(),
+        input.marker.as_deref().filter(|m| !m.is_empty()),
+        input.max_keys,
+    )
+    .await?;
+    Ok(S3Response::new(ListObjectsOutput {
+        name: Some(input.bucket),
+        prefix: input.prefix,
+        delimiter: input.delimiter,
+        marker: input.marker,
+        max_keys: Some(page.max_keys),
+        is_truncated: Some(page.next.is_some()),
+        next_marker: page.next,
+        contents: Some(page.contents),
+        common_prefixes: Some(page.common_prefixes),
+        encoding_type: input.encoding_type,
+        ..Default::default()
+    }))
+}
+
+pub(super) async fn list_parts(
+    ep: &Endpoint,
+    req: S3Request<ListPartsInput>,
+) -> S3Result<S3Response<ListPartsOutput>> {
+    let input = req.input;
+    let upload = ep
+        .require_receiving_upload(&input.bucket, &input.key, &input.upload_id)
+        .await?;
+    let max_parts = input.max_parts.unwrap_or(MAX_LIST).clamp(0, MAX_LIST);
+    let marker = input.part_number_marker.unwrap_or(0);
+    let parts = ep
+        .pipeline()
+        .committed_parts(upload)
+        .await
+        .map_err(pipeline_error)?;
+    let after: Vec<&CommittedPart> = parts.iter().filter(|p| p.part_number > marker).collect();
+    let page = &after[..after.len().min(max_parts as usize)];
+    let truncated = after.len() > page.len();
+    Ok(S3Response::new(ListPartsOutput {
+        bucket: Some(input.bucket),
+        key: Some(input.key),
+        upload_id: Some(input.upload_id),
+        max_parts: Some(max_parts),
+        part_number_marker: input.part_number_marker,
+        is_truncated: Some(truncated),
+        next_part_number_marker: page.last().filter(|_| truncated).map(|p| p.part_number),
+        parts: Some(page.iter().map(|p| listed_part(p)).collect()),
+        ..Default::default()
+    }))
+}
+
+pub(super) async fn list_multipart_uploads(
+    ep: &Endpoint,
+    req: S3Request<ListMultipartUploadsInput>,
+) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+    let input = req.input;
+    ep.require_bucket(&input.bucket).await?;
+    let max_uploads = input.max_uploads.unwrap_or(MAX_LIST).clamp(0, MAX_LIST);
+    let scope = ListScope {
+        bucket: &input.bucket,
+        prefix: input.prefix.as_deref().unwrap_or(""),
+        max: max_uploads,
+    };
+    let (uploads, truncated) = index::receiving_uploads(
+        ep.pool(),
+        &scope,
+        input.key_marker.as_deref(),
+        input.upload_id_marker.as_deref(),
+    )
+    .await
+    .map_err(db_error)?;
+    let last = uploads.last().cloned();
+    Ok(S3Response::new(ListMultipartUploadsOutput {
+        bucket: Some(input.bucket),
+        prefix: input.prefix,
+        key_marker: input.key_marker,
+        upload_id_marker: input.upload_id_marker,
+        max_uploads: Some(max_uploads),
+        is_truncated: Some(truncated),
+        next_key_marker: last.as_ref().filter(|_| truncated).map(|u| u.1.clone()),
+        next_upload_id_marker: last.filter(|_| truncated).map(|u| u.0.to_string()),
+        uploads: Some(
+            uploads
+                .into_iter()
+                .map(|(id, key, created)| MultipartUpload {
+                    upload_id: Some(id.to_string()),
+                    key: Some(key),
+                    initiated: Some(timestamp(created)),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+        ..Default::default()
+    }))
+}
+
+fn listed_object(row: &ObjectRow) -> Object {
+    Object {
+        key: Some(row.key.clone()),
+        size: Some(row.size),
+        e_tag: Some(ETag::Strong(row.etag.clone())),
+        last_modified: Some(timestamp(row.last_modified)),
+        storage_class: Some(ObjectStorageClass::from_static(
+            ObjectStorageClass::STANDARD,
+        )),
+        ..Default::default()
+    }
+}
+
+fn listed_part(p: &CommittedPart) -> Part {
+    Part {
+        part_number: Some(p.part_number),
+        e_tag: Some(ETag::Strong(p.md5.clone())),
+        size: Some(p.size),
+        last_modified: Some(timestamp(p.committed_at)),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,160 @@
+//! The steps every write shares: a request body received as one part
+//! attempt (written, its digests checked, committed), and an upload frozen
+//! and completed into its object.
+
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use s3s::dto::StreamingBlob;
+use s3s::{s3_error, S3Error, S3Result};
+use uuid::Uuid;
+
+use super::digests::Digests;
+use super::errors::{completion_refused, db_error, pipeline_error};
+use super::{Endpoint, MAX_PART_BYTES};
+use crate::index;
+use crate::pipeline::{CommittedPart, Completed, FreezePlan, Frozen, PartCommitted, WrittenPart};
+
+impl Endpoint {
+    /// Writes a request body as an attempt of one part and commits it: the
+    /// part's fencing token, a fresh staging inode written and verified,
+    /// the digests the client sent checked, the part row committed. Only
+    /// then is the ETag (the body's MD5) answered.
+    pub(super) async fn receive_part(
+        &self,
+        upload: Uuid,
+        part_number: i32,
+        body: Option<StreamingBlob>,
+        content_length: Option<i64>,
+        digests: &Digests,
+        trailers: Option<s3s::TrailingHeaders>,
+    ) -> S3Result<(WrittenPart, s3s::dto::Checksum)> {
+        let declared = match content_length {
+            Some(n) if n >= 0 => n as u64,
+            _ => return Err(s3_error!(MissingContentLength)),
+        };
+        if declared > MAX_PART_BYTES {
+            return Err(s3_error!(EntityTooLarge));
+        }
+        let body = body.ok_or_else(|| s3_error!(IncompleteBody))?;
+        let token = self
+            .pipeline()
+            .start_part(upload, part_number)
+            .await
+            .map_err(pipeline_error)?
+            .ok_or_else(|| s3_error!(NoSuchUpload))?;
+        let hasher = Arc::new(std::sync::Mutex::new(digests.hasher()));
+        let hashing = hasher.clone();
+        let stream = body
+            .inspect_ok(move |b| hashing.lock().expect("hasher").update(b))
+            .map_err(|e| std::io::Error::other(e.to_string()));
+        let reader = tokio_util::io::StreamReader::new(stream);
+        let written = self
+            .pipeline()
+            .write_part(upload, part_number, token, declared, reader)
+            .await
+            .map_err(pipeline_error)?;
+        let checksum = std::mem::take(&mut *hasher.lock().expect("hasher")).finalize();
+        if let Err(e) = digests.verify(&written.md5, &checksum, trailers) {
+            self.pipeline()
+                .abandon(
+                    upload,
+                    part_number,
+                    token,
+                    written.inode,
+                    &written.path,
+                    "s3 part failed its digest check",
+                )
+                .await;
+            return Err(e);
+        }
+        self.commit_received(upload, part_number, written, checksum)
+            .await
+    }
+
+    /// Commits a received part; its bytes are counted in then.
+    async fn commit_received(
+        &self,
+        upload: Uuid,
+        part_number: i32,
+        written: WrittenPart,
+        checksum: s3s::dto::Checksum,
+    ) -> S3Result<(WrittenPart, s3s::dto::Checksum)> {
+        match self
+            .pipeline()
+            .commit_part(upload, part_number, &written)
+            .await
+            .map_err(pipeline_error)?
+        {
+            PartCommitted::Committed => {
+                crate::metrics::metrics().bytes_in.inc_by(written.size);
+                Ok((written, checksum))
+            }
+            PartCommitted::Superseded => Err(s3_error!(
+                OperationAborted,
+                "a newer upload of part {part_number} committed first; this one was discarded"
+            )),
+            PartCommitted::UploadClosed => Err(s3_error!(NoSuchUpload)),
+        }
+    }
+
+    /// Freezes an upload with `plan` chosen by `check`, completes it through
+    /// the pipeline and records the object. The object's ETag.
+    pub(super) async fn finish_upload<F>(&self, upload: Uuid, check: F) -> S3Result<String>
+    where
+        F: Fn(&[CommittedPart]) -> Result<FreezePlan, S3Error>,
+    {
+        let etag = self.freeze_upload(upload, check).await?;
+        self.place_upload(upload, etag).await
+    }
+
+    /// The S3 checks and the freeze (fast: one transaction); the ETag.
+    pub(super) async fn freeze_upload<F>(&self, upload: Uuid, check: F) -> S3Result<String>
+    where
+        F: Fn(&[CommittedPart]) -> Result<FreezePlan, S3Error>,
+    {
+        let frozen = self
+            .pipeline()
+            .freeze(upload, &check)
+            .await
+            .map_err(pipeline_error)?;
+        let etag = match frozen {
+            Frozen::Now { etag } => etag,
+            Frozen::Refused(e) => return Err(e),
+            Frozen::Gone => return Err(s3_error!(NoSuchUpload)),
+            Frozen::Before { etag, listed, .. } => {
+                // A repeated Complete: the same list gets the same answer
+                // (and finishes a completion that did not finish); any other
+                // list finds the upload gone, as in S3.
+                let parts = self
+                    .pipeline()
+                    .committed_parts(upload)
+                    .await
+                    .map_err(pipeline_error)?;
+                if check(&parts).ok().map(|p| p.listed) != Some(listed) {
+                    return Err(s3_error!(NoSuchUpload));
+                }
+                etag
+            }
+        };
+        Ok(etag)
+    }
+
+    /// The pipeline's completion of a frozen upload, then the object row.
+    pub(super) async fn place_upload(&self, upload: Uuid, etag: String) -> S3Result<String> {
+        match self
+            .pipeline()
+            .complete(upload)
+            .await
+            .map_err(pipeline_error)?
+        {
+            Completed::Placed(placed) => {
+                index::record_object(self.pool(), upload, &placed)
+                    .await
+                    .map_err(db_error)?;
+                Ok(etag)
+            }
+            Completed::Failed(why) => Err(completion_refused(&why)),
+        }
+    }
+}
