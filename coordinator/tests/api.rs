@@ -3,283 +3,80 @@
 //! needed: no relay and no worker run, so created sessions stay `open` with no
 //! part committed, and their outbox rows simply wait.
 //!
-//! Every test serves the router on 127.0.0.1:0 with sources in a temp dir of
+//! Every test serves the router (`testkit::TestApi`) on 127.0.0.1:0 with sources in a temp dir of
 //! its own under /var/tmp/mfs-ingest/sources/ and a MooseFS root of its own,
 //! `/tests/api-<pid>-<random>` (trash time 0). A guard aborts the sessions the
 //! test left open and removes both directories, also when the test panics.
 
 mod origin_support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
-use coordinator::api::{ApiState, Auth};
+use coordinator::api::Auth;
 use coordinator::auth::ApiTokens;
-use coordinator::server::{self, HttpLimits};
+use coordinator::server::HttpLimits;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use shared::config::ServiceArgs;
 use shared::ingest::Ingest;
-use shared::moosefs::{ClientConfig, MfsClient, MfsPath, Name};
+use shared::moosefs::{ClientConfig, MfsClient, Name};
 use shared::store::Store;
+use testkit::api::ApiPlace;
+use testkit::TestApi;
 use uuid::Uuid;
 
-const SOURCES_PARENT: &str = "/var/tmp/mfs-ingest/sources";
 const MIB: u64 = 1 << 20;
-
-/// The service addresses from the environment, or the defaults.
-#[derive(Parser)]
-struct Args {
-    #[command(flatten)]
-    services: ServiceArgs,
-}
-
-fn service_args() -> ServiceArgs {
-    Args::try_parse_from(["api-tests"])
-        .expect("service settings from the environment")
-        .services
-}
 
 fn request_id() -> String {
     format!("api-test-{}", Uuid::new_v4())
 }
 
-/// A running API with its own sources and MooseFS root.
-struct Api {
-    ingest: Ingest,
-    base: String,
-    http: reqwest::Client,
-    token: Option<String>,
-    sources: tempfile::TempDir,
-    mfs_root: MfsPath,
-    args: ServiceArgs,
-    /// Whether dropping this removes `mfs_root` (false for a second server
-    /// sharing another's root).
-    owns_root: bool,
-    server: tokio::task::JoinHandle<()>,
+/// An API with its own sources and MooseFS root; with a `token`, /v1/*
+/// wants it and the test's requests send it.
+async fn start(token: Option<&str>) -> TestApi {
+    start_with(token, &[]).await
 }
 
-impl Api {
-    async fn start(token: Option<&str>) -> Api {
-        Api::start_with(token, &[]).await
-    }
-
-    /// An API whose `http(s)://` sources may name these hosts (whatever
-    /// their addresses); none: only hosts with public addresses.
-    async fn start_with(token: Option<&str>, http_source_hosts: &[&str]) -> Api {
-        std::fs::create_dir_all(SOURCES_PARENT).unwrap();
-        let sources = tempfile::Builder::new()
-            .prefix("api-")
-            .tempdir_in(SOURCES_PARENT)
-            .unwrap();
-        let mfs_root = MfsPath::parse(&format!(
-            "/tests/api-{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        ))
-        .unwrap();
-        let mut args = service_args();
-        args.mfs_root = mfs_root.to_string();
-        args.source_roots = vec![sources.path().to_path_buf()];
-        args.http_source_hosts = http_source_hosts.iter().map(|h| h.to_string()).collect();
-        let ingest = args
-            .ingest("mfs-ingest coordinator api tests", 4)
-            .await
-            .expect("PostgreSQL and MooseFS (is `scripts/stack up` running?)");
-        let tests = ingest
-            .mfs
-            .mkdir_all(&MfsPath::parse("/tests").unwrap())
-            .await
-            .unwrap();
-        ingest.mfs.set_trash_time(tests, 0, false).await.unwrap();
-        let root = ingest.mfs.mkdir_all(&mfs_root).await.unwrap();
-        ingest.mfs.set_trash_time(root, 0, false).await.unwrap();
-        ingest.store.migrate().await.unwrap();
-        Api::serve(ingest, token, sources, mfs_root, args).await
-    }
-
-    async fn serve(
-        ingest: Ingest,
-        token: Option<&str>,
-        sources: tempfile::TempDir,
-        mfs_root: MfsPath,
-        args: ServiceArgs,
-    ) -> Api {
-        let auth = match token {
-            Some(t) => {
-                let mut tokens = ApiTokens::default();
-                tokens.add_plain("test", "default", t).unwrap();
-                Auth::Tokens(tokens)
-            }
-            None => Auth::Open,
-        };
-        let limits = HttpLimits::default();
-        let state = Arc::new(ApiState::new(
-            ingest.clone(),
-            auth,
-            Arc::new(|| "# TYPE api_test_metric counter\napi_test_metric 1\n".to_string()),
-            limits.body_limit,
-        ));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = server::app(state, &limits);
-        let server = tokio::spawn(async move {
-            let shutdown = tokio_util::sync::CancellationToken::new();
-            server::serve(listener, app, limits, shutdown)
-                .await
-                .unwrap();
-        });
-        Api {
-            ingest,
-            base: format!("http://{addr}"),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()
-                .unwrap(),
-            token: token.map(str::to_string),
-            sources,
-            mfs_root,
-            args,
-            owns_root: true,
-            server,
-        }
-    }
-
-    /// A sparse source file of `size` bytes; returns its `file://` URL.
-    fn source(&self, name: &str, size: u64) -> String {
-        let path = self.sources.path().join(name);
-        let f = std::fs::File::create(&path).unwrap();
-        f.set_len(size).unwrap();
-        format!("file://{}", path.display())
-    }
-
-    fn source_prefix(&self) -> String {
-        format!("file://{}/", self.sources.path().display())
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn authed(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.token {
-            Some(t) => rb.bearer_auth(t),
-            None => rb,
-        }
-    }
-
-    async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
-        self.authed(self.http.post(self.url(path)).json(body))
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn post_raw(
-        &self,
-        path: &str,
-        body: impl Into<reqwest::Body>,
-        content_type: &str,
-    ) -> reqwest::Response {
-        self.authed(
-            self.http
-                .post(self.url(path))
-                .header(reqwest::header::CONTENT_TYPE, content_type)
-                .body(body),
-        )
-        .send()
+/// An API whose `http(s)://` sources may name these hosts (whatever
+/// their addresses); none: only hosts with public addresses.
+async fn start_with(token: Option<&str>, http_source_hosts: &[&str]) -> TestApi {
+    let mut place = TestApi::prepare("api");
+    place.args.http_source_hosts = http_source_hosts.iter().map(|h| h.to_string()).collect();
+    let ingest = place
+        .args
+        .ingest("mfs-ingest coordinator api tests", 4)
         .await
-        .unwrap()
-    }
-
-    async fn get(&self, path: &str) -> reqwest::Response {
-        self.authed(self.http.get(self.url(path)))
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn sessions_with_request_id(&self, request_id: &str) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM upload_sessions WHERE request_id = $1")
-            .bind(request_id)
-            .fetch_one(&self.ingest.store.pool)
-            .await
-            .unwrap()
-    }
-
-    /// Sessions of any state whose source is in this test's source dir.
-    async fn sessions_from_my_sources(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM upload_sessions WHERE starts_with(source, $1)")
-            .bind(self.source_prefix())
-            .fetch_one(&self.ingest.store.pool)
-            .await
-            .unwrap()
-    }
-
-    async fn assert_no_session(&self, request_id: &str, case: &str) {
-        assert!(
-            self.ingest
-                .store
-                .session_by_request(request_id)
-                .await
-                .unwrap()
-                .is_none(),
-            "{case}: a session was created for a refused request"
-        );
-    }
-}
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        self.server.abort();
-        let args = self.args.clone();
-        let prefix = self.source_prefix();
-        let root = self.owns_root.then(|| self.mfs_root.clone());
-        // Cleanup needs async I/O; run it on a runtime of its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(cleanup(args, prefix, root));
-        })
-        .join();
-    }
-}
-
-/// Aborts the sessions a test left open (so that a relay and workers started
-/// later find nothing to do) and removes its MooseFS root.
-async fn cleanup(args: ServiceArgs, prefix: String, root: Option<MfsPath>) {
-    match args
-        .ingest("mfs-ingest coordinator api tests cleanup", 1)
-        .await
-    {
-        Ok(ingest) => {
-            let open: Vec<Uuid> = sqlx::query_scalar(
-                "SELECT id FROM upload_sessions WHERE state = 'open' AND starts_with(source, $1)",
-            )
-            .bind(&prefix)
-            .fetch_all(&ingest.store.pool)
-            .await
-            .unwrap_or_default();
-            for id in open {
-                if let Err(e) = ingest
-                    .end_session(id, shared::store::SessionState::Aborted, "test cleanup")
-                    .await
-                {
-                    eprintln!("cleanup: aborting {id} failed: {e}");
-                }
-            }
-            if let Some(root) = root {
-                if let Err(e) = ingest.mfs.remove(&root, true).await {
-                    eprintln!("cleanup of {root} failed: {e}");
-                }
-            }
-            ingest.mfs.close().await;
+        .expect("PostgreSQL and MooseFS (is `scripts/stack up` running?)");
+    let auth = match token {
+        Some(t) => {
+            let mut tokens = ApiTokens::default();
+            tokens.add_plain("test", "default", t).unwrap();
+            Auth::Tokens(tokens)
         }
-        Err(e) => eprintln!("cleanup impossible: {e}"),
-    }
+        None => Auth::Open,
+    };
+    let mut api = TestApi::start_with(ingest, place, auth, HttpLimits::default()).await;
+    api.token = token.map(str::to_string);
+    api
+}
+
+/// A second open API on `store` and `mfs` (one of them down), sharing
+/// `up`'s root and settings; it leaves the root to `up`.
+async fn serve_beside(up: &TestApi, store: Store, mfs: MfsClient) -> TestApi {
+    let ingest = Ingest {
+        cfg: up.ingest.cfg.clone(),
+        store,
+        mfs,
+        dirs: Default::default(),
+        write_budget: Default::default(),
+    };
+    let place = ApiPlace {
+        args: up.args.clone(),
+        sources: TestApi::source_dir("api"),
+        mfs_root: up.mfs_root.clone(),
+    };
+    let mut api = TestApi::serve(ingest, place, Auth::Open, HttpLimits::default()).await;
+    api.owns_root = false;
+    api
 }
 
 /// Checks an error response: status, problem+json, the four members.
@@ -314,7 +111,7 @@ async fn json_body(resp: reqwest::Response, status: StatusCode, case: &str) -> V
 
 #[tokio::test]
 async fn create_then_repeat_returns_the_same_session() {
-    let api = Api::start(None).await;
+    let api = start(None).await;
     let rid = request_id();
     let source = api.source("one.bin", 1000);
     let req = json!({"request_id": rid, "source": source, "dest": "a/one.bin", "size": 1000});
@@ -366,7 +163,7 @@ async fn create_then_repeat_returns_the_same_session() {
 
 #[tokio::test]
 async fn status_shows_every_part() {
-    let api = Api::start(None).await;
+    let api = start(None).await;
     let rid = request_id();
     let size = 130 * MIB;
     let req = json!({
@@ -441,7 +238,7 @@ async fn status_shows_every_part() {
 
 #[tokio::test]
 async fn batch_items_are_independent() {
-    let api = Api::start(None).await;
+    let api = start(None).await;
     let (r1, r2, r3, r4) = (request_id(), request_id(), request_id(), request_id());
     let batch = json!({"items": [
         {"request_id": r1, "source": api.source("b1.bin", 10), "dest": "b/1.bin"},
@@ -543,7 +340,7 @@ async fn batch_items_are_independent() {
 
 #[tokio::test]
 async fn abort_ends_an_open_session_once() {
-    let api = Api::start(None).await;
+    let api = start(None).await;
     let rid = request_id();
     let req =
         json!({"request_id": rid, "source": api.source("ab.bin", 100 * MIB), "dest": "ab.bin"});
@@ -622,7 +419,7 @@ async fn abort_ends_an_open_session_once() {
 
 #[tokio::test]
 async fn bearer_token_guards_the_v1_routes_only() {
-    let mut api = Api::start(Some("s3cret-token")).await;
+    let mut api = start(Some("s3cret-token")).await;
     let rid = request_id();
     let req = json!({"request_id": rid, "source": api.source("auth.bin", 5), "dest": "auth.bin"});
 
@@ -718,7 +515,7 @@ async fn bearer_token_guards_the_v1_routes_only() {
 
 #[tokio::test]
 async fn bad_input_is_refused_and_changes_nothing() {
-    let api = Api::start(None).await;
+    let api = start(None).await;
     let src = api.source("in.bin", 1000);
     let dir = src.rsplit_once('/').unwrap().0.to_string();
     // Every case gets a fresh request id in place of RID.
@@ -837,7 +634,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
 
 #[tokio::test]
 async fn existing_dest_needs_overwrite() {
-    let api = Api::start(None).await;
+    let api = start(None).await;
     let root = api.ingest.mfs.resolve(&api.mfs_root).await.unwrap().0;
     let name = Name::parse("exists.bin").unwrap();
     drop(api.ingest.mfs.create(root, &name, 0o644).await.unwrap());
@@ -880,7 +677,7 @@ async fn existing_dest_needs_overwrite() {
 /// `dest-is-directory`, with or without `overwrite`, and nothing is created.
 #[tokio::test]
 async fn directory_dest_is_refused() {
-    let api = Api::start(None).await;
+    let api = start(None).await;
     let root = api.ingest.mfs.resolve(&api.mfs_root).await.unwrap().0;
     let name = Name::parse("a-directory").unwrap();
     api.ingest.mfs.mkdir(root, &name, 0o755).await.unwrap();
@@ -906,7 +703,7 @@ async fn directory_dest_is_refused() {
 
 #[tokio::test]
 async fn probes_metrics_and_unknown_routes() {
-    let api = Api::start(None).await;
+    let api = start(None).await;
     let health = api.get("/healthz").await;
     assert_eq!(health.status(), StatusCode::OK);
     assert_eq!(health.text().await.unwrap(), "ok");
@@ -939,38 +736,29 @@ async fn probes_metrics_and_unknown_routes() {
     problem(delete, StatusCode::METHOD_NOT_ALLOWED, "DELETE /healthz").await;
 }
 
+/// `/readyz` of `api` is 503 naming the service `down` and not `up`.
+async fn readyz_names_only(api: &TestApi, down: &str, up: &str) -> Value {
+    let p = problem(
+        api.get("/readyz").await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!("readyz, {down} down"),
+    )
+    .await;
+    let detail = p["detail"].as_str().unwrap();
+    assert!(detail.contains(down) && !detail.contains(up), "{p}");
+    p
+}
+
 #[tokio::test]
 async fn service_failures_are_503_without_internals() {
     // MooseFS gone (a closed client), PostgreSQL fine.
-    let up = Api::start(None).await;
+    let up = start(None).await;
     let closed = MfsClient::connect(ClientConfig::new(up.args.mfs_master.clone()))
         .await
         .unwrap();
     closed.close().await;
-    let ingest = Ingest {
-        cfg: up.ingest.cfg.clone(),
-        store: up.ingest.store.clone(),
-        mfs: closed,
-        dirs: Default::default(),
-        write_budget: Default::default(),
-    };
-    let sources = tempfile::Builder::new()
-        .prefix("api-")
-        .tempdir_in(SOURCES_PARENT)
-        .unwrap();
-    let mut no_mfs = Api::serve(ingest, None, sources, up.mfs_root.clone(), up.args.clone()).await;
-    no_mfs.owns_root = false;
-    let p = problem(
-        no_mfs.get("/readyz").await,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "readyz, MooseFS down",
-    )
-    .await;
-    let detail = p["detail"].as_str().unwrap();
-    assert!(
-        detail.contains("MooseFS") && !detail.contains("PostgreSQL"),
-        "{p}"
-    );
+    let no_mfs = serve_beside(&up, up.ingest.store.clone(), closed).await;
+    let p = readyz_names_only(&no_mfs, "MooseFS", "PostgreSQL").await;
     assert_eq!(p["checks"]["moosefs"], "down");
     assert_eq!(p["checks"]["postgresql"], "ok");
     // Validation of the dest against MooseFS fails: nothing is written.
@@ -1003,30 +791,8 @@ async fn service_failures_are_503_without_internals() {
         .acquire_timeout(Duration::from_secs(1))
         .connect_lazy(dead_url)
         .unwrap();
-    let ingest = Ingest {
-        cfg: up.ingest.cfg.clone(),
-        store: Store { pool },
-        mfs: up.ingest.mfs.clone(),
-        dirs: Default::default(),
-        write_budget: Default::default(),
-    };
-    let sources = tempfile::Builder::new()
-        .prefix("api-")
-        .tempdir_in(SOURCES_PARENT)
-        .unwrap();
-    let mut no_db = Api::serve(ingest, None, sources, up.mfs_root.clone(), up.args.clone()).await;
-    no_db.owns_root = false;
-    let p = problem(
-        no_db.get("/readyz").await,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "readyz, PostgreSQL down",
-    )
-    .await;
-    let detail = p["detail"].as_str().unwrap();
-    assert!(
-        detail.contains("PostgreSQL") && !detail.contains("MooseFS"),
-        "{p}"
-    );
+    let no_db = serve_beside(&up, Store { pool }, up.ingest.mfs.clone()).await;
+    readyz_names_only(&no_db, "PostgreSQL", "MooseFS").await;
     let p = problem(
         no_db.post("/v1/uploads", &req).await,
         StatusCode::SERVICE_UNAVAILABLE,
@@ -1059,7 +825,7 @@ async fn service_failures_are_503_without_internals() {
 
 #[tokio::test]
 async fn http_source_failures_are_told_apart() {
-    let api = Api::start_with(None, &["127.0.0.1"]).await;
+    let api = start_with(None, &["127.0.0.1"]).await;
     let origin = axum::Router::new()
         .route("/ok.bin", axum::routing::get(|| async { "hello" }))
         .route(
@@ -1129,7 +895,7 @@ async fn http_source_failures_are_told_apart() {
 
 /// Posts each case as a fresh request; each must be refused with `status`,
 /// a detail containing every needle, and no session.
-async fn refused_cases(api: &Api, cases: Vec<(&str, Value, StatusCode, Vec<&str>)>) {
+async fn refused_cases(api: &TestApi, cases: Vec<(&str, Value, StatusCode, Vec<&str>)>) {
     for (case, mut body, status, needles) in cases {
         let rid = request_id();
         body["request_id"] = json!(rid);
@@ -1147,7 +913,7 @@ async fn refused_cases(api: &Api, cases: Vec<(&str, Value, StatusCode, Vec<&str>
 
 #[tokio::test]
 async fn part_count_and_part_size_limits_are_refused_naming_the_limit() {
-    let api = Api::start(None).await;
+    let api = start(None).await;
     let gib = api.source("one-gib.bin", 1 << 30);
     let tib = api.source("one-tib.bin", 1 << 40);
     let small = api.source("small.bin", 1000);
@@ -1211,7 +977,7 @@ async fn part_count_and_part_size_limits_are_refused_naming_the_limit() {
 
 #[tokio::test]
 async fn sizes_beyond_the_signed_range_are_refused_naming_the_field() {
-    let api = Api::start(None).await;
+    let api = start(None).await;
     let src = api.source("in.bin", 1000);
     let with = |key: &str, value: Value| {
         let mut v = json!({"source": src, "dest": "o/in.bin"});
@@ -1236,7 +1002,7 @@ async fn sizes_beyond_the_signed_range_are_refused_naming_the_field() {
 
 #[tokio::test]
 async fn dest_depth_length_and_invisible_characters_are_refused() {
-    let api = Api::start(None).await;
+    let api = start(None).await;
     let src = api.source("in.bin", 1000);
     let dest = |d: String| json!({"source": src, "dest": d});
     let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
@@ -1272,7 +1038,7 @@ async fn dest_depth_length_and_invisible_characters_are_refused() {
 
 #[tokio::test]
 async fn goal_above_the_connected_chunkservers_is_refused() {
-    let api = Api::start(None).await;
+    let api = start(None).await;
     let src = api.source("in.bin", 1000);
     let rid = request_id();
     let p = problem(
@@ -1307,7 +1073,7 @@ async fn sources_at_addresses_not_allowed_are_refused_without_contact() {
     use origin_support::{Behaviour, Origin};
     let secret = b"internal secret".to_vec();
     // No allow-list: loopback (by address or by name) is refused.
-    let api = Api::start(None).await;
+    let api = start(None).await;
     let origin = Origin::start("127.0.0.1", secret.clone(), Behaviour::Plain).await;
     let port = origin.addr.port();
     for source in [
@@ -1329,7 +1095,7 @@ async fn sources_at_addresses_not_allowed_are_refused_without_contact() {
     assert_eq!(origin.connections(), 0, "a refused source was contacted");
 
     // Allowed by name, the origin redirects to an address that is not.
-    let named = Api::start_with(None, &["127.0.0.1"]).await;
+    let named = start_with(None, &["127.0.0.1"]).await;
     let denied = Origin::start("127.0.0.2", secret, Behaviour::Plain).await;
     let redirect = Origin::start(
         "127.0.0.1",

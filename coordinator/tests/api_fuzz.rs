@@ -3,7 +3,7 @@
 //! types, huge and negative numbers, unicode, control and bidi characters,
 //! deep nesting, very long strings, missing and unknown fields, broken JSON,
 //! batches of such items), sent to the real API served in-process (see
-//! `api_support`) with a private PostgreSQL database and MooseFS root.
+//! `testkit::TestApi`) with a private PostgreSQL database and MooseFS root.
 //!
 //! It asserts: no 5xx, no panic, no dropped connection; every 4xx is a
 //! problem document; and nothing exists for rejected input: the sessions in
@@ -12,14 +12,11 @@
 //! The seed is printed; `API_FUZZ_SEED` replays a run, `API_FUZZ_REQUESTS`
 //! changes the count.
 
-mod api_support;
-
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use api_support::TestApi;
 use coordinator::api::Auth;
 use coordinator::auth::ApiTokens;
 use coordinator::server::HttpLimits;
@@ -27,7 +24,7 @@ use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Map, Value};
-use shared::store::Store;
+use testkit::{PrivateDb, TestApi};
 
 const TOKEN: &str = "fuzz-token-0123456789";
 /// Requests in flight at once.
@@ -37,55 +34,6 @@ const TIME_BOUND: Duration = Duration::from_secs(120);
 
 fn env_u64(key: &str) -> Option<u64> {
     std::env::var(key).ok().and_then(|v| v.parse().ok())
-}
-
-/// A private database, dropped at the end.
-struct PrivateDb {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl PrivateDb {
-    async fn create(base_url: &str) -> PrivateDb {
-        let mut u = url::Url::parse(base_url).unwrap();
-        let name = format!("t_api_fuzz_{:08x}", rand::random::<u32>());
-        u.set_path("/postgres");
-        let admin_url = u.to_string();
-        u.set_path(&format!("/{name}"));
-        let admin = Store::connect(&admin_url, 1).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-            .execute(&admin.pool)
-            .await
-            .unwrap();
-        admin.pool.close().await;
-        PrivateDb {
-            admin_url,
-            name,
-            url: u.to_string(),
-        }
-    }
-}
-
-impl Drop for PrivateDb {
-    fn drop(&mut self) {
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(admin) = Store::connect(&admin_url, 1).await {
-                    let _ =
-                        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                            .execute(&admin.pool)
-                            .await;
-                }
-            });
-        })
-        .join();
-    }
 }
 
 /// The generator: valid sources and a run prefix, plus the seeded RNG.
@@ -571,25 +519,18 @@ async fn ten_thousand_random_requests_find_no_5xx_and_create_nothing_for_rejecte
     let total = env_u64("API_FUZZ_REQUESTS").unwrap_or(10_000);
     eprintln!("api fuzz: seed {seed} (API_FUZZ_SEED={seed} replays it), {total} requests");
 
-    let (mut args, sources, mfs_root) = TestApi::prepare("api-fuzz");
-    let db = PrivateDb::create(&args.database_url).await;
-    args.database_url = db.url.clone();
-    let ingest = args
+    let mut place = TestApi::prepare("api-fuzz");
+    let db = PrivateDb::create("api_fuzz").await;
+    place.args.database_url = db.url.clone();
+    let ingest = place
+        .args
         .ingest("api fuzz", 16)
         .await
         .expect("PostgreSQL and MooseFS");
     let mut tokens = ApiTokens::default();
     tokens.add_plain("test", "fuzz", TOKEN).unwrap();
     let limits = HttpLimits::default();
-    let mut api = TestApi::start_with(
-        ingest,
-        args,
-        sources,
-        mfs_root,
-        Auth::Tokens(tokens),
-        limits,
-    )
-    .await;
+    let mut api = TestApi::start_with(ingest, place, Auth::Tokens(tokens), limits).await;
     api.abort_open_sessions = false;
     let source_urls = vec![
         api.source("small.bin", 1000),

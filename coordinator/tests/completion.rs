@@ -4,17 +4,18 @@
 //! after a crash between the rename and the commit, foreign files never
 //! adopted, timeouts and deadlines on the work under the session row lock,
 //! directory destinations refused.
-
-mod pipeline_support;
+// The instrumented part attempt's future is deep: rustc's default query
+// depth overflows computing run_parts()'s layout.
+#![recursion_limit = "256"]
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use pipeline_support::*;
 use shared::ingest::{AttemptHooks, Completion, CompletionError, Ingest, PartOutcome};
 use shared::jobs::{PartJob, EVENTS_EXCHANGE};
 use shared::moosefs::MfsPath;
 use shared::store::{DbTimeouts, Session, Store};
+use testkit::*;
 use uuid::Uuid;
 
 /// Runs one attempt of every part of a session in this process (in order).

@@ -3,12 +3,10 @@
 //! decides), and RabbitMQ restarted (workers and coordinator reconnect;
 //! unacked jobs come back; duplicates are harmless).
 
-mod pipeline_support;
-
 use std::process::Command;
 use std::time::Duration;
 
-use pipeline_support::*;
+use testkit::*;
 
 const MIB: usize = 1 << 20;
 
@@ -71,36 +69,27 @@ fn start_rabbit_app() {
 }
 
 async fn batch(p: &Pipeline, prefix: &str, n: usize) -> (Vec<String>, Vec<(String, String)>) {
-    let mut requests = Vec::new();
-    let mut expected = Vec::new();
+    let mut batch = Batch::default();
     for i in 0..n {
         let size = if i % 5 == 0 {
             9 * MIB + i
         } else {
             200_000 + i * 4099
         };
-        let (url, md5) = p.source(&format!("{prefix}{i}.bin"), size, 900 + i as u64);
-        let mut req = p.request(&format!("{prefix}{i}"), &url, &format!("{prefix}/{i}.bin"));
-        req.part_size = Some(4 << 20);
-        requests.push(req);
-        expected.push((format!("{prefix}/{i}.bin"), md5));
+        let id = format!("{prefix}{i}");
+        let (name, dest) = (format!("{id}.bin"), format!("{prefix}/{i}.bin"));
+        batch
+            .add(p, &id, &name, &dest, size, 900 + i as u64)
+            .part_size = Some(4 << 20);
     }
-    p.submit(&requests).await;
-    (
-        requests.iter().map(|r| r.request_id.clone()).collect(),
-        expected,
-    )
+    p.submit(&batch.requests).await;
+    (batch.ids(), batch.expected)
 }
 
 async fn assert_all_correct(p: &Pipeline, ids: &[String], expected: &[(String, String)]) {
     let sessions = p.wait_finished(ids, Duration::from_secs(400)).await;
     assert_eq!(sessions.len(), ids.len());
-    let failed: Vec<_> = sessions
-        .iter()
-        .filter(|s| s.state != "completed")
-        .map(|s| (&s.request_id, &s.error))
-        .collect();
-    assert!(failed.is_empty(), "{failed:?}");
+    assert_all_completed(&sessions);
     for (dest, md5) in expected {
         assert_eq!(&md5_file(&p.mount_path(dest)), md5, "{dest}");
     }

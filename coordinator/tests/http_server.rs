@@ -1,20 +1,18 @@
 //! The HTTP server's limits against the real services (PostgreSQL, MooseFS),
-//! with the real API served in-process on 127.0.0.1:0 (see `api_support`):
+//! with the real API served in-process on 127.0.0.1:0 (see `testkit::TestApi`):
 //! slow clients (slowloris) are cut off after the header timeout while others
 //! are served, slow bodies hit the request timeout, every route has a body
 //! limit, the concurrency limit answers 503 problem+json with Retry-After,
 //! graceful shutdown drains in-flight requests within a bound, and `/readyz`
 //! asks MooseFS at most about once a second.
 
-mod api_support;
-
 use std::time::{Duration, Instant};
 
-use api_support::TestApi;
 use coordinator::api::Auth;
 use coordinator::server::HttpLimits;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use testkit::TestApi;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use uuid::Uuid;
@@ -401,11 +399,11 @@ async fn shutdown_drains_in_flight_requests_within_a_bound() {
 
 #[tokio::test]
 async fn readyz_asks_the_services_at_most_about_once_a_second() {
-    let (args, sources, mfs_root) = TestApi::prepare("http-readyz");
-    let mut ingest = args.ingest("http readyz test", 4).await.unwrap();
-    let (counted, statfs) = api_support::counting_client(&args.mfs_master, "statfs").await;
+    let place = TestApi::prepare("http-readyz");
+    let mut ingest = place.args.ingest("http readyz test", 4).await.unwrap();
+    let (counted, statfs) = testkit::api::counting_client(&place.args.mfs_master, "statfs").await;
     ingest.mfs = counted;
-    let api = TestApi::start_with(ingest, args, sources, mfs_root, Auth::Open, limits()).await;
+    let api = TestApi::start_with(ingest, place, Auth::Open, limits()).await;
     let started = Instant::now();
     let hits = (0..50).map(|_| {
         let (http, url) = (api.http.clone(), api.url("/readyz"));

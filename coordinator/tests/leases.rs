@@ -3,15 +3,13 @@
 //! the whole time, because the worker renews it while the attempt runs; a
 //! second worker asking for it meanwhile finds it held.
 
-mod pipeline_support;
-
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::Response;
-use pipeline_support::*;
 use shared::idempotency::{part_done_key, part_lease_key, Idempotency, Lease, PartClaim};
+use testkit::*;
 
 /// Serves `body` at any path: HEAD answers its length, a Range GET streams
 /// the range in 12 pieces spread over `over`.

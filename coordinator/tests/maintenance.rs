@@ -5,14 +5,12 @@
 //! not stop the collector; staging files of no known session are left
 //! alone until they are older than the orphan grace period.
 
-mod pipeline_support;
-
 use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
 use coordinator::service::{maintenance_round, Intervals};
-use pipeline_support::*;
 use shared::moosefs::{MfsError, Name};
+use testkit::*;
 
 /// Creates an empty staging file `name` in the goal-3 staging directory;
 /// returns its inode and MooseFS path.

@@ -4,13 +4,10 @@
 //! duplicate deliveries, the stalled-retry race, workers killed mid-part, and
 //! malformed queue input dead-lettered with its reason.
 
-mod pipeline_support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::BasicGetOptions;
-use pipeline_support::*;
 use shared::ingest::{AttemptHooks, Completion, PartOutcome};
 use shared::jobs::{
     EventBatch, Outgoing, PartGroup, PartJob, PartMessage, UploadEvent, EVENTS_EXCHANGE,
@@ -18,6 +15,7 @@ use shared::jobs::{
 };
 use shared::moosefs::{MfsPath, CHUNK_SIZE};
 use shared::store::Session;
+use testkit::*;
 
 const MIB: usize = 1 << 20;
 
@@ -72,12 +70,7 @@ async fn five_hundred_mixed_files_through_the_queue_with_two_workers() {
     p.submit(&requests).await;
     let ids: Vec<String> = requests.iter().map(|r| r.request_id.clone()).collect();
     let sessions = p.wait_finished(&ids, Duration::from_secs(400)).await;
-    let failed: Vec<_> = sessions
-        .iter()
-        .filter(|s| s.state != "completed")
-        .map(|s| (&s.request_id, &s.error))
-        .collect();
-    assert!(failed.is_empty(), "not completed: {failed:?}");
+    assert_all_completed(&sessions);
     check_files(&p, &expected).await;
     check_completion_events(&p, &sessions).await;
     p.wait_staging_clean(Duration::from_secs(60)).await;
@@ -179,23 +172,21 @@ async fn file_of_300_mib_in_64_mib_parts_is_assembled_without_copying() {
 async fn every_part_job_delivered_two_or_three_times_commits_once() {
     let p = Pipeline::new("dupes").await;
     p.spawn_coordinator(&[]);
-    let mut requests = Vec::new();
-    let mut expected = Vec::new();
+    let mut batch = Batch::default();
     for i in 0..12usize {
         let size = if i % 4 == 0 {
             70 * MIB
         } else {
             100_000 + i * 1000
         };
-        let (url, md5) = p.source(&format!("{i}.bin"), size, 100 + i as u64);
-        let mut req = p.request(&format!("d{i}"), &url, &format!("d/{i}.bin"));
-        req.part_size = Some(16 << 20);
-        requests.push(req);
-        expected.push((format!("d/{i}.bin"), md5));
+        let (name, dest) = (format!("{i}.bin"), format!("d/{i}.bin"));
+        batch
+            .add(&p, &format!("d{i}"), &name, &dest, size, 100 + i as u64)
+            .part_size = Some(16 << 20);
     }
+    let (requests, expected, ids) = (&batch.requests, &batch.expected, batch.ids());
     // Sessions first, workers later: every job is queued, then duplicated.
-    p.submit(&requests).await;
-    let ids: Vec<String> = requests.iter().map(|r| r.request_id.clone()).collect();
+    p.submit(requests).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let sessions = loop {
         let rows: Vec<shared::store::Session> =
@@ -260,7 +251,7 @@ async fn every_part_job_delivered_two_or_three_times_commits_once() {
         dupes.len() >= total_parts as usize,
         "every job was duplicated"
     );
-    check_files(&p, &expected).await;
+    check_files(&p, expected).await;
 }
 
 /// DESIGN.md failure 2: an attempt stalls while its retry succeeds and the
@@ -371,35 +362,29 @@ async fn stalled_attempt_that_commits_after_completion_is_abandoned_and_collecte
 async fn workers_killed_mid_part_still_complete_every_file_once() {
     let p = Pipeline::new("sigkill").await;
     p.spawn_coordinator(&[("INGEST_PART_STALE_SECS", "8")]);
-    let mut requests = Vec::new();
-    let mut expected = Vec::new();
+    let mut batch = Batch::default();
     for i in 0..24usize {
         let size = 8 * MIB + i * 100_003;
-        let (url, md5) = p.source(&format!("{i}.bin"), size, 500 + i as u64);
-        let mut req = p.request(&format!("k{i}"), &url, &format!("k/{i}.bin"));
-        req.part_size = Some(4 << 20);
-        requests.push(req);
-        expected.push((format!("k/{i}.bin"), md5));
+        let (name, dest) = (format!("{i}.bin"), format!("k/{i}.bin"));
+        batch
+            .add(&p, &format!("k{i}"), &name, &dest, size, 500 + i as u64)
+            .part_size = Some(4 << 20);
     }
+    let (requests, expected) = (&batch.requests, &batch.expected);
     p.spawn_worker("w1", &[("WORKER_CONCURRENCY", "3")]);
     p.spawn_worker("w2", &[("WORKER_CONCURRENCY", "3")]);
-    p.submit(&requests).await;
+    p.submit(requests).await;
     for round in 0..4 {
         tokio::time::sleep(Duration::from_millis(1200)).await;
         let victim = if round % 2 == 0 { "w1" } else { "w2" };
         p.kill(victim, "KILL");
         p.spawn_worker(victim, &[("WORKER_CONCURRENCY", "3")]);
     }
-    let ids: Vec<String> = requests.iter().map(|r| r.request_id.clone()).collect();
+    let ids = batch.ids();
     let sessions = p.wait_finished(&ids, Duration::from_secs(300)).await;
     assert_eq!(sessions.len(), requests.len(), "one session per request id");
-    let failed: Vec<_> = sessions
-        .iter()
-        .filter(|s| s.state != "completed")
-        .map(|s| (&s.request_id, &s.error))
-        .collect();
-    assert!(failed.is_empty(), "{failed:?}");
-    check_files(&p, &expected).await;
+    assert_all_completed(&sessions);
+    check_files(&p, expected).await;
     p.wait_staging_clean(Duration::from_secs(60)).await;
 }
 

@@ -10,13 +10,11 @@
 //! No statement is copied into this test: whatever the store issues,
 //! wherever its SQL lives, is what gets checked.
 
-mod pipeline_support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use pipeline_support::*;
 use sqlx::Row;
+use testkit::*;
 
 /// Upload sessions after padding: 1,000,000, or `QUERY_PLANS_SESSIONS`
 /// (the other tables scale with it).
@@ -423,12 +421,7 @@ async fn run_small_pipeline(p: &Pipeline, logging_url: &str) {
     let mut ids: Vec<String> = requests.iter().map(|r| r.request_id.clone()).collect();
     ids.push(format!("{}/api-done", p.tag));
     let sessions = p.wait_finished(&ids, Duration::from_secs(300)).await;
-    let not_completed: Vec<_> = sessions
-        .iter()
-        .filter(|s| s.state != "completed")
-        .map(|s| (&s.request_id, &s.state, &s.error))
-        .collect();
-    assert!(not_completed.is_empty(), "not completed: {not_completed:?}");
+    assert_all_completed(&sessions);
     let read = http.get(format!("{api}{location}")).send().await.unwrap();
     assert_eq!(read.status(), 200);
 

@@ -1,19 +1,17 @@
 //! Authentication of the real `coordinator serve` binary, on a private
 //! pipeline (its own database, vhost and MooseFS root; see
-//! `pipeline_support`): it refuses to start without a token unless
+//! `testkit::Pipeline`): it refuses to start without a token unless
 //! `--insecure-no-auth` is given, accepts several named tokens (stored as
 //! SHA-256 digests, from the environment and from a file), and logs each
 //! mutating request with the token's name, never the token.
-
-mod pipeline_support;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pipeline_support::*;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use testkit::*;
 
 const AUTH_VARS: [&str; 3] = [
     "INGEST_API_TOKEN",

@@ -1,17 +1,16 @@
 //! Hostile or broken HTTP sources through the real pipeline (coordinator and
-//! worker binaries, PostgreSQL, RabbitMQ, Redis, MooseFS), each served by a
-//! loopback origin the test names in `INGEST_HTTP_SOURCE_HOSTS`: a source
-//! that changes between part reads, one that answers a wrong
-//! `Content-Range`, and one that drips bytes past the part deadline.
+//! worker apps in-process, or the binaries where the test sets their part
+//! limits through the environment; PostgreSQL, RabbitMQ, Redis, MooseFS),
+//! each served by a loopback origin the test names in the allowed source
+//! hosts: a source that changes between part reads, one that answers a
+//! wrong `Content-Range`, and one that drips bytes past the part deadline.
 
 mod origin_support;
-mod pipeline_support;
-
 use std::time::{Duration, SystemTime};
 
 use origin_support::{Behaviour, Origin};
-use pipeline_support::{md5_file, md5_hex, Pipeline};
 use rand::{RngCore, SeedableRng};
+use testkit::{md5_file, md5_hex, Pipeline, RunningApp};
 
 const MIB: usize = 1 << 20;
 const HOSTS: (&str, &str) = ("INGEST_HTTP_SOURCE_HOSTS", "127.0.0.1");
@@ -20,6 +19,20 @@ fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut data = vec![0u8; len];
     rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
     data
+}
+
+/// A coordinator and a worker in-process whose sources may be on loopback;
+/// `concurrency` parts at a time.
+async fn start_apps(p: &Pipeline, concurrency: u16) -> (RunningApp, RunningApp) {
+    let mut coordinator = p.coordinator_config();
+    coordinator.services.http_source_hosts = vec![HOSTS.1.to_string()];
+    let mut worker = p.worker_config("w1");
+    worker.services.http_source_hosts = vec![HOSTS.1.to_string()];
+    worker.concurrency = concurrency;
+    (
+        testkit::apps::start_coordinator(coordinator).await,
+        testkit::apps::start_worker(worker).await,
+    )
 }
 
 /// Submits one HTTP source with 1 MiB parts and waits for its session.
@@ -41,10 +54,9 @@ async fn a_source_that_changes_between_part_reads_fails_the_session() {
         Behaviour::ChangeAfterFirstGet,
     )
     .await;
-    p.spawn_coordinator(&[HOSTS]);
     // One part at a time: the first part read sees the old body, the
     // others the new one.
-    p.spawn_worker("w1", &[HOSTS, ("WORKER_CONCURRENCY", "1")]);
+    let _apps = start_apps(&p, 1).await;
     let session = ingest_one(&p, &origin.url("/changing.bin"), "changing.bin").await;
     assert_eq!(session.state, "failed", "a mixed file was accepted");
     let error = session.error.unwrap_or_default();
@@ -64,8 +76,7 @@ async fn a_wrong_content_range_fails_the_session() {
         Behaviour::WrongContentRange,
     )
     .await;
-    p.spawn_coordinator(&[HOSTS]);
-    p.spawn_worker("w1", &[HOSTS]);
+    let _apps = start_apps(&p, 8).await;
     let session = ingest_one(&p, &origin.url("/shifted.bin"), "shifted.bin").await;
     assert_eq!(
         session.state, "failed",

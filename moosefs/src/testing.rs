@@ -138,18 +138,22 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// MD5 of a file read through the FUSE mount (`md5sum`).
-pub fn md5_through_mount(path: &Path) -> String {
-    let out = Command::new("md5sum")
-        .arg(path)
-        .output()
-        .expect("run md5sum");
+/// Runs `cmd` and asserts it exited 0 (else panics with its stderr);
+/// returns its output.
+pub fn run_checked(cmd: &mut Command) -> std::process::Output {
+    let what = format!("{cmd:?}");
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {what}: {e}"));
     assert!(
         out.status.success(),
-        "md5sum {}: {}",
-        path.display(),
+        "{what}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out
+}
+
+/// MD5 of a file read through the FUSE mount (`md5sum`).
+pub fn md5_through_mount(path: &Path) -> String {
+    let out = run_checked(Command::new("md5sum").arg(path));
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .next()

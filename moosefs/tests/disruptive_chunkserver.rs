@@ -15,15 +15,7 @@ fn stack() -> PathBuf {
 }
 
 fn stack_cmd(args: &[&str]) {
-    let out = Command::new(stack())
-        .args(args)
-        .output()
-        .expect("run scripts/stack");
-    assert!(
-        out.status.success(),
-        "scripts/stack {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    moosefs::testing::run_checked(Command::new(stack()).args(args));
 }
 
 /// Brings chunkserver `n` back (and waits until it reports its space) on drop.

@@ -4,17 +4,22 @@
 
 use std::net::SocketAddr;
 
-use anyhow::{Context, Result};
 use axum::http::header;
 use axum::routing::get;
 use axum::Router;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Binds `addr` and serves until `shutdown`.
-pub async fn serve(
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-) -> Result<tokio::task::JoinHandle<()>> {
+/// Binds `addr`; returns the listener and the address it really has.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, "metrics and health listening");
+    Ok((listener, local))
+}
+
+/// Serves the listener until `shutdown`.
+pub fn serve(listener: TcpListener, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
@@ -26,13 +31,9 @@ pub async fn serve(
                 )
             }),
         );
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
-    tracing::info!(addr = %listener.local_addr()?, "metrics and health listening");
-    Ok(tokio::spawn(async move {
+    tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
-    }))
+    })
 }

@@ -1,15 +1,14 @@
 //! The mfs-ingest worker binary: `worker run` consumes part jobs (the
-//! ingestion pipeline), `worker mfs …` is a MooseFS command line built on the
-//! same native client.
+//! ingestion pipeline, [`worker::app`]), `worker mfs …` is a MooseFS command
+//! line built on the same native client, `worker s3 …` the S3 endpoint.
 
 mod bench;
-mod http;
 mod mfs_cli;
-mod run;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use worker::app::{App, Config};
 
 #[derive(Parser)]
 #[command(
@@ -25,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Consume part jobs from RabbitMQ and write them to MooseFS.
-    Run(Box<run::RunArgs>),
+    Run(Box<Config>),
     /// MooseFS file operations over the native protocol (no FUSE mount).
     Mfs(mfs_cli::MfsArgs),
     /// The S3-compatible endpoint (`serve`) and its access keys (`keys`).
@@ -64,25 +63,19 @@ fn main() -> ExitCode {
             .enable_all()
             .build(),
     };
-    let runtime = match runtime {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
+    shared::process::exit_code_of(runtime, async {
         match cli.command {
-            Command::Run(args) => run::run(*args).await,
+            Command::Run(config) => run(*config).await,
             Command::Mfs(args) => mfs_cli::run(args).await,
             Command::S3(args) => s3::cli::run(args).await,
         }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    })
+}
+
+/// Builds the worker, stops it on SIGTERM/SIGINT.
+async fn run(config: Config) -> anyhow::Result<()> {
+    let app = App::build(config).await?;
+    shared::process::cancel_on_signals(app.shutdown_token());
+    app.run_until_stopped().await;
+    Ok(())
 }

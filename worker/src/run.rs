@@ -1,5 +1,5 @@
-//! `worker run`: consumes part jobs and writes each part into a fresh staging
-//! inode in MooseFS. Per job: duplicate check (Redis marker), lease (Redis),
+//! The part-job handler of `worker run` ([`crate::app`] consumes the jobs):
+//! writes each part into a fresh staging inode in MooseFS. Per job: duplicate check (Redis marker), lease (Redis),
 //! fencing token (PostgreSQL), write + verify, commit, and only then the ack.
 //! Failures are retried through the delayed retry queue, bounded by an
 //! attempt header; poison messages go to the dead-letter queue with the
@@ -8,135 +8,46 @@
 //! parts in flight and the concurrency per worker, part outcomes and
 //! durations, retries, dead letters and suppressed duplicates.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use clap::Args;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use lapin::types::AMQPValue;
-use shared::config::{PartLimitArgs, ServiceArgs};
 use shared::idempotency::{part_done_key, part_lease_key, Idempotency, Lease, PartClaim};
-use shared::ingest::{Ingest, PartError, PartOutcome, WriteBudget};
+use shared::ingest::{Ingest, PartError, PartOutcome};
 use shared::jobs::{
     header_i64, Outgoing, PartJob, PartMessage, Publisher, ATTEMPT_HEADER, PARTS_QUEUE,
     PARTS_RETRY_QUEUE,
 };
 use shared::metrics::{metrics, InFlight};
 
-#[derive(Args, Debug)]
-pub struct RunArgs {
-    #[command(flatten)]
-    services: ServiceArgs,
-    #[command(flatten)]
-    part_limits: PartLimitArgs,
-    /// Parts handled at the same time (also the RabbitMQ prefetch).
-    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
-    concurrency: u16,
-    /// MiB of parts written at the same time: small parts all run at once,
-    /// 64 MiB parts one at a time (0 = no bound beyond --concurrency).
-    #[arg(long, env = "WORKER_MAX_IN_FLIGHT_MIB", default_value_t = 64)]
-    max_in_flight_mib: u32,
-    /// Runtime threads: 1 runs every part on one thread (least CPU per
-    /// part); more spread hashing over cores.
-    #[arg(long, env = "WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
-    pub threads: u16,
-    /// Metrics and health listener.
-    #[arg(long, env = "WORKER_HTTP_ADDR", default_value = "127.0.0.1:9101")]
-    http_addr: SocketAddr,
-    /// Name of this worker in leases and part rows (default: host-pid).
-    #[arg(long, env = "WORKER_ID")]
-    worker_id: Option<String>,
-    /// Attempts of one part job before its session fails.
-    #[arg(long, env = "WORKER_MAX_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(i64).range(1..=1000))]
-    max_attempts: i64,
-    /// Lifetime of a part lease in Redis, seconds; renewed every third of it
-    /// while the part runs.
-    #[arg(long, env = "WORKER_LEASE_SECS", default_value_t = 30)]
-    lease_secs: u64,
-    /// How long a shutdown waits for in-flight parts, seconds.
-    #[arg(long, env = "WORKER_SHUTDOWN_GRACE_SECS", default_value_t = 60)]
-    shutdown_grace_secs: u64,
-}
+use crate::app::Config;
 
 /// What a handler needs.
-struct WorkerCtx {
-    ingest: Ingest,
+pub(crate) struct WorkerCtx {
+    pub(crate) ingest: Ingest,
     idempotency: Idempotency,
     publisher: Publisher,
-    worker_id: String,
+    pub(crate) worker_id: String,
     max_attempts: i64,
     lease_ttl: Duration,
 }
 
-pub async fn run(args: RunArgs) -> Result<()> {
-    let worker_id = args.worker_id.clone().unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "worker".into());
-        format!("{}-{}", host.trim(), std::process::id())
-    });
-    tracing::info!(
-        worker_id,
-        concurrency = args.concurrency,
-        http_addr = %args.http_addr,
-        config = %args.services.describe(),
-        part_limits = %args.part_limits.describe(),
-        "starting worker"
-    );
-    shared::metrics::set_build_info("worker");
-    let m = metrics();
-    m.worker_concurrency
-        .with_label_values(&[worker_id.as_str()])
-        .set(args.concurrency as i64);
-    m.worker_in_flight
-        .with_label_values(&[worker_id.as_str()])
-        .set(0);
-    let mut ingest = args
-        .services
-        .ingest(
-            &format!("mfs-ingest worker {worker_id}"),
-            args.concurrency as u32 + 2,
-        )
-        .await
-        .context("starting the worker")?;
-    Arc::make_mut(&mut ingest.cfg).sources.part_limits = args.part_limits.limits();
-    if args.max_in_flight_mib > 0 {
-        ingest.write_budget = WriteBudget::mib(args.max_in_flight_mib);
+impl WorkerCtx {
+    /// The handler's context for `worker_id` on `ingest`, as `config` says.
+    pub(crate) fn new(config: &Config, ingest: Ingest, worker_id: String) -> WorkerCtx {
+        WorkerCtx {
+            idempotency: Idempotency::new(&config.services.redis_url),
+            publisher: Publisher::new(
+                &config.services.amqp_url,
+                &format!("worker {worker_id} publisher"),
+            ),
+            ingest,
+            worker_id,
+            max_attempts: config.max_attempts,
+            lease_ttl: Duration::from_secs(config.lease_secs),
+        }
     }
-    let ctx = Arc::new(WorkerCtx {
-        idempotency: Idempotency::new(&args.services.redis_url),
-        publisher: Publisher::new(
-            &args.services.amqp_url,
-            &format!("worker {worker_id} publisher"),
-        ),
-        ingest: ingest.clone(),
-        worker_id: worker_id.clone(),
-        max_attempts: args.max_attempts,
-        lease_ttl: Duration::from_secs(args.lease_secs),
-    });
-
-    let shutdown = shared::process::shutdown_on_signals();
-    let http = crate::http::serve(args.http_addr, shutdown.clone()).await?;
-
-    let handler_ctx = ctx.clone();
-    shared::jobs::consume_until(
-        &args.services.amqp_url,
-        &format!("worker-{worker_id}"),
-        PARTS_QUEUE,
-        args.concurrency,
-        shutdown.clone(),
-        Duration::from_secs(args.shutdown_grace_secs),
-        move |delivery| {
-            let ctx = handler_ctx.clone();
-            async move { handle(&ctx, delivery).await }
-        },
-    )
-    .await;
-    tracing::info!("worker stopped consuming; closing");
-    ingest.mfs.close().await;
-    let _ = http.await;
-    Ok(())
 }
 
 async fn ack(delivery: &Delivery) {
@@ -208,7 +119,7 @@ async fn dead_letter(ctx: &WorkerCtx, delivery: &Delivery, reason: &str) {
     }
 }
 
-async fn handle(ctx: &WorkerCtx, delivery: Delivery) {
+pub(crate) async fn handle(ctx: &WorkerCtx, delivery: Delivery) {
     let message = match PartMessage::parse(&delivery.data) {
         Ok(message) => message,
         Err(malformed) => {

@@ -7,21 +7,11 @@
 //! `worker mfs rm -r` by a guard, also when the test panics.
 
 mod helpers {
-    use std::path::{Path, PathBuf};
+    use std::path::PathBuf;
     use std::process::{Command, Output};
 
-    use md5::{Digest, Md5};
     use rand::RngCore;
-
-    pub fn master_addr() -> String {
-        std::env::var("MFS_MASTER").unwrap_or_else(|_| "10.213.47.10:9421".into())
-    }
-
-    pub fn mount_dir() -> PathBuf {
-        PathBuf::from(
-            std::env::var("MFS_MOUNT").unwrap_or_else(|_| "/var/tmp/mfs-ingest/mnt".into()),
-        )
-    }
+    pub use testkit::mfs::{master_addr, md5_hex, md5_through_mount, mount_dir};
 
     /// Where a MooseFS path is seen through the mount.
     pub fn mount_path(mfs_path: &str) -> PathBuf {
@@ -201,20 +191,6 @@ mod helpers {
         let mut v = vec![0u8; len];
         rand::rng().fill_bytes(&mut v);
         v
-    }
-
-    pub fn md5_hex(data: &[u8]) -> String {
-        Md5::digest(data)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    }
-
-    /// md5 of a file read through the FUSE mount.
-    pub fn md5_through_mount(path: &Path) -> String {
-        let data = std::fs::read(path)
-            .unwrap_or_else(|e| panic!("read {} via the mount: {e}", path.display()));
-        md5_hex(&data)
     }
 
     /// A local scratch directory with helpers to make source files.
@@ -786,15 +762,10 @@ fn replicas_fails_below_goal() {
     ok(["replicas", &dest]);
 
     // Only 3 chunkservers exist: goal 4 cannot be met.
-    let out = std::process::Command::new("mfssetgoal")
-        .arg("4")
-        .arg(dir.mount("under"))
-        .output()
-        .expect("run mfssetgoal");
-    assert!(
-        out.status.success(),
-        "mfssetgoal: {}",
-        String::from_utf8_lossy(&out.stderr)
+    testkit::mfs::run_checked(
+        std::process::Command::new("mfssetgoal")
+            .arg("4")
+            .arg(dir.mount("under")),
     );
     assert!(ok(["stat", &dest]).stdout_str().contains("goal:   4\n"));
     let r = run(["replicas", &dest]);

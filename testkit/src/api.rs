@@ -1,10 +1,11 @@
-//! A real coordinator HTTP API served in-process on 127.0.0.1:0 for the
-//! server-limit, auth and fuzz tests, against the real PostgreSQL
-//! (`DATABASE_URL`) and MooseFS (`MFS_MASTER`). Each instance has a source
-//! directory of its own under /var/tmp/mfs-ingest/sources/ and a MooseFS root
-//! of its own, `/tests/<prefix>-<pid>-<random>` (trash time 0); dropping it
-//! stops the server, aborts the sessions it left open and removes both.
-#![allow(dead_code)]
+//! The coordinator's HTTP API served in-process on 127.0.0.1:0 against the
+//! real PostgreSQL (`DATABASE_URL`, the shared database unless the test
+//! points it elsewhere) and MooseFS, without RabbitMQ, relay or workers: for
+//! the API, server-limit, auth and fuzz tests. Each instance has a source
+//! directory of its own under /var/tmp/mfs-ingest/sources/ and a MooseFS
+//! root of its own, `/tests/<prefix>-<pid>-<random>` (trash time 0);
+//! dropping it stops the server, aborts the sessions it left open and
+//! removes both.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,13 +14,14 @@ use std::time::Duration;
 use clap::Parser;
 use coordinator::api::{ApiState, Auth};
 use coordinator::server::{self, HttpLimits};
+use serde_json::Value;
 use shared::config::ServiceArgs;
 use shared::ingest::Ingest;
 use shared::moosefs::{MfsClient, MfsPath};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub const SOURCES_PARENT: &str = "/var/tmp/mfs-ingest/sources";
+use crate::resources::DEFAULT_SOURCES_PARENT;
 
 #[derive(Parser)]
 struct Args {
@@ -34,6 +36,14 @@ pub fn service_args() -> ServiceArgs {
         .services
 }
 
+/// Where a [`TestApi`] works: its settings (the services from the
+/// environment, its own root and source dir), its source dir and root.
+pub struct ApiPlace {
+    pub args: ServiceArgs,
+    pub sources: tempfile::TempDir,
+    pub mfs_root: MfsPath,
+}
+
 /// A running API.
 pub struct TestApi {
     pub ingest: Ingest,
@@ -41,6 +51,8 @@ pub struct TestApi {
     pub addr: SocketAddr,
     pub base: String,
     pub http: reqwest::Client,
+    /// The bearer token [`TestApi::post`] and friends send, if any.
+    pub token: Option<String>,
     pub sources: tempfile::TempDir,
     pub mfs_root: MfsPath,
     pub args: ServiceArgs,
@@ -49,27 +61,27 @@ pub struct TestApi {
     /// Whether dropping this aborts the sessions left open (not needed
     /// with a private database that is dropped whole).
     pub abort_open_sessions: bool,
+    /// Whether dropping this removes `mfs_root` (false for a second server
+    /// sharing another's root).
+    pub owns_root: bool,
 }
 
 impl TestApi {
     /// Connects to the services with a fresh root and serves the API.
     pub async fn start(prefix: &str, auth: Auth, limits: HttpLimits) -> TestApi {
-        let (args, sources, mfs_root) = Self::prepare(prefix);
-        let ingest = args
+        let place = Self::prepare(prefix);
+        let ingest = place
+            .args
             .ingest("mfs-ingest coordinator api tests", 8)
             .await
             .expect("PostgreSQL and MooseFS (is `scripts/stack up` running?)");
-        Self::start_with(ingest, args, sources, mfs_root, auth, limits).await
+        Self::start_with(ingest, place, auth, limits).await
     }
 
     /// The settings, a source dir and a MooseFS root name, nothing created
     /// in MooseFS yet.
-    pub fn prepare(prefix: &str) -> (ServiceArgs, tempfile::TempDir, MfsPath) {
-        std::fs::create_dir_all(SOURCES_PARENT).unwrap();
-        let sources = tempfile::Builder::new()
-            .prefix(&format!("{prefix}-"))
-            .tempdir_in(SOURCES_PARENT)
-            .unwrap();
+    pub fn prepare(prefix: &str) -> ApiPlace {
+        let sources = Self::source_dir(prefix);
         let mfs_root = MfsPath::parse(&format!(
             "/tests/{prefix}-{}-{:08x}",
             std::process::id(),
@@ -79,27 +91,48 @@ impl TestApi {
         let mut args = service_args();
         args.mfs_root = mfs_root.to_string();
         args.source_roots = vec![sources.path().to_path_buf()];
-        (args, sources, mfs_root)
+        ApiPlace {
+            args,
+            sources,
+            mfs_root,
+        }
     }
 
-    /// Serves an API on `ingest` (whose client may be observed by the test).
+    /// A fresh source directory `<prefix>-*` under /var/tmp/mfs-ingest/sources.
+    pub fn source_dir(prefix: &str) -> tempfile::TempDir {
+        std::fs::create_dir_all(DEFAULT_SOURCES_PARENT).unwrap();
+        tempfile::Builder::new()
+            .prefix(&format!("{prefix}-"))
+            .tempdir_in(DEFAULT_SOURCES_PARENT)
+            .unwrap()
+    }
+
+    /// Creates the root (and /tests, trash time 0), migrates, serves.
     pub async fn start_with(
         ingest: Ingest,
-        args: ServiceArgs,
-        sources: tempfile::TempDir,
-        mfs_root: MfsPath,
+        place: ApiPlace,
         auth: Auth,
         limits: HttpLimits,
     ) -> TestApi {
         let tests = ingest
             .mfs
-            .mkdir_all(&MfsPath::parse("/tests").unwrap())
+            .mkdir_all(&MfsPath::parse(moosefs::testing::TESTS_ROOT).unwrap())
             .await
             .unwrap();
         ingest.mfs.set_trash_time(tests, 0, false).await.unwrap();
-        let root = ingest.mfs.mkdir_all(&mfs_root).await.unwrap();
+        let root = ingest.mfs.mkdir_all(&place.mfs_root).await.unwrap();
         ingest.mfs.set_trash_time(root, 0, false).await.unwrap();
         ingest.store.migrate().await.unwrap();
+        Self::serve(ingest, place, auth, limits).await
+    }
+
+    /// Serves an API on `ingest` as it is (its services may be down).
+    pub async fn serve(ingest: Ingest, place: ApiPlace, auth: Auth, limits: HttpLimits) -> TestApi {
+        let ApiPlace {
+            args,
+            sources,
+            mfs_root,
+        } = place;
         let state = Arc::new(ApiState::new(
             ingest.clone(),
             auth,
@@ -120,12 +153,14 @@ impl TestApi {
                 .timeout(Duration::from_secs(60))
                 .build()
                 .unwrap(),
+            token: None,
             sources,
             mfs_root,
             args,
             shutdown,
             server: Some(server),
             abort_open_sessions: true,
+            owns_root: true,
         }
     }
 
@@ -144,6 +179,74 @@ impl TestApi {
     pub fn source_prefix(&self) -> String {
         format!("file://{}/", self.sources.path().display())
     }
+
+    /// `rb` with the bearer token, if this API has one.
+    pub fn authed(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.authed(self.http.post(self.url(path)).json(body))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+        content_type: &str,
+    ) -> reqwest::Response {
+        self.authed(
+            self.http
+                .post(self.url(path))
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(body),
+        )
+        .send()
+        .await
+        .unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.authed(self.http.get(self.url(path)))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn sessions_with_request_id(&self, request_id: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM upload_sessions WHERE request_id = $1")
+            .bind(request_id)
+            .fetch_one(&self.ingest.store.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Sessions of any state whose source is in this test's source dir.
+    pub async fn sessions_from_my_sources(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM upload_sessions WHERE starts_with(source, $1)")
+            .bind(self.source_prefix())
+            .fetch_one(&self.ingest.store.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn assert_no_session(&self, request_id: &str, case: &str) {
+        assert!(
+            self.ingest
+                .store
+                .session_by_request(request_id)
+                .await
+                .unwrap()
+                .is_none(),
+            "{case}: a session was created for a refused request"
+        );
+    }
 }
 
 impl Drop for TestApi {
@@ -154,7 +257,7 @@ impl Drop for TestApi {
         }
         let args = self.args.clone();
         let prefix = self.abort_open_sessions.then(|| self.source_prefix());
-        let root = self.mfs_root.clone();
+        let root = self.owns_root.then(|| self.mfs_root.clone());
         // Cleanup needs async I/O; run it on a runtime of its own.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -167,8 +270,9 @@ impl Drop for TestApi {
     }
 }
 
-/// Aborts the sessions the test left open and removes its MooseFS root.
-async fn cleanup(args: ServiceArgs, prefix: Option<String>, root: MfsPath) {
+/// Aborts the sessions the test left open (so that a relay and workers
+/// started later find nothing to do) and removes its MooseFS root.
+async fn cleanup(args: ServiceArgs, prefix: Option<String>, root: Option<MfsPath>) {
     let ingest = match args.ingest("mfs-ingest api tests cleanup", 1).await {
         Ok(ingest) => ingest,
         Err(e) => return eprintln!("cleanup impossible: {e}"),
@@ -191,8 +295,10 @@ async fn cleanup(args: ServiceArgs, prefix: Option<String>, root: MfsPath) {
             eprintln!("cleanup: aborting {id} failed: {e}");
         }
     }
-    if let Err(e) = ingest.mfs.remove(&root, true).await {
-        eprintln!("cleanup of {root} failed: {e}");
+    if let Some(root) = root {
+        if let Err(e) = ingest.mfs.remove(&root, true).await {
+            eprintln!("cleanup of {root} failed: {e}");
+        }
     }
     ingest.mfs.close().await;
 }
