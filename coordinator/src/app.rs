@@ -157,7 +157,7 @@ impl App {
     pub async fn build(config: Config) -> Result<App, StartError> {
         let auth = config.auth.auth()?;
         let limits = config.http_limits.limits()?;
-        shared::metrics::set_build_info("coordinator");
+        shared::metrics::set_build_info(shared::metrics::Component::Coordinator);
         log_start(&config, &auth, &limits);
         let ingest = config
             .services

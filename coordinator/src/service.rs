@@ -13,7 +13,7 @@ use shared::ingest::{Completion, Ingest};
 use shared::jobs::{
     JobsError, Outgoing, Publisher, RequestMessage, UploadEvent, MAX_BATCH_ITEMS, REQUESTS_QUEUE,
 };
-use shared::metrics::{metrics, Service};
+use shared::metrics::{metrics, MaintenanceStep, Queue, RoundOutcome, Service};
 use shared::store::{OutboxRelayError, OutboxRow, SessionState, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
@@ -155,10 +155,7 @@ async fn dead_letter_whole(publisher: &Publisher, delivery: &Delivery, reason: &
         .await
         .is_ok();
     if published {
-        metrics()
-            .dead_letters
-            .with_label_values(&[REQUESTS_QUEUE])
-            .inc();
+        metrics().dead_lettered(Queue::Requests, 1);
     }
     finish(delivery, published).await;
 }
@@ -218,10 +215,7 @@ async fn handle_delivery(
     }
     let published = out.is_empty() || publisher.publish_all(&out).await.is_ok();
     if published && !rejected.is_empty() {
-        metrics()
-            .dead_letters
-            .with_label_values(&[REQUESTS_QUEUE])
-            .inc_by(rejected.len() as u64);
+        metrics().dead_lettered(Queue::Requests, rejected.len() as u64);
     }
     finish(delivery, published).await;
 }
@@ -354,13 +348,11 @@ pub async fn run_maintenance(ingest: Ingest, intervals: Intervals, shutdown: Can
             tracing::warn!(step, %error, "maintenance step failed");
         }
         let outcome = if report.errors.is_empty() {
-            "ok"
+            RoundOutcome::Ok
         } else {
-            "error"
+            RoundOutcome::Error
         };
-        m.maintenance_rounds.with_label_values(&[outcome]).inc();
-        m.maintenance_duration
-            .observe(started.elapsed().as_secs_f64());
+        m.maintenance_round(outcome, started.elapsed());
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(intervals.tick) => {}
@@ -376,12 +368,9 @@ pub struct RoundReport {
 }
 
 impl RoundReport {
-    fn failed(&mut self, step: &'static str, error: impl std::fmt::Display) {
-        metrics()
-            .maintenance_errors
-            .with_label_values(&[step])
-            .inc();
-        self.errors.push((step, error.to_string()));
+    fn failed(&mut self, step: MaintenanceStep, error: impl std::fmt::Display) {
+        metrics().maintenance_error(step);
+        self.errors.push((step.as_str(), error.to_string()));
     }
 }
 
@@ -404,12 +393,12 @@ async fn republish_stale(ingest: &Ingest, intervals: &Intervals, report: &mut Ro
         .await
     {
         Ok(republished) => {
-            metrics().reconciler_republished.inc_by(republished);
+            metrics().parts_republished(republished);
             if republished > 0 {
                 tracing::info!(republished, "re-published stale part jobs");
             }
         }
-        Err(e) => report.failed("republish", e),
+        Err(e) => report.failed(MaintenanceStep::Republish, e),
     }
 }
 
@@ -420,13 +409,13 @@ async fn complete_forgotten(ingest: &Ingest, intervals: &Intervals, report: &mut
         .await
     {
         Ok(ids) => ids,
-        Err(e) => return report.failed("complete", e),
+        Err(e) => return report.failed(MaintenanceStep::Complete, e),
     };
     for id in ids {
         match ingest.complete(id).await {
             Ok(outcome) => {
                 if matches!(outcome, Completion::Completed { .. }) {
-                    metrics().reconciler_completed.inc();
+                    metrics().reconciler_completed();
                 }
                 tracing::info!(session = %id, ?outcome, "reconciler completed a session")
             }
@@ -442,7 +431,7 @@ async fn expire_old(ingest: &Ingest, intervals: &Intervals, report: &mut RoundRe
         .await
     {
         Ok(ids) => ids,
-        Err(e) => return report.failed("expire", e),
+        Err(e) => return report.failed(MaintenanceStep::Expire, e),
     };
     let why = format!(
         "expired: not completed within {:?}",
@@ -452,7 +441,7 @@ async fn expire_old(ingest: &Ingest, intervals: &Intervals, report: &mut RoundRe
         match ingest.end_session(id, SessionState::Failed, &why).await {
             Ok(true) => tracing::warn!(session = %id, "session expired"),
             Ok(false) => {}
-            Err(e) => report.failed("expire", format!("session {id}: {e}")),
+            Err(e) => report.failed(MaintenanceStep::Expire, format!("session {id}: {e}")),
         }
     }
 }
@@ -469,24 +458,22 @@ async fn collect_staging(ingest: &Ingest, intervals: &Intervals, report: &mut Ro
         Ok(sweep) => {
             swept = sweep.recorded;
             for failure in sweep.failures {
-                report.failed("sweep", failure);
+                report.failed(MaintenanceStep::Sweep, failure);
             }
         }
-        Err(e) => report.failed("sweep", e),
+        Err(e) => report.failed(MaintenanceStep::Sweep, e),
     }
     let mut deleted = 0;
     match ingest.collect_garbage_batch(GC_BATCH).await {
         Ok(gc) => {
             deleted = gc.deleted;
             for failure in gc.failures {
-                report.failed("gc", failure);
+                report.failed(MaintenanceStep::Gc, failure);
             }
         }
-        Err(e) => report.failed("gc", e),
+        Err(e) => report.failed(MaintenanceStep::Gc, e),
     }
-    let m = metrics();
-    m.gc_swept.inc_by(swept);
-    m.gc_deleted.inc_by(deleted);
+    metrics().garbage_collected(swept, deleted);
     if swept > 0 || deleted > 0 {
         tracing::info!(swept, deleted, "garbage collected");
     }

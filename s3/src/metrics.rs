@@ -2,7 +2,7 @@
 //! `/metrics` shows them beside the session, part and completion metrics the
 //! S3 uploads also count in): requests by operation and status, their
 //! latency, bytes in and out, requests shed or timed out by the server's
-//! limits.
+//! limits. Recorded through the methods of [`S3Metrics`] and [`observe`].
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -10,11 +10,54 @@ use std::time::Duration;
 use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts};
 
 pub struct S3Metrics {
-    pub requests: IntCounterVec,
-    pub duration: HistogramVec,
-    pub bytes_in: IntCounter,
-    pub bytes_out: IntCounter,
-    pub shed: IntCounterVec,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    bytes_in: IntCounter,
+    bytes_out: IntCounter,
+    shed: IntCounterVec,
+}
+
+/// Why the server refused a request before (or instead of) answering it
+/// (`reason` label of `mfs_ingest_s3_limited_requests_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitReason {
+    /// Too many requests at once.
+    Concurrency,
+    /// The declared body is over the limit.
+    BodySize,
+    /// The request failed outside an operation.
+    Error,
+    /// The request took longer than allowed.
+    Timeout,
+}
+
+impl LimitReason {
+    /// The label value as exported.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitReason::Concurrency => "concurrency",
+            LimitReason::BodySize => "body_size",
+            LimitReason::Error => "error",
+            LimitReason::Timeout => "timeout",
+        }
+    }
+}
+
+impl S3Metrics {
+    /// `bytes` of an object body were received and made durable.
+    pub fn received(&self, bytes: u64) {
+        self.bytes_in.inc_by(bytes);
+    }
+
+    /// A GetObject answer started with a body of `bytes`.
+    pub fn sent(&self, bytes: u64) {
+        self.bytes_out.inc_by(bytes);
+    }
+
+    /// The server's limits refused a request.
+    pub fn refused(&self, reason: LimitReason) {
+        self.shed.with_label_values(&[reason.as_str()]).inc();
+    }
 }
 
 /// The metrics, registered on first use.

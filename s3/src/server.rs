@@ -25,6 +25,8 @@ use shared::http_server::{serve_connections, ConcurrencyLimit, ConnectionLimits}
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::LimitReason;
+
 /// The server's limits (see the module doc).
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
@@ -53,11 +55,8 @@ impl Default for ServerLimits {
 
 type HttpResponse = http::Response<s3s::Body>;
 
-fn refuse(e: S3Error, reason: &str) -> HttpResponse {
-    crate::metrics::metrics()
-        .shed
-        .with_label_values(&[reason])
-        .inc();
+fn refuse(e: S3Error, reason: LimitReason) -> HttpResponse {
+    crate::metrics::metrics().refused(reason);
     let mut response = e.to_http_response().unwrap_or_else(|_| {
         let mut r = HttpResponse::new(s3s::Body::empty());
         *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
@@ -91,7 +90,7 @@ async fn handle(
     let Some(permit) = slots.try_enter() else {
         return refuse(
             s3_error!(SlowDown, "too many requests at once; retry"),
-            "concurrency",
+            LimitReason::Concurrency,
         );
     };
     if declared_length(&req).is_some_and(|n| n > limits.max_body) {
@@ -101,7 +100,7 @@ async fn handle(
                 "the body is larger than the limit of {} bytes",
                 limits.max_body
             ),
-            "body_size",
+            LimitReason::BodySize,
         );
     }
     let max_body = usize::try_from(limits.max_body).unwrap_or(usize::MAX);
@@ -110,7 +109,7 @@ async fn handle(
         Ok(Ok(response)) => response,
         Ok(Err(e)) => {
             tracing::warn!(error = ?e, "S3 request failed outside an operation");
-            refuse(s3_error!(InternalError), "error")
+            refuse(s3_error!(InternalError), LimitReason::Error)
         }
         Err(_) => refuse(
             s3_error!(
@@ -118,7 +117,7 @@ async fn handle(
                 "the request took longer than {:?}",
                 limits.request_timeout
             ),
-            "timeout",
+            LimitReason::Timeout,
         ),
     };
     drop(permit);

@@ -318,10 +318,7 @@ impl Idempotency {
                 let answers = self.renew_leases(&held, owner, ttl).await;
                 let mut still = Vec::with_capacity(held.len());
                 for (key, answer) in held.iter().zip(answers) {
-                    crate::metrics::metrics()
-                        .lease_renewals
-                        .with_label_values(&[answer.label()])
-                        .inc();
+                    crate::metrics::metrics().lease_renewal(answer);
                     if answer == Renewal::Lost {
                         tracing::warn!(
                             lease = *key,

@@ -96,14 +96,8 @@ impl App {
             part_limits = %config.part_limits.describe(),
             "starting worker"
         );
-        shared::metrics::set_build_info("worker");
-        let m = metrics();
-        m.worker_concurrency
-            .with_label_values(&[worker_id.as_str()])
-            .set(config.concurrency as i64);
-        m.worker_in_flight
-            .with_label_values(&[worker_id.as_str()])
-            .set(0);
+        shared::metrics::set_build_info(shared::metrics::Component::Worker);
+        metrics().worker_started(&worker_id, config.concurrency.into());
         let ingest = connect(&config, &worker_id).await?;
         let ctx = Arc::new(WorkerCtx::new(&config, ingest, worker_id));
         let (listener, addr) =

@@ -19,7 +19,7 @@ use shared::jobs::{
     header_i64, Outgoing, PartJob, PartMessage, Publisher, ATTEMPT_HEADER, PARTS_QUEUE,
     PARTS_RETRY_QUEUE,
 };
-use shared::metrics::{metrics, InFlight};
+use shared::metrics::{metrics, DuplicateDetector, InFlight, PartJobOutcome, Queue, RetryReason};
 
 use crate::app::Config;
 
@@ -105,10 +105,7 @@ async fn dead_letter(ctx: &WorkerCtx, delivery: &Delivery, reason: &str) {
     let message = Outgoing::dead_letter(&delivery.data, PARTS_QUEUE, reason);
     match ctx.publisher.publish_all(&[message]).await {
         Ok(()) => {
-            metrics()
-                .dead_letters
-                .with_label_values(&[PARTS_QUEUE])
-                .inc();
+            metrics().dead_lettered(Queue::Parts, 1);
             ack(delivery).await
         }
         Err(e) => {
@@ -167,7 +164,7 @@ async fn claim(ctx: &WorkerCtx, jobs: &[PartJob]) -> Vec<Claimed> {
         .filter_map(|((job, (done_key, lease_key)), claim)| match claim {
             PartClaim::Done => {
                 tracing::debug!(?job, "duplicate job suppressed");
-                metrics().duplicate_jobs.with_label_values(&["redis"]).inc();
+                metrics().duplicate_job(DuplicateDetector::Redis);
                 None
             }
             PartClaim::Lease(lease) => Some(Claimed {
@@ -191,12 +188,12 @@ async fn finish(ctx: &WorkerCtx, ended: &[(&Claimed, bool)]) {
     ctx.idempotency.finish_parts(&parts, &ctx.worker_id).await;
 }
 
-fn outcome_label(result: &Result<PartOutcome, PartError>) -> &'static str {
+fn outcome_label(result: &Result<PartOutcome, PartError>) -> PartJobOutcome {
     match result {
-        Ok(PartOutcome::Committed { .. }) => "committed",
-        Ok(PartOutcome::Discarded) => "discarded",
-        Ok(PartOutcome::AlreadyDone) => "already_done",
-        Err(_) => "failed",
+        Ok(PartOutcome::Committed { .. }) => PartJobOutcome::Committed,
+        Ok(PartOutcome::Discarded) => PartJobOutcome::Discarded,
+        Ok(PartOutcome::AlreadyDone) => PartJobOutcome::AlreadyDone,
+        Err(_) => PartJobOutcome::Failed,
     }
 }
 
@@ -205,7 +202,7 @@ enum Next {
     /// Done with (committed, nothing to do, or its session ended).
     Finished,
     /// Try again later, as attempt `attempt`; `reason` labels the metric.
-    Retry { attempt: i64, reason: &'static str },
+    Retry { attempt: i64, reason: RetryReason },
     /// Out of attempts: its session was failed; dead-letter it with `reason`.
     GiveUp(String),
 }
@@ -220,10 +217,7 @@ async fn settle(
     result: Result<PartOutcome, PartError>,
 ) -> (Next, bool) {
     let job = claimed.job;
-    metrics()
-        .part_duration
-        .with_label_values(&[outcome_label(&result)])
-        .observe(started.elapsed().as_secs_f64());
+    metrics().part_job_finished(outcome_label(&result), started.elapsed());
     let (done, next) = match result {
         Ok(outcome) => {
             tracing::info!(session = %job.session_id, part = job.part_number, ?outcome,
@@ -250,7 +244,7 @@ async fn settle(
                     false,
                     Next::Retry {
                         attempt: next,
-                        reason: "error",
+                        reason: RetryReason::Error,
                     },
                 )
             }
@@ -268,7 +262,7 @@ fn next_for_held(ctx: &WorkerCtx, attempt: i64) -> Next {
     } else {
         Next::Retry {
             attempt: next,
-            reason: "lease_held",
+            reason: RetryReason::LeaseHeld,
         }
     }
 }
@@ -318,7 +312,7 @@ async fn handle_jobs(ctx: &WorkerCtx, delivery: Delivery, jobs: &[PartJob], atte
         finish(ctx, &ended).await;
     }
     let mut messages = Vec::new();
-    let mut retries: Vec<&'static str> = Vec::new();
+    let mut retries: Vec<RetryReason> = Vec::new();
     let mut dead = 0;
     for (job, next) in after {
         let body = serde_json::to_vec(&job).expect("a part job serializes");
@@ -341,13 +335,10 @@ async fn handle_jobs(ctx: &WorkerCtx, delivery: Delivery, jobs: &[PartJob], atte
     match ctx.publisher.publish_all(&messages).await {
         Ok(()) => {
             for reason in retries {
-                metrics().parts_retried.with_label_values(&[reason]).inc();
+                metrics().part_retried(reason);
             }
             if dead > 0 {
-                metrics()
-                    .dead_letters
-                    .with_label_values(&[PARTS_QUEUE])
-                    .inc_by(dead);
+                metrics().dead_lettered(Queue::Parts, dead);
             }
             ack(&delivery).await
         }

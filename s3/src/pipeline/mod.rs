@@ -148,7 +148,7 @@ impl Pipeline {
     }
 
     pub fn set_build_info() {
-        shared::metrics::set_build_info("s3");
+        shared::metrics::set_build_info(shared::metrics::Component::S3);
     }
 
     pub async fn close(&self) {

@@ -151,7 +151,7 @@ impl Pipeline {
             verify: true,
             ..self.ingest.mfs.config().write.clone()
         };
-        shared::metrics::metrics().parts_started.inc();
+        shared::metrics::metrics().part_started();
         let written = match self.ingest.mfs.write_new_file(&file, body, &opts).await {
             Ok(outcome) if outcome.length == declared => Ok(outcome),
             Ok(outcome) => Err(PipelineError::BodyLength {
@@ -197,10 +197,7 @@ impl Pipeline {
         path: &str,
         reason: &'static str,
     ) {
-        shared::metrics::metrics()
-            .parts_abandoned
-            .with_label_values(&["attempt_failed"])
-            .inc();
+        shared::metrics::metrics().part_abandoned(shared::metrics::AbandonReason::AttemptFailed);
         if let Err(e) = self
             .ingest
             .store
@@ -291,16 +288,13 @@ fn count_commit(outcome: PartCommitted, part: &WrittenPart) {
     let m = shared::metrics::metrics();
     match outcome {
         PartCommitted::Committed => {
-            m.parts_committed.inc();
-            m.part_size.observe(part.size as f64);
+            m.part_committed(part.size);
         }
         PartCommitted::Superseded => {
-            m.parts_abandoned.with_label_values(&["superseded"]).inc();
+            m.part_abandoned(shared::metrics::AbandonReason::Superseded);
         }
         PartCommitted::UploadClosed => {
-            m.parts_abandoned
-                .with_label_values(&["session_closed"])
-                .inc();
+            m.part_abandoned(shared::metrics::AbandonReason::SessionClosed);
         }
     }
 }

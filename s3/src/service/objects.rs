@@ -181,7 +181,7 @@ pub(super) async fn get_object(
     let body = ep
         .pipeline()
         .read_object(row.inode as u32, range.start, len);
-    crate::metrics::metrics().bytes_out.inc_by(len);
+    crate::metrics::metrics().sent(len);
     Ok(S3Response::with_status(
         with_object_headers!(
             GetObjectOutput {

@@ -87,7 +87,7 @@ impl Endpoint {
             .map_err(pipeline_error)?
         {
             PartCommitted::Committed => {
-                crate::metrics::metrics().bytes_in.inc_by(written.size);
+                crate::metrics::metrics().received(written.size);
                 Ok((written, checksum))
             }
             PartCommitted::Superseded => Err(s3_error!(

@@ -61,10 +61,7 @@ fn source_failure(e: SourceError) -> PartError {
 
 /// A job found nothing to do (committed already, or its session is not open).
 fn already_done() -> PartOutcome {
-    crate::metrics::metrics()
-        .duplicate_jobs
-        .with_label_values(&["postgres"])
-        .inc();
+    crate::metrics::metrics().duplicate_job(crate::metrics::DuplicateDetector::Postgres);
     PartOutcome::AlreadyDone
 }
 
@@ -98,18 +95,15 @@ impl WrittenPart {
         let m = crate::metrics::metrics();
         match committed {
             CommitOutcome::Committed { .. } => {
-                m.parts_committed.inc();
-                m.part_size.observe(self.start.size as f64);
+                m.part_committed(self.start.size as u64);
                 PartOutcome::Committed { completed }
             }
             CommitOutcome::Superseded => {
-                m.parts_abandoned.with_label_values(&["superseded"]).inc();
+                m.part_abandoned(crate::metrics::AbandonReason::Superseded);
                 PartOutcome::Discarded
             }
             CommitOutcome::SessionClosed => {
-                m.parts_abandoned
-                    .with_label_values(&["session_closed"])
-                    .inc();
+                m.part_abandoned(crate::metrics::AbandonReason::SessionClosed);
                 PartOutcome::Discarded
             }
         }
@@ -246,7 +240,7 @@ impl Ingest {
         job: PartJob,
         start: AttemptStart,
     ) -> Result<WrittenPart, PartError> {
-        crate::metrics::metrics().parts_started.inc();
+        crate::metrics::metrics().part_started();
         let (source, pinned) = self.check_source(&job, &start).await?;
 
         let _budget = self.write_budget.reserve(start.size as u64).await;
@@ -357,10 +351,7 @@ impl Ingest {
                 reason.recorded(),
             )
             .await;
-        crate::metrics::metrics()
-            .parts_abandoned
-            .with_label_values(&[reason.label()])
-            .inc();
+        crate::metrics::metrics().part_abandoned(reason.metric());
     }
 
     /// An attempt's source: parsed, and its size and validator now compared
@@ -424,11 +415,11 @@ impl AbandonReason {
         }
     }
 
-    /// As the `reason` label of `mfs_ingest_parts_abandoned_total`.
-    fn label(self) -> &'static str {
+    /// As `mfs_ingest_parts_abandoned_total` counts it.
+    fn metric(self) -> crate::metrics::AbandonReason {
         match self {
-            AbandonReason::AttemptFailed => "attempt_failed",
-            AbandonReason::SourceTooSlow => "source_too_slow",
+            AbandonReason::AttemptFailed => crate::metrics::AbandonReason::AttemptFailed,
+            AbandonReason::SourceTooSlow => crate::metrics::AbandonReason::SourceTooSlow,
         }
     }
 }

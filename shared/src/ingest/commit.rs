@@ -228,8 +228,7 @@ fn count_group_ends(
     let m = crate::metrics::metrics();
     for (state, created_at, own_time) in ended {
         if let Some(own_time) = own_time {
-            m.completion_duration
-                .observe((own_time + commit_time).as_secs_f64());
+            m.completion_succeeded(own_time + commit_time);
         }
         crate::metrics::session_finished(state.as_str(), created_at);
     }

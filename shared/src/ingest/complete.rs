@@ -238,9 +238,7 @@ impl Ingest {
             (Some(state), Some(created_at)) => {
                 lock.commit().await?;
                 if state == SessionState::Completed {
-                    crate::metrics::metrics()
-                        .completion_duration
-                        .observe(started.elapsed().as_secs_f64());
+                    crate::metrics::metrics().completion_succeeded(started.elapsed());
                 }
                 crate::metrics::session_finished(state.as_str(), created_at);
             }
@@ -252,7 +250,7 @@ impl Ingest {
 
     /// Counts a completion that failed (it is retried).
     pub(super) fn completion_failed(&self) {
-        crate::metrics::metrics().completion_errors.inc();
+        crate::metrics::metrics().completion_failed();
         // A cached directory may be gone: look paths up afresh next time.
         self.dirs.forget();
     }

@@ -169,19 +169,15 @@ impl Ingest {
         let started = std::time::Instant::now();
         let results = self.submit_batch_unmeasured(reqs).await;
         let m = crate::metrics::metrics();
-        let per_request = started.elapsed().as_secs_f64() / reqs.len().max(1) as f64;
+        let per_request = started.elapsed().div_f64(reqs.len().max(1) as f64);
         for result in &results {
-            m.request_duration.observe(per_request);
             let outcome = match result {
-                Ok((_, true)) => {
-                    m.sessions_created.inc();
-                    "created"
-                }
-                Ok((_, false)) => "duplicate",
-                Err(e) if e.is_client_error() => "rejected",
-                Err(_) => "error",
+                Ok((_, true)) => crate::metrics::RequestOutcome::Created,
+                Ok((_, false)) => crate::metrics::RequestOutcome::Duplicate,
+                Err(e) if e.is_client_error() => crate::metrics::RequestOutcome::Rejected,
+                Err(_) => crate::metrics::RequestOutcome::Error,
             };
-            m.requests.with_label_values(&[outcome]).inc();
+            m.request(outcome, per_request);
         }
         results
     }

@@ -38,10 +38,7 @@ pub async fn consume_until<F, Fut>(
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     use futures::StreamExt;
-    let metrics = crate::metrics::metrics();
-    let queue_label = crate::metrics::queue_label(queue);
-    let consumed = metrics.queue_consumed.with_label_values(&[queue_label]);
-    let redelivered = metrics.queue_redelivered.with_label_values(&[queue_label]);
+    let deliveries = crate::metrics::metrics().deliveries(queue);
     let tracker = tokio_util::task::TaskTracker::new();
     let mut delay = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
@@ -69,10 +66,7 @@ pub async fn consume_until<F, Fut>(
             };
             match next {
                 Some(Ok(delivery)) => {
-                    consumed.inc();
-                    if delivery.redelivered {
-                        redelivered.inc();
-                    }
+                    deliveries.delivered(delivery.redelivered);
                     tracker.spawn(handler.clone()(delivery));
                 }
                 Some(Err(e)) => {

@@ -171,21 +171,21 @@ impl Publisher {
                         props,
                     )
                     .await?;
-                let label = crate::metrics::queue_label(if m.exchange.is_empty() {
+                let label = crate::metrics::Queue::of(if m.exchange.is_empty() {
                     &m.queue
                 } else {
                     &m.exchange
                 });
-                metrics.queue_published.with_label_values(&[label]).inc();
+                metrics.message_published(label);
                 confirms.push((m.queue.as_str(), label, confirm));
             }
             for (queue, label, confirm) in confirms {
                 match confirm.await? {
                     Confirmation::Ack(_) => {
-                        metrics.queue_confirmed.with_label_values(&[label]).inc();
+                        metrics.message_confirmed(label);
                     }
                     _ => {
-                        metrics.queue_nacked.with_label_values(&[label]).inc();
+                        metrics.message_nacked(label);
                         return Err(JobsError::Nacked(queue.to_string()));
                     }
                 }
