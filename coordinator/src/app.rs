@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser};
+use moosefs::MfsError;
 use shared::config::{ConfigError, ServiceArgs};
 use shared::ingest::Ingest;
-use shared::jobs::{Publisher, REQUESTS_QUEUE};
-use shared::moosefs::MfsError;
+use shared::queue::{Publisher, REQUESTS_QUEUE};
 use shared::store::StoreError;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -314,7 +314,7 @@ async fn consume_requests(
     prefetch: u16,
     shutdown: CancellationToken,
 ) {
-    shared::jobs::consume_until(
+    shared::queue::consume_until(
         &amqp_url,
         &format!("coordinator-{}", std::process::id()),
         REQUESTS_QUEUE,

@@ -10,10 +10,10 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use shared::gc::SweepGrace;
 use shared::ingest::{Completion, Ingest};
-use shared::jobs::{
+use shared::metrics::{metrics, MaintenanceStep, Queue, RoundOutcome, Service};
+use shared::queue::{
     JobsError, Outgoing, Publisher, RequestMessage, UploadEvent, MAX_BATCH_ITEMS, REQUESTS_QUEUE,
 };
-use shared::metrics::{metrics, MaintenanceStep, Queue, RoundOutcome, Service};
 use shared::store::{OutboxRelayError, OutboxRow, SessionState, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
@@ -69,7 +69,7 @@ struct Delivered {
 
 impl Delivered {
     fn of(delivery: &Delivery, limit: u32) -> Self {
-        let earlier = shared::jobs::earlier_deliveries(&delivery.properties);
+        let earlier = shared::queue::earlier_deliveries(&delivery.properties);
         Delivered {
             number: earlier.saturating_add(1),
             limit: limit.max(1),
@@ -130,7 +130,7 @@ pub async fn handle_request(ingest: &Ingest, publisher: &Publisher, delivery: De
         dead_letter_whole(publisher, &delivery, &delivered.gave_up(why)).await;
     } else {
         tokio::time::sleep(delivered.requeue_delay()).await;
-        shared::jobs::requeue(&delivery).await;
+        shared::queue::requeue(&delivery).await;
     }
 }
 
@@ -202,7 +202,7 @@ async fn handle_delivery(
                 // Our side (or the source's server) is down: leave the message for later.
                 tracing::error!(request_id = %item.request_id, error = %e, delivery = delivered.number, "cannot process ingest request now");
                 tokio::time::sleep(delivered.requeue_delay()).await;
-                shared::jobs::requeue(delivery).await;
+                shared::queue::requeue(delivery).await;
                 return;
             }
         }

@@ -11,9 +11,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use moosefs::MfsPath;
 use shared::ingest::{AttemptHooks, Completion, CompletionError, Ingest, PartOutcome};
-use shared::jobs::{PartJob, EVENTS_EXCHANGE};
-use shared::moosefs::MfsPath;
+use shared::queue::{PartJob, EVENTS_EXCHANGE};
 use shared::store::{DbTimeouts, Session, Store};
 use testkit::*;
 use uuid::Uuid;

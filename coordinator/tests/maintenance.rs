@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
 use coordinator::service::{maintenance_round, Intervals};
-use shared::moosefs::{MfsError, Name};
+use moosefs::{MfsError, Name};
 use testkit::*;
 
 /// Creates an empty staging file `name` in the goal-3 staging directory;
@@ -33,7 +33,7 @@ async fn exists(p: &Pipeline, path: &str) -> bool {
     match p
         .ingest
         .mfs
-        .resolve(&shared::moosefs::MfsPath::parse(path).unwrap())
+        .resolve(&moosefs::MfsPath::parse(path).unwrap())
         .await
     {
         Ok(_) => true,

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::BasicGetOptions;
+use moosefs::{MfsPath, CHUNK_SIZE};
 use shared::ingest::{AttemptHooks, Completion, PartOutcome};
-use shared::jobs::{
+use shared::queue::{
     EventBatch, Outgoing, PartGroup, PartJob, PartMessage, UploadEvent, EVENTS_EXCHANGE,
     EVENTS_PER_MESSAGE, EVENTS_QUEUE, PARTS_QUEUE, PART_GROUP_MAX_JOBS, REQUESTS_QUEUE,
 };
-use shared::moosefs::{MfsPath, CHUNK_SIZE};
 use shared::store::Session;
 use testkit::*;
 
@@ -80,7 +80,7 @@ async fn five_hundred_mixed_files_through_the_queue_with_two_workers() {
 /// `upload.completed` event arrives (at least once), with the session's
 /// checksums, and the events travel many to a message.
 async fn check_completion_events(p: &Pipeline, sessions: &[Session]) {
-    let conn = shared::jobs::connect(&p.amqp_url, "test events")
+    let conn = shared::queue::connect(&p.amqp_url, "test events")
         .await
         .unwrap();
     let channel = conn.create_channel().await.unwrap();
@@ -342,7 +342,7 @@ async fn stalled_attempt_that_commits_after_completion_is_abandoned_and_collecte
                 .mfs
                 .resolve(&MfsPath::parse(&stale_path).unwrap())
                 .await,
-            Err(shared::moosefs::MfsError::NotFound(_))
+            Err(moosefs::MfsError::NotFound(_))
         ),
         "stale staging file still exists"
     );
@@ -426,7 +426,7 @@ async fn malformed_queue_messages_are_dead_lettered_with_the_reason() {
     }
     p.publisher.publish_all(&out).await.unwrap();
 
-    let conn = shared::jobs::connect(&p.amqp_url, "test dead letters")
+    let conn = shared::queue::connect(&p.amqp_url, "test dead letters")
         .await
         .unwrap();
     let channel = conn.create_channel().await.unwrap();
@@ -434,12 +434,12 @@ async fn malformed_queue_messages_are_dead_lettered_with_the_reason() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while reasons.len() < out.len() && tokio::time::Instant::now() < deadline {
         match channel
-            .basic_get(shared::jobs::DEAD_QUEUE, BasicGetOptions { no_ack: true })
+            .basic_get(shared::queue::DEAD_QUEUE, BasicGetOptions { no_ack: true })
             .await
             .unwrap()
         {
             Some(msg) => reasons.push(
-                shared::jobs::header_str(&msg.delivery.properties, shared::jobs::REASON_HEADER)
+                shared::queue::header_str(&msg.delivery.properties, shared::queue::REASON_HEADER)
                     .unwrap_or_default(),
             ),
             None => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -587,11 +587,11 @@ async fn delayed_retries_come_back_to_the_work_queue_after_their_own_delay() {
         session_id: uuid::Uuid::new_v4(),
         part_number: 3,
     };
-    let mut retry = Outgoing::json(shared::jobs::PARTS_RETRY_QUEUE, &job).unwrap();
+    let mut retry = Outgoing::json(shared::queue::PARTS_RETRY_QUEUE, &job).unwrap();
     retry.expiration = Some(Duration::from_millis(1500));
     let sent = std::time::Instant::now();
     p.publisher.publish_all(&[retry]).await.unwrap();
-    let conn = shared::jobs::connect(&p.amqp_url, "test delay")
+    let conn = shared::queue::connect(&p.amqp_url, "test delay")
         .await
         .unwrap();
     let channel = conn.create_channel().await.unwrap();
@@ -1186,7 +1186,7 @@ async fn dead_letters(
     want: usize,
     limit: Duration,
 ) -> Vec<(String, String, Vec<u8>)> {
-    let conn = shared::jobs::connect(&p.amqp_url, "test dead letters")
+    let conn = shared::queue::connect(&p.amqp_url, "test dead letters")
         .await
         .unwrap();
     let channel = conn.create_channel().await.unwrap();
@@ -1194,16 +1194,16 @@ async fn dead_letters(
     let deadline = tokio::time::Instant::now() + limit;
     while got.len() < want && tokio::time::Instant::now() < deadline {
         match channel
-            .basic_get(shared::jobs::DEAD_QUEUE, BasicGetOptions { no_ack: true })
+            .basic_get(shared::queue::DEAD_QUEUE, BasicGetOptions { no_ack: true })
             .await
             .unwrap()
         {
             Some(msg) => {
                 let props = &msg.delivery.properties;
                 got.push((
-                    shared::jobs::header_str(props, shared::jobs::REASON_HEADER)
+                    shared::queue::header_str(props, shared::queue::REASON_HEADER)
                         .unwrap_or_default(),
-                    shared::jobs::header_str(props, "x-source-queue").unwrap_or_default(),
+                    shared::queue::header_str(props, "x-source-queue").unwrap_or_default(),
                     msg.delivery.data.clone(),
                 ))
             }
@@ -1245,7 +1245,7 @@ async fn poison_request_messages_are_dead_lettered_after_bounded_deliveries() {
     );
     let mut overflow = p.request("overflow", &url, "overflow.bin");
     overflow.part_size = Some(1 << 63);
-    let oversize = shared::jobs::IngestBatch {
+    let oversize = shared::queue::IngestBatch {
         items: (0..1001)
             .map(|i| p.request(&format!("big-{i}"), &url, &format!("big/{i}.bin")))
             .collect(),
@@ -1381,7 +1381,7 @@ async fn hostile_attempt_headers_never_stall_a_worker() {
             exchange: String::new(),
             queue: PARTS_QUEUE.into(),
             payload: job(held.id),
-            headers: vec![(shared::jobs::ATTEMPT_HEADER.into(), v.clone())],
+            headers: vec![(shared::queue::ATTEMPT_HEADER.into(), v.clone())],
             expiration: None,
         })
         .collect();
@@ -1390,7 +1390,7 @@ async fn hostile_attempt_headers_never_stall_a_worker() {
         queue: PARTS_QUEUE.into(),
         payload: job(probe.id),
         headers: vec![(
-            shared::jobs::ATTEMPT_HEADER.into(),
+            shared::queue::ATTEMPT_HEADER.into(),
             AMQPValue::LongLongInt(-7),
         )],
         expiration: None,
@@ -1422,20 +1422,20 @@ async fn hostile_attempt_headers_never_stall_a_worker() {
         sent.elapsed()
     );
     // What went back to the retry queue carries a clamped attempt.
-    let conn = shared::jobs::connect(&p.amqp_url, "test retries")
+    let conn = shared::queue::connect(&p.amqp_url, "test retries")
         .await
         .unwrap();
     let channel = conn.create_channel().await.unwrap();
     while let Some(msg) = channel
         .basic_get(
-            shared::jobs::PARTS_RETRY_QUEUE,
+            shared::queue::PARTS_RETRY_QUEUE,
             BasicGetOptions { no_ack: true },
         )
         .await
         .unwrap()
     {
         let attempt =
-            shared::jobs::header_i64(&msg.delivery.properties, shared::jobs::ATTEMPT_HEADER);
+            shared::queue::header_i64(&msg.delivery.properties, shared::queue::ATTEMPT_HEADER);
         assert!(
             matches!(attempt, Some(1..=12)),
             "retry with x-attempt {attempt:?}"

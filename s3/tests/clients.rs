@@ -17,9 +17,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use clap::Parser;
+use moosefs::{ClientConfig, MfsClient, MfsPath};
 use s3::keys::{self, ServerKey};
 use s3::pipeline::{Pipeline, ServiceArgs};
-use shared::moosefs::{ClientConfig, MfsClient, MfsPath};
 
 fn env_or(key: &str, default: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| default.to_string())

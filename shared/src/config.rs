@@ -10,9 +10,9 @@ use clap::Args;
 
 use crate::ingest::{Ingest, IngestConfig};
 use crate::limits::RequestLimits;
-use crate::moosefs::{ClientConfig, MfsClient, MfsPath};
 use crate::source::{PartLimits, SourceConfig};
 use crate::store::Store;
+use moosefs::{ClientConfig, MfsClient, MfsPath};
 
 /// Addresses of the services and the MooseFS subtree.
 #[derive(Args, Debug, Clone)]

@@ -3,7 +3,7 @@
 //! copies MooseFS keeps ([`Goal`]), how a file is cut ([`PartSize`]), and
 //! which attempt of a part may commit ([`FencingToken`]).
 
-use crate::moosefs::{MfsError, MfsPath};
+use moosefs::{MfsError, MfsPath};
 
 /// The number of copies MooseFS keeps of each chunk: 1 to 9.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

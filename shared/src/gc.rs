@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 
 use crate::ingest::{CompletionError, Ingest};
-use crate::moosefs::{DirEntry, MfsError, MfsPath, Name};
 use crate::store::{Abandoned, Collected, Leftover};
+use moosefs::{DirEntry, MfsError, MfsPath, Name};
 
 /// What one collector batch did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -1,9 +1,7 @@
 //! The mfs-ingest library shared by the coordinator and the worker.
 //!
-//! - [`moosefs`]: the native MooseFS client (no FUSE).
 //! - [`domain`]: the values parsed at the edge (destination, goal, part size, fencing token).
-//! - [`queue`]: message schemas and the RabbitMQ topology, publisher, consumer
-//!   (also reachable as `jobs`, its former name).
+//! - [`queue`]: message schemas and the RabbitMQ topology, publisher, consumer.
 //! - [`store`]: PostgreSQL, by table (sessions, parts, abandoned inodes,
 //!   outbox, placements), owning its transactions.
 //! - [`idempotency`]: Redis leases and markers.
@@ -14,7 +12,6 @@
 //! - [`http_server`]: the HTTP/1 serving loop (header timeout, connection
 //!   limit, graceful drain) and request shedding of every HTTP endpoint.
 //! - [`process`]: logging and the shutdown signal.
-//! - [`retry`]: bounded exponential backoff, the one retry mechanism.
 //! - [`limits`]: what one ingest request may ask for (parts, destinations, deliveries).
 
 pub mod config;
@@ -29,11 +26,3 @@ pub mod process;
 pub mod queue;
 pub mod source;
 pub mod store;
-
-// The native MooseFS client and the one retry module are the `moosefs` crate;
-// re-exported so `crate::moosefs::…` and `crate::retry::…` keep their paths.
-pub use moosefs;
-pub use moosefs::retry;
-
-/// The former name of [`queue`], kept so that callers' paths stay.
-pub use queue as jobs;

@@ -182,7 +182,7 @@ fn forbidden_class(c: char) -> Option<&'static str> {
 
 /// Checks a destination's length (first, so a huge one costs nothing
 /// more), characters and depth. Names and `..` are checked by
-/// [`crate::moosefs::MfsPath::parse`].
+/// [`moosefs::MfsPath::parse`].
 pub fn check_dest(dest: &str, limits: &RequestLimits) -> Result<(), DestLimitError> {
     if dest.len() > limits.max_dest_bytes {
         return Err(DestLimitError::TooLong {

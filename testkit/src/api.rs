@@ -14,10 +14,10 @@ use std::time::Duration;
 use clap::Parser;
 use coordinator::api::{ApiState, Auth};
 use coordinator::server::{self, HttpLimits};
+use moosefs::{MfsClient, MfsPath};
 use serde_json::Value;
 use shared::config::ServiceArgs;
 use shared::ingest::Ingest;
-use shared::moosefs::{MfsClient, MfsPath};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -312,7 +312,7 @@ pub async fn counting_client(
         op: &'static str,
         n: Arc<std::sync::atomic::AtomicU64>,
     }
-    impl shared::moosefs::observe::Observer for Count {
+    impl moosefs::observe::Observer for Count {
         fn master_request(&self, op: &'static str, _seconds: f64, _outcome: &'static str) {
             if op == self.op {
                 self.n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -321,7 +321,7 @@ pub async fn counting_client(
     }
     let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let client = MfsClient::connect_observed(
-        shared::moosefs::ClientConfig::new(master),
+        moosefs::ClientConfig::new(master),
         Arc::new(Count { op, n: n.clone() }),
     )
     .await

@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use md5::{Digest, Md5};
+use moosefs::MfsPath;
 use rand::{RngCore, SeedableRng};
 use shared::ingest::{Ingest, IngestConfig};
-use shared::jobs::{IngestBatch, IngestRequest, Outgoing, Publisher, REQUESTS_QUEUE};
-use shared::moosefs::MfsPath;
+use shared::queue::{IngestBatch, IngestRequest, Outgoing, Publisher, REQUESTS_QUEUE};
 use shared::source::SourceConfig;
 use shared::store::Session;
 

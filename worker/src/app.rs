@@ -12,8 +12,8 @@ use std::time::Duration;
 use clap::Parser;
 use shared::config::{ConfigError, PartLimitArgs, ServiceArgs};
 use shared::ingest::{Ingest, WriteBudget};
-use shared::jobs::PARTS_QUEUE;
 use shared::metrics::metrics;
+use shared::queue::PARTS_QUEUE;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -139,7 +139,7 @@ impl App {
     pub async fn run_until_stopped(self) {
         let http = crate::http::serve(self.listener, self.shutdown.clone());
         let handler_ctx = self.ctx.clone();
-        shared::jobs::consume_until(
+        shared::queue::consume_until(
             &self.amqp_url,
             &format!("worker-{}", self.ctx.worker_id),
             PARTS_QUEUE,

@@ -15,11 +15,11 @@ use lapin::options::BasicAckOptions;
 use lapin::types::AMQPValue;
 use shared::idempotency::{part_done_key, part_lease_key, Idempotency, Lease, PartClaim};
 use shared::ingest::{Ingest, PartError, PartOutcome};
-use shared::jobs::{
+use shared::metrics::{metrics, DuplicateDetector, InFlight, PartJobOutcome, Queue, RetryReason};
+use shared::queue::{
     header_i64, Outgoing, PartJob, PartMessage, Publisher, ATTEMPT_HEADER, PARTS_QUEUE,
     PARTS_RETRY_QUEUE,
 };
-use shared::metrics::{metrics, DuplicateDetector, InFlight, PartJobOutcome, Queue, RetryReason};
 
 use crate::app::Config;
 
@@ -58,12 +58,12 @@ async fn ack(delivery: &Delivery) {
 }
 
 async fn requeue(delivery: &Delivery) {
-    shared::jobs::requeue(delivery).await;
+    shared::queue::requeue(delivery).await;
 }
 
 /// Pacing of part retries through the delay queue (attempts are bounded by
 /// `--max-attempts`).
-const PART_RETRY: shared::retry::RetryPolicy = shared::retry::RetryPolicy::new(
+const PART_RETRY: moosefs::retry::RetryPolicy = moosefs::retry::RetryPolicy::new(
     Duration::from_secs(1),
     Duration::from_secs(60),
     u32::MAX,
@@ -94,7 +94,7 @@ fn retry_message(payload: Vec<u8>, attempt: i64) -> Outgoing {
         payload,
         headers: vec![(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(attempt))],
         // Exponential backoff with jitter, from the one retry module.
-        expiration: Some(shared::retry::delay_before_attempt(
+        expiration: Some(moosefs::retry::delay_before_attempt(
             &PART_RETRY,
             u32::try_from(attempt.max(0)).unwrap_or(u32::MAX),
         )),

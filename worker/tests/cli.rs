@@ -843,10 +843,10 @@ fn failed_put_sequential_leaves_no_part_files() {
 /// chain of one, no forwarding), exactly what a client ending writes early can
 /// leave behind.
 async fn corrupt_one_replica(path: &str) {
-    use shared::moosefs::chunkserver::{
+    use moosefs::chunkserver::{
         ChunkserverTimeouts, RawBlock, WriteSession, WriteTarget, WRITE_DATA_HEADER,
     };
-    use shared::moosefs::{ClientConfig, MfsClient, MfsPath};
+    use moosefs::{ClientConfig, MfsClient, MfsPath};
 
     let client = MfsClient::connect(ClientConfig::new(helpers::master_addr()))
         .await
@@ -879,7 +879,7 @@ async fn corrupt_one_replica(path: &str) {
         .run(
             &target,
             &ChunkserverTimeouts::default(),
-            &shared::moosefs::NoObserver,
+            &moosefs::NoObserver,
             &Default::default(),
         )
         .await

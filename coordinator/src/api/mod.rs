@@ -41,7 +41,7 @@ pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
 /// The default body limit (the name before it became configurable).
 pub const MAX_BODY_BYTES: usize = DEFAULT_BODY_LIMIT;
 /// Most items in one batch (the same cap holds for `ingest.requests`).
-pub const MAX_BATCH_ITEMS: usize = shared::jobs::MAX_BATCH_ITEMS;
+pub const MAX_BATCH_ITEMS: usize = shared::queue::MAX_BATCH_ITEMS;
 /// Items of a batch submitted at the same time.
 const BATCH_CONCURRENCY: usize = 8;
 /// Bound of one submit (the source is stat'ed: an HTTP source's HEAD may

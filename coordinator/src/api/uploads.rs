@@ -11,7 +11,7 @@ use axum::Json;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
-use shared::jobs::IngestRequest;
+use shared::queue::IngestRequest;
 use shared::store::SessionState;
 
 use super::problem::{

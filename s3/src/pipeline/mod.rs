@@ -30,8 +30,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use moosefs::{MfsError, MfsPath, Name};
 use shared::ingest::{CompletionError, Ingest};
-use shared::moosefs::{MfsError, MfsPath, Name};
 use shared::store::{Store, StoreError};
 use sqlx::PgPool;
 

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use futures::Stream;
-use shared::moosefs::{MfsError, MfsPath, Name, ReplicaChoice};
+use moosefs::{MfsError, MfsPath, Name, ReplicaChoice};
 use shared::store::SessionLock;
 
 use super::{Pipeline, PipelineError};

@@ -4,8 +4,8 @@
 //! ([`shared::store::Store::share_session`]), so a freeze or an end of the
 //! upload never interleaves with it.
 
+use moosefs::{MfsError, WriteOptions};
 use shared::domain::FencingToken;
-use shared::moosefs::{MfsError, WriteOptions};
 use shared::store::{PushedInode, PushedPart, SessionLock, SessionState};
 use tokio::io::AsyncRead;
 use uuid::Uuid;

@@ -7,8 +7,8 @@ use md5::Digest;
 
 use super::complete::{md5_mismatch, CheckFailed, CompletionError};
 use super::Ingest;
-use crate::moosefs::{MfsError, Name, ReplicaChoice, WriteOptions, CHUNK_SIZE};
 use crate::store::{Part, Session};
+use moosefs::{MfsError, Name, ReplicaChoice, WriteOptions, CHUNK_SIZE};
 
 /// A verified file in the staging directory, ready to be renamed into place.
 pub(super) struct FinalFile {

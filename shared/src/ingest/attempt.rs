@@ -7,10 +7,10 @@ use uuid::Uuid;
 
 use super::CompletionError;
 use super::{Ingest, PartOutcome};
-use crate::moosefs::{CreatedFile, MfsError, WriteOptions, WriteOutcome};
 use crate::queue::PartJob;
 use crate::source::{Source, SourceError, SourceVersion, Validator};
 use crate::store::{AttemptStart, CommitOutcome, PartCommit, SessionState, StoreError};
+use moosefs::{CreatedFile, MfsError, WriteOptions, WriteOutcome};
 
 /// Failures of a part attempt. Every one but [`PartError::SessionFailed`]
 /// is transient: trying again may succeed.

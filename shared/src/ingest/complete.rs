@@ -9,8 +9,8 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::Ingest;
-use crate::moosefs::{MfsError, Name};
 use crate::store::{Part, Session, SessionDone, SessionLock, SessionState, StoreError};
+use moosefs::{MfsError, Name};
 
 /// How a completion attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::limits::RequestLimits;
-use crate::moosefs::{MfsClient, MfsPath};
 use crate::source::SourceConfig;
 use crate::store::Store;
+use moosefs::{MfsClient, MfsPath};
 
 mod assemble;
 mod attempt;

@@ -7,10 +7,10 @@ use uuid::Uuid;
 use super::{Ingest, MAX_SIZE, SYSTEM_DIR};
 use crate::domain::{Dest, Goal, PartSize};
 use crate::limits::{self, DestLimitError, PartLimitError, RequestLimits};
-use crate::moosefs::{MfsError, MfsPath};
 use crate::queue::IngestRequest;
 use crate::source::{Source, SourceError};
 use crate::store::{NewSession, Session, StoreError};
+use moosefs::{MfsError, MfsPath};
 
 /// Requests of one batch checked against their sources and MooseFS at once.
 const SUBMIT_CHECKS_AT_ONCE: usize = 16;
@@ -370,7 +370,7 @@ impl Ingest {
         &self,
         full_dest: &MfsPath,
         dest: &str,
-    ) -> Result<Option<crate::moosefs::Attr>, RequestError> {
+    ) -> Result<Option<moosefs::Attr>, RequestError> {
         let (parent_path, name) = full_dest.split_last().expect("dest is not the root");
         let parent = match self.dirs.existing(&self.mfs, &parent_path).await {
             Ok(inode) => inode,

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::complete::CompletionError;
 use super::{Ingest, IngestConfig, SYSTEM_DIR};
 use crate::domain::FencingToken;
-use crate::moosefs::{MfsClient, MfsError, MfsPath, Name};
+use moosefs::{MfsClient, MfsError, MfsPath, Name};
 
 impl IngestConfig {
     pub fn staging_root(&self) -> MfsPath {
@@ -111,7 +111,7 @@ impl DirCache {
     pub async fn existing(&self, mfs: &MfsClient, path: &MfsPath) -> Result<u32, MfsError> {
         let components = path.components();
         let mut prefix = MfsPath::root();
-        let mut inode = crate::moosefs::proto::ROOT_INODE;
+        let mut inode = moosefs::proto::ROOT_INODE;
         let mut depth = 0;
         {
             let cache = self.0.lock().expect("dir cache");

@@ -8,7 +8,7 @@ use prometheus::{Histogram, IntCounter, IntCounterVec};
 
 use super::labels::MfsOutcome;
 use super::{metrics, Metrics};
-use crate::moosefs::{Observer, Status};
+use moosefs::{Observer, Status};
 
 /// Write statuses whose series are created at start (others appear when
 /// they happen): success and the ones a write meets in practice.

@@ -39,7 +39,7 @@
 //! - `labels`: the closed label value sets, as enums;
 //! - `events`: the named events;
 //! - `backlog`: the backlog gauges computed from PostgreSQL;
-//! - `mfs`: the MooseFS client's [`Observer`](crate::moosefs::Observer);
+//! - `mfs`: the MooseFS client's [`Observer`](moosefs::Observer);
 //! - `family`: what a family is ([`Family`], [`Kind`]) and registration,
 //!   which keeps the registry and [`families()`] in step.
 

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::*;
-use crate::moosefs::{Observer, Status};
+use moosefs::{Observer, Status};
 
 #[test]
 fn every_family_is_exported_with_its_type() {

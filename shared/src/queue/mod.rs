@@ -7,7 +7,7 @@
 //! - `publisher`: outgoing messages and the publisher with confirms;
 //! - `consumer`: consuming until shutdown, and requeueing a delivery.
 //!
-//! Also reachable as `shared::jobs` (its former name), so that the
+//! Also reachable as `shared::queue` (its former name), so that the
 //! binaries and tests keep their paths.
 
 use std::time::Duration;
