@@ -642,14 +642,7 @@ async fn existing_dest_needs_overwrite() {
 
     let rid = request_id();
     let req = json!({"request_id": rid, "source": src, "dest": "exists.bin"});
-    let p = problem(
-        api.post("/v1/uploads", &req).await,
-        StatusCode::CONFLICT,
-        "dest exists",
-    )
-    .await;
-    assert!(p["detail"].as_str().unwrap().contains("overwrite"), "{p}");
-    api.assert_no_session(&rid, "dest exists").await;
+    assert_refused(&api, &req, StatusCode::CONFLICT, "dest exists", "overwrite").await;
 
     let rid = request_id();
     let req = json!({"request_id": rid, "source": src, "dest": "exists.bin/below"});
@@ -842,14 +835,7 @@ async fn http_source_failures_are_told_apart() {
     let rid = request_id();
     let req =
         json!({"request_id": rid, "source": format!("{base}/boom.bin"), "dest": "h/boom.bin"});
-    let p = problem(
-        api.post("/v1/uploads", &req).await,
-        StatusCode::BAD_GATEWAY,
-        "source answers 500",
-    )
-    .await;
-    assert!(p["detail"].as_str().unwrap().contains("500"), "{p}");
-    api.assert_no_session(&rid, "source answers 500").await;
+    assert_refused(&api, &req, StatusCode::BAD_GATEWAY, "source answers 500", "500").await;
 
     let rid = request_id();
     let req =
@@ -1114,4 +1100,13 @@ async fn sources_at_addresses_not_allowed_are_refused_without_contact() {
     assert!(!p.to_string().contains("secret"), "{p}");
     named.assert_no_session(&rid, "redirect to 127.0.0.2").await;
     assert_eq!(denied.connections(), 0, "the redirect was followed");
+}
+
+/// Posts `req` to `/v1/uploads` and checks the refusal: a problem document
+/// with `status` whose detail names `says`, and no session created for it.
+async fn assert_refused(api: &TestApi, req: &Value, status: StatusCode, case: &str, says: &str) {
+    let p = problem(api.post("/v1/uploads", req).await, status, case).await;
+    assert!(p["detail"].as_str().unwrap().contains(says), "{case}: {p}");
+    let rid = req["request_id"].as_str().expect("a request id");
+    api.assert_no_session(rid, case).await;
 }

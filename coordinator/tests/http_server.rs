@@ -127,9 +127,8 @@ async fn slowloris(addr: std::net::SocketAddr, limit: Duration) -> Option<Durati
 #[tokio::test]
 async fn slowloris_clients_are_cut_off_and_others_are_served() {
     let header_timeout = Duration::from_secs(2);
-    let api = TestApi::start(
+    let api = open_api(
         "http-slowloris",
-        Auth::Open,
         HttpLimits {
             header_timeout,
             ..limits()
@@ -175,9 +174,8 @@ async fn slowloris_clients_are_cut_off_and_others_are_served() {
 
 #[tokio::test]
 async fn idle_connections_are_closed_after_the_header_timeout() {
-    let api = TestApi::start(
+    let api = open_api(
         "http-idle",
-        Auth::Open,
         HttpLimits {
             header_timeout: Duration::from_secs(1),
             ..limits()
@@ -214,9 +212,8 @@ async fn idle_connections_are_closed_after_the_header_timeout() {
 
 #[tokio::test]
 async fn slow_request_bodies_hit_the_request_timeout() {
-    let api = TestApi::start(
+    let api = open_api(
         "http-slowbody",
-        Auth::Open,
         HttpLimits {
             request_timeout: Duration::from_secs(2),
             ..limits()
@@ -237,9 +234,8 @@ async fn slow_request_bodies_hit_the_request_timeout() {
 
 #[tokio::test]
 async fn every_route_has_a_body_limit() {
-    let api = TestApi::start(
+    let api = open_api(
         "http-bodylimit",
-        Auth::Open,
         HttpLimits {
             body_limit: 1024,
             ..limits()
@@ -296,9 +292,8 @@ async fn every_route_has_a_body_limit() {
 
 #[tokio::test]
 async fn the_concurrency_limit_sheds_with_503() {
-    let api = TestApi::start(
+    let api = open_api(
         "http-concurrency",
-        Auth::Open,
         HttpLimits {
             concurrency: 2,
             ..limits()
@@ -356,9 +351,8 @@ async fn the_concurrency_limit_sheds_with_503() {
 
 #[tokio::test]
 async fn shutdown_drains_in_flight_requests_within_a_bound() {
-    let mut api = TestApi::start(
+    let mut api = open_api(
         "http-drain",
-        Auth::Open,
         HttpLimits {
             drain: Duration::from_secs(2),
             ..limits()
@@ -437,4 +431,9 @@ async fn readyz_asks_the_services_at_most_about_once_a_second() {
         .unwrap();
     assert_eq!(ready["checks"]["moosefs"], "ok");
     assert!(statfs.load(std::sync::atomic::Ordering::SeqCst) > n);
+}
+
+/// The API without authentication, served with `limits`.
+async fn open_api(tag: &str, limits: HttpLimits) -> TestApi {
+    TestApi::start(tag, Auth::Open, limits).await
 }
