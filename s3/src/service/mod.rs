@@ -18,7 +18,8 @@
 //!   request body received as one part;
 //! - [`multipart`]: CreateMultipartUpload, UploadPart,
 //!   CompleteMultipartUpload, AbortMultipartUpload, and the completion checks;
-//! - [`listing`]: ListObjects (v1 and V2), ListParts, ListMultipartUploads;
+//! - [`listing`]: ListObjects (v1 and V2), ListObjectVersions, ListParts,
+//!   ListMultipartUploads;
 //! - [`uploads`]: a body received as a part, an upload frozen and completed;
 //! - [`digests`]: Content-MD5 and `x-amz-checksum-*`, the multipart ETag;
 //! - [`errors`]: pipeline and database failures as S3 errors.
@@ -257,6 +258,17 @@ impl S3 for Endpoint {
         req: S3Request<ListObjectsInput>,
     ) -> S3Result<S3Response<ListObjectsOutput>> {
         timed("ListObjects", listing::list_objects(self, req)).await
+    }
+
+    async fn list_object_versions(
+        &self,
+        req: S3Request<ListObjectVersionsInput>,
+    ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+        timed(
+            "ListObjectVersions",
+            listing::list_object_versions(self, req),
+        )
+        .await
     }
 
     async fn create_multipart_upload(

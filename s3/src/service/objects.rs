@@ -6,6 +6,7 @@ use s3s::{s3_error, S3Request, S3Response, S3Result};
 
 use super::digests::{digests_of, with_checksums};
 use super::errors::{db_error, pipeline_error};
+use super::listing::NULL_VERSION;
 use super::{timestamp, who, Endpoint, MAX_LIST, MAX_PART_BYTES};
 use crate::index::{self, ObjectRow};
 use crate::pipeline::{CommittedPart, FreezePlan, NewUpload};
@@ -218,6 +219,7 @@ pub(super) async fn delete_object(
 ) -> S3Result<S3Response<DeleteObjectOutput>> {
     let input = req.input;
     ep.require_bucket(&input.bucket).await?;
+    check_version(input.version_id.as_deref())?;
     delete_key(ep, &input.bucket, &input.key).await?;
     Ok(S3Response::with_status(
         DeleteObjectOutput::default(),
@@ -240,17 +242,22 @@ pub(super) async fn delete_objects(
     let quiet = input.delete.quiet.unwrap_or(false);
     let (mut deleted, mut errors) = (Vec::new(), Vec::new());
     for object in input.delete.objects {
-        match delete_key(ep, &input.bucket, &object.key).await {
+        let deleting = match check_version(object.version_id.as_deref()) {
+            Ok(()) => delete_key(ep, &input.bucket, &object.key).await,
+            Err(e) => Err(e),
+        };
+        match deleting {
             Ok(()) if quiet => {}
             Ok(()) => deleted.push(DeletedObject {
                 key: Some(object.key),
+                version_id: object.version_id,
                 ..Default::default()
             }),
             Err(e) => errors.push(Error {
                 code: Some(e.code().as_str().to_string()),
                 key: Some(object.key),
                 message: e.message().map(str::to_string),
-                version_id: None,
+                version_id: object.version_id,
             }),
         }
     }
@@ -259,6 +266,15 @@ pub(super) async fn delete_objects(
         errors: Some(errors),
         ..Default::default()
     }))
+}
+
+/// A version id a request names: buckets are never versioned, so only the
+/// one version every object has (`null`) exists.
+fn check_version(version_id: Option<&str>) -> S3Result<()> {
+    match version_id {
+        None | Some(NULL_VERSION) => Ok(()),
+        Some(_) => Err(s3_error!(InvalidArgument, "Invalid version id specified")),
+    }
 }
 
 /// Deletes a key: its row and (if still the same inode) its file, under
