@@ -8,6 +8,7 @@ use s3s::{s3_error, S3Error, S3Request, S3Response, S3Result};
 
 use super::digests::{digests_of, multipart_etag, with_checksums};
 use super::errors::pipeline_error;
+use super::objects::check_overwrite;
 use super::{observed, who, Endpoint, MIN_PART_BYTES, PART_NUMBERS};
 use crate::pipeline::{CommittedPart, FreezePlan, NewUpload};
 
@@ -112,6 +113,23 @@ pub(super) async fn complete_multipart_upload(
         let upload = ep
             .require_upload(&input.bucket, &input.key, &input.upload_id)
             .await?;
+        // A repeated Complete answers the first one's ETag, whatever the
+        // object is now: the conditions hold for the first one only.
+        if ep
+            .pipeline()
+            .is_receiving(upload)
+            .await
+            .map_err(pipeline_error)?
+        {
+            check_overwrite(
+                ep,
+                &input.bucket,
+                &input.key,
+                input.if_match.as_ref(),
+                input.if_none_match.as_ref(),
+            )
+            .await?;
+        }
         let listed = listed_parts(input.multipart_upload)?;
         let etag = ep
             .freeze_upload(upload, |parts| {
