@@ -145,6 +145,23 @@ impl Endpoint {
     }
 }
 
+/// Server-side encryption is not implemented: a write asking for it (SSE-S3,
+/// SSE-KMS, or SSE-C with the client's key) is refused with `501` rather
+/// than stored in the clear while the client believes it encrypted (and,
+/// for SSE-C, readable without the key).
+fn refuse_encryption(
+    sse: Option<&ServerSideEncryption>,
+    customer_algorithm: Option<&SSECustomerAlgorithm>,
+) -> S3Result<()> {
+    if sse.is_some() || customer_algorithm.is_some() {
+        return Err(s3_error!(
+            NotImplemented,
+            "server-side encryption is not implemented"
+        ));
+    }
+    Ok(())
+}
+
 /// Counts a finished operation (status from the result).
 fn observed<T>(op: &'static str, started: Instant, result: S3Result<T>) -> S3Result<T> {
     let status = match &result {

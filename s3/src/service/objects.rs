@@ -7,7 +7,7 @@ use s3s::{s3_error, S3Error, S3Request, S3Response, S3Result};
 use super::digests::{digests_of, with_checksums};
 use super::errors::{db_error, pipeline_error};
 use super::listing::NULL_VERSION;
-use super::{timestamp, who, Endpoint, MAX_LIST, MAX_PART_BYTES};
+use super::{refuse_encryption, timestamp, who, Endpoint, MAX_LIST, MAX_PART_BYTES};
 use crate::index::{self, ObjectRow};
 use crate::pipeline::{CommittedPart, FreezePlan, NewUpload};
 
@@ -71,6 +71,10 @@ pub(super) async fn put_object(
 /// its conditions, the declared length.
 async fn check_put(ep: &Endpoint, input: &PutObjectInput) -> S3Result<()> {
     let (bucket, key) = (input.bucket.as_str(), input.key.as_str());
+    refuse_encryption(
+        input.server_side_encryption.as_ref(),
+        input.sse_customer_algorithm.as_ref(),
+    )?;
     ep.require_bucket(bucket).await?;
     ep.check_new_key(bucket, key).await?;
     check_overwrite(
