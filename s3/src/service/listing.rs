@@ -59,8 +59,34 @@ fn url_encoded(text: &str) -> String {
     out
 }
 
-/// A page of objects as both ListObjects versions answer it.
+/// What the object listings (v1, V2, versions) ask for.
+struct PageRequest<'a> {
+    bucket: &'a str,
+    prefix: Option<&'a str>,
+    delimiter: Option<&'a str>,
+    /// The key the page starts after.
+    after: Option<&'a str>,
+    max_keys: Option<i32>,
+    encoding_type: Option<&'a EncodingType>,
+}
+
+/// The [`PageRequest`] of a listing's input, the page starting after `after`.
+macro_rules! page_request {
+    ($input:ident, $after:expr) => {
+        PageRequest {
+            bucket: &$input.bucket,
+            prefix: $input.prefix.as_deref(),
+            delimiter: $input.delimiter.as_deref(),
+            after: $after,
+            max_keys: $input.max_keys,
+            encoding_type: $input.encoding_type.as_ref(),
+        }
+    };
+}
+
+/// A page of objects as the object listings answer it.
 struct ListedPage {
+    encoding: KeyEncoding,
     max_keys: i32,
     contents: Vec<Object>,
     common_prefixes: Vec<CommonPrefix>,
@@ -68,32 +94,27 @@ struct ListedPage {
     next: Option<String>,
 }
 
-/// One page of an existing bucket's keys after `after`, at most
-/// `max_keys` (S3's limit if none, or above it).
-async fn list_page(
-    ep: &Endpoint,
-    bucket: &str,
-    prefix: Option<&str>,
-    delimiter: Option<&str>,
-    after: Option<&str>,
-    max_keys: Option<i32>,
-    encoding: KeyEncoding,
-) -> S3Result<ListedPage> {
-    let max_keys = max_keys.unwrap_or(MAX_LIST).clamp(0, MAX_LIST);
+/// One page of an existing bucket's keys after `q.after`, at most
+/// `q.max_keys` (S3's limit if none, or above it), keys encoded as asked.
+async fn list_page(ep: &Endpoint, q: &PageRequest<'_>) -> S3Result<ListedPage> {
+    ep.require_bucket(q.bucket).await?;
+    let encoding = KeyEncoding::of(q.encoding_type)?;
+    let max_keys = q.max_keys.unwrap_or(MAX_LIST).clamp(0, MAX_LIST);
     let scope = ListScope {
-        bucket,
-        prefix: prefix.unwrap_or(""),
+        bucket: q.bucket,
+        prefix: q.prefix.unwrap_or(""),
         max: max_keys,
     };
     let page = index::list(
         ep.pool(),
         &scope,
-        delimiter.filter(|d| !d.is_empty()),
-        after,
+        q.delimiter.filter(|d| !d.is_empty()),
+        q.after,
     )
     .await
     .map_err(db_error)?;
     Ok(ListedPage {
+        encoding,
         max_keys,
         contents: page
             .objects
@@ -119,8 +140,6 @@ pub(super) async fn list_objects_v2(
     req: S3Request<ListObjectsV2Input>,
 ) -> S3Result<S3Response<ListObjectsV2Output>> {
     let input = req.input;
-    ep.require_bucket(&input.bucket).await?;
-    let encoding = KeyEncoding::of(input.encoding_type.as_ref())?;
     let after = match &input.continuation_token {
         Some(token) => Some(
             index::decode_token(token)
@@ -128,16 +147,8 @@ pub(super) async fn list_objects_v2(
         ),
         None => input.start_after.clone(),
     };
-    let page = list_page(
-        ep,
-        &input.bucket,
-        input.prefix.as_deref(),
-        input.delimiter.as_deref(),
-        after.as_deref(),
-        input.max_keys,
-        encoding,
-    )
-    .await?;
+    let page = list_page(ep, &page_request!(input, after.as_deref())).await?;
+    let encoding = page.encoding;
     let key_count = (page.contents.len() + page.common_prefixes.len()) as i32;
     Ok(S3Response::new(ListObjectsV2Output {
         name: Some(input.bucket),
@@ -161,18 +172,12 @@ pub(super) async fn list_objects(
     req: S3Request<ListObjectsInput>,
 ) -> S3Result<S3Response<ListObjectsOutput>> {
     let input = req.input;
-    ep.require_bucket(&input.bucket).await?;
-    let encoding = KeyEncoding::of(input.encoding_type.as_ref())?;
     let page = list_page(
         ep,
-        &input.bucket,
-        input.prefix.as_deref(),
-        input.delimiter.as_deref(),
-        input.marker.as_deref().filter(|m| !m.is_empty()),
-        input.max_keys,
-        encoding,
+        &page_request!(input, input.marker.as_deref().filter(|m| !m.is_empty())),
     )
     .await?;
+    let encoding = page.encoding;
     Ok(S3Response::new(ListObjectsOutput {
         name: Some(input.bucket),
         prefix: encoding.apply_opt(input.prefix),
@@ -197,18 +202,12 @@ pub(super) async fn list_object_versions(
     req: S3Request<ListObjectVersionsInput>,
 ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
     let input = req.input;
-    ep.require_bucket(&input.bucket).await?;
-    let encoding = KeyEncoding::of(input.encoding_type.as_ref())?;
     let page = list_page(
         ep,
-        &input.bucket,
-        input.prefix.as_deref(),
-        input.delimiter.as_deref(),
-        input.key_marker.as_deref().filter(|m| !m.is_empty()),
-        input.max_keys,
-        encoding,
+        &page_request!(input, input.key_marker.as_deref().filter(|m| !m.is_empty())),
     )
     .await?;
+    let encoding = page.encoding;
     let versions = page
         .contents
         .into_iter()
