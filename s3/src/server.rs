@@ -56,17 +56,11 @@ impl Default for ServerLimits {
 
 type HttpResponse = http::Response<s3s::Body>;
 
-/// A request refused by a limit: counted by reason, answered as `e`.
 fn refuse(e: S3Error, reason: &str) -> HttpResponse {
     crate::metrics::metrics()
         .shed
         .with_label_values(&[reason])
         .inc();
-    refusal(e)
-}
-
-/// `e` as a response that closes the connection.
-fn refusal(e: S3Error) -> HttpResponse {
     let mut response = e.to_http_response().unwrap_or_else(|_| {
         let mut r = HttpResponse::new(s3s::Body::empty());
         *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
@@ -117,6 +111,13 @@ fn bad_presigned_expiry(uri: &http::Uri) -> Option<S3Error> {
     Some(e)
 }
 
+/// The answer to a [`bad_presigned_expiry`] (not a limit: not counted as one).
+fn refuse_presigned(e: S3Error) -> HttpResponse {
+    let mut fallback = HttpResponse::new(s3s::Body::empty());
+    *fallback.status_mut() = http::StatusCode::FORBIDDEN;
+    e.to_http_response().unwrap_or(fallback)
+}
+
 async fn handle(
     s3: S3Service,
     slots: ConcurrencyLimit,
@@ -139,11 +140,11 @@ async fn handle(
             "body_size",
         );
     }
-    if let Some(e) = bad_presigned_expiry(req.uri()) {
-        return refusal(e);
-    }
     let max_body = usize::try_from(limits.max_body).unwrap_or(usize::MAX);
     let req = req.map(|body| s3s::Body::http_body(http_body_util::Limited::new(body, max_body)));
+    if let Some(e) = bad_presigned_expiry(req.uri()) {
+        return refuse_presigned(e);
+    }
     let response = match tokio::time::timeout(limits.request_timeout, s3.call(req)).await {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => {
