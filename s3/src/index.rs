@@ -79,6 +79,14 @@ pub async fn delete_bucket_row(pool: &PgPool, bucket: &str) -> Result<(), sqlx::
     Ok(())
 }
 
+/// Whether a bucket holds any object.
+pub async fn bucket_has_objects(pool: &PgPool, bucket: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM s3_objects WHERE bucket = $1)")
+        .bind(bucket)
+        .fetch_one(pool)
+        .await
+}
+
 pub enum BucketDelete {
     Deleted,
     NoSuchBucket,

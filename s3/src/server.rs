@@ -13,6 +13,9 @@
 //!   abandoned: its session or a newer attempt decides, as for any attempt).
 //! - **Concurrency limit**: past it a request is shed at once with
 //!   `503 SlowDown`, which every S3 SDK backs off from and retries.
+//!
+//! It also refuses presigned URLs claiming a validity S3 refuses (over a
+//! week, or negative), which s3s lets through or answers with 400.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -20,7 +23,7 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use s3s::service::S3Service;
-use s3s::{s3_error, S3Error};
+use s3s::{s3_error, S3Error, S3ErrorCode};
 use shared::http_server::{serve_connections, ConcurrencyLimit, ConnectionLimits};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -81,6 +84,39 @@ fn declared_length(req: &http::Request<Incoming>) -> Option<u64> {
     header("x-amz-decoded-content-length").or_else(|| header("content-length"))
 }
 
+/// The longest validity a presigned URL may claim (SigV4's limit).
+const MAX_PRESIGNED_SECS: i64 = 7 * 24 * 3600;
+
+/// A presigned URL's `X-Amz-Expires` S3 refuses (negative, or over a week):
+/// `403 AuthorizationQueryParametersError`, where s3s would accept it (over
+/// a week) or answer 400 (negative).
+fn bad_presigned_expiry(uri: &http::Uri) -> Option<S3Error> {
+    let expires = uri
+        .query()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("X-Amz-Expires="))?;
+    let message = match expires.parse::<i64>() {
+        Ok(secs) if (0..=MAX_PRESIGNED_SECS).contains(&secs) => return None,
+        Ok(secs) if secs > MAX_PRESIGNED_SECS => format!(
+            "X-Amz-Expires must be less than a week (in seconds) that is {MAX_PRESIGNED_SECS}"
+        ),
+        _ => "X-Amz-Expires must be a non-negative integer".to_string(),
+    };
+    let mut e = S3Error::with_message(
+        S3ErrorCode::Custom("AuthorizationQueryParametersError".into()),
+        message,
+    );
+    e.set_status_code(http::StatusCode::FORBIDDEN);
+    Some(e)
+}
+
+/// The answer to a [`bad_presigned_expiry`] (not a limit: not counted as one).
+fn refuse_presigned(e: S3Error) -> HttpResponse {
+    let mut fallback = HttpResponse::new(s3s::Body::empty());
+    *fallback.status_mut() = http::StatusCode::FORBIDDEN;
+    e.to_http_response().unwrap_or(fallback)
+}
+
 async fn handle(
     s3: S3Service,
     slots: ConcurrencyLimit,
@@ -105,6 +141,9 @@ async fn handle(
     }
     let max_body = usize::try_from(limits.max_body).unwrap_or(usize::MAX);
     let req = req.map(|body| s3s::Body::http_body(http_body_util::Limited::new(body, max_body)));
+    if let Some(e) = bad_presigned_expiry(req.uri()) {
+        return refuse_presigned(e);
+    }
     let response = match tokio::time::timeout(limits.request_timeout, s3.call(req)).await {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => {
@@ -141,4 +180,28 @@ pub async fn serve(
         async move { Ok::<_, Infallible>(handle(s3, slots, limits, req).await) }
     });
     serve_connections(listener, service, connections, shutdown, "S3").await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(query: &str) -> Option<String> {
+        let uri: http::Uri = format!("/b/k?{query}").parse().unwrap();
+        bad_presigned_expiry(&uri).map(|e| {
+            assert_eq!(e.status_code(), Some(http::StatusCode::FORBIDDEN));
+            e.code().as_str().to_string()
+        })
+    }
+
+    #[test]
+    fn presigned_expiry_is_at_most_a_week_and_not_negative() {
+        assert_eq!(refused("X-Amz-Expires=3600&X-Amz-Signature=x"), None);
+        assert_eq!(refused("X-Amz-Expires=604800"), None);
+        assert_eq!(refused("X-Amz-Expires=0"), None);
+        assert_eq!(refused("list-type=2"), None);
+        let code = Some("AuthorizationQueryParametersError".to_string());
+        assert_eq!(refused("X-Amz-Expires=609901"), code);
+        assert_eq!(refused("a=b&X-Amz-Expires=-7"), code);
+    }
 }

@@ -6,7 +6,7 @@ use s3s::dto::*;
 use s3s::{s3_error, S3Request, S3Response, S3Result};
 
 use super::errors::{db_error, pipeline_error};
-use super::{timestamp, Endpoint};
+use super::{timestamp, Endpoint, MAX_LIST};
 use crate::index;
 
 pub(super) async fn list_buckets(
@@ -91,10 +91,20 @@ pub(super) async fn delete_bucket(
     req: S3Request<DeleteBucketInput>,
 ) -> S3Result<S3Response<DeleteBucketOutput>> {
     let bucket = &req.input.bucket;
-    match index::delete_bucket(ep.pool(), bucket)
+    let mut deleted = index::delete_bucket(ep.pool(), bucket)
         .await
-        .map_err(db_error)?
+        .map_err(db_error)?;
+    if matches!(deleted, index::BucketDelete::NotEmpty)
+        && !index::bucket_has_objects(ep.pool(), bucket)
+            .await
+            .map_err(db_error)?
     {
+        abort_multipart_uploads(ep, bucket).await?;
+        deleted = index::delete_bucket(ep.pool(), bucket)
+            .await
+            .map_err(db_error)?;
+    }
+    match deleted {
         index::BucketDelete::Deleted => {}
         index::BucketDelete::NoSuchBucket => return Err(s3_error!(NoSuchBucket)),
         index::BucketDelete::NotEmpty => return Err(s3_error!(BucketNotEmpty)),
@@ -107,4 +117,29 @@ pub(super) async fn delete_bucket(
         DeleteBucketOutput::default(),
         http::StatusCode::NO_CONTENT,
     ))
+}
+
+/// Aborts every multipart upload of a bucket still receiving parts: as in
+/// S3, uploads never completed do not keep an otherwise empty bucket from
+/// being deleted (uploads being completed, and PutObjects, still do).
+async fn abort_multipart_uploads(ep: &Endpoint, bucket: &str) -> S3Result<()> {
+    let scope = index::ListScope {
+        bucket,
+        prefix: "",
+        max: MAX_LIST,
+    };
+    loop {
+        let (uploads, truncated) = index::receiving_uploads(ep.pool(), &scope, None, None)
+            .await
+            .map_err(db_error)?;
+        for (upload, _, _) in &uploads {
+            ep.pipeline()
+                .abort_upload(*upload)
+                .await
+                .map_err(pipeline_error)?;
+        }
+        if !truncated || uploads.is_empty() {
+            return Ok(());
+        }
+    }
 }

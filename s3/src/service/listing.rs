@@ -1,6 +1,8 @@
 //! The list operations: objects (ListObjects and ListObjectsV2, one page
-//! from the index, common prefixes rolled up), the parts of an upload
-//! (ListParts) and the uploads of a bucket (ListMultipartUploads).
+//! from the index, common prefixes rolled up; ListObjectVersions, where a
+//! bucket is never versioned and each object is its one version `null`),
+//! the parts of an upload (ListParts) and the uploads of a bucket
+//! (ListMultipartUploads).
 
 use s3s::dto::*;
 use s3s::{s3_error, S3Request, S3Response, S3Result};
@@ -10,8 +12,81 @@ use super::{timestamp, Endpoint, MAX_LIST};
 use crate::index::{self, ListScope, ObjectRow};
 use crate::pipeline::CommittedPart;
 
-/// A page of objects as both ListObjects versions answer it.
+/// `encoding-type=url` of a list request: keys, prefixes, delimiters and
+/// markers in the answer percent-encoded (every byte but the unreserved
+/// ones and `/`), as S3 does so that any key survives XML 1.0. SDKs ask
+/// for it unasked (botocore for every object listing) and decode.
+#[derive(Clone, Copy)]
+struct KeyEncoding {
+    url: bool,
+}
+
+impl KeyEncoding {
+    fn of(requested: Option<&EncodingType>) -> S3Result<KeyEncoding> {
+        match requested.map(EncodingType::as_str) {
+            None => Ok(KeyEncoding { url: false }),
+            Some(EncodingType::URL) => Ok(KeyEncoding { url: true }),
+            Some(other) => Err(s3_error!(
+                InvalidArgument,
+                "Invalid Encoding Method specified in Request: {other:?}"
+            )),
+        }
+    }
+
+    fn apply(self, text: String) -> String {
+        if self.url {
+            url_encoded(&text)
+        } else {
+            text
+        }
+    }
+
+    fn apply_opt(self, text: Option<String>) -> Option<String> {
+        text.map(|t| self.apply(t))
+    }
+}
+
+/// `text` percent-encoded but for `A-Za-z0-9-_.~/`.
+fn url_encoded(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~/".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// What the object listings (v1, V2, versions) ask for.
+struct PageRequest<'a> {
+    bucket: &'a str,
+    prefix: Option<&'a str>,
+    delimiter: Option<&'a str>,
+    /// The key the page starts after.
+    after: Option<&'a str>,
+    max_keys: Option<i32>,
+    encoding_type: Option<&'a EncodingType>,
+}
+
+/// The [`PageRequest`] of a listing's input, the page starting after `after`.
+macro_rules! page_request {
+    ($input:ident, $after:expr) => {
+        PageRequest {
+            bucket: &$input.bucket,
+            prefix: $input.prefix.as_deref(),
+            delimiter: $input.delimiter.as_deref(),
+            after: $after,
+            max_keys: $input.max_keys,
+            encoding_type: $input.encoding_type.as_ref(),
+        }
+    };
+}
+
+/// A page of objects as the object listings answer it.
 struct ListedPage {
+    encoding: KeyEncoding,
     max_keys: i32,
     contents: Vec<Object>,
     common_prefixes: Vec<CommonPrefix>,
@@ -19,37 +94,42 @@ struct ListedPage {
     next: Option<String>,
 }
 
-/// One page of an existing bucket's keys after `after`, at most
-/// `max_keys` (S3's limit if none, or above it).
-async fn list_page(
-    ep: &Endpoint,
-    bucket: &str,
-    prefix: Option<&str>,
-    delimiter: Option<&str>,
-    after: Option<&str>,
-    max_keys: Option<i32>,
-) -> S3Result<ListedPage> {
-    let max_keys = max_keys.unwrap_or(MAX_LIST).clamp(0, MAX_LIST);
+/// One page of an existing bucket's keys after `q.after`, at most
+/// `q.max_keys` (S3's limit if none, or above it), keys encoded as asked.
+async fn list_page(ep: &Endpoint, q: &PageRequest<'_>) -> S3Result<ListedPage> {
+    ep.require_bucket(q.bucket).await?;
+    let encoding = KeyEncoding::of(q.encoding_type)?;
+    let max_keys = q.max_keys.unwrap_or(MAX_LIST).clamp(0, MAX_LIST);
     let scope = ListScope {
-        bucket,
-        prefix: prefix.unwrap_or(""),
+        bucket: q.bucket,
+        prefix: q.prefix.unwrap_or(""),
         max: max_keys,
     };
     let page = index::list(
         ep.pool(),
         &scope,
-        delimiter.filter(|d| !d.is_empty()),
-        after,
+        q.delimiter.filter(|d| !d.is_empty()),
+        q.after,
     )
     .await
     .map_err(db_error)?;
     Ok(ListedPage {
+        encoding,
         max_keys,
-        contents: page.objects.iter().map(listed_object).collect(),
+        contents: page
+            .objects
+            .iter()
+            .map(|row| Object {
+                key: Some(encoding.apply(row.key.clone())),
+                ..listed_object(row)
+            })
+            .collect(),
         common_prefixes: page
             .prefixes
             .into_iter()
-            .map(|p| CommonPrefix { prefix: Some(p) })
+            .map(|p| CommonPrefix {
+                prefix: Some(encoding.apply(p)),
+            })
             .collect(),
         next: page.next,
     })
@@ -60,7 +140,6 @@ pub(super) async fn list_objects_v2(
     req: S3Request<ListObjectsV2Input>,
 ) -> S3Result<S3Response<ListObjectsV2Output>> {
     let input = req.input;
-    ep.require_bucket(&input.bucket).await?;
     let after = match &input.continuation_token {
         Some(token) => Some(
             index::decode_token(token)
@@ -68,24 +147,17 @@ pub(super) async fn list_objects_v2(
         ),
         None => input.start_after.clone(),
     };
-    let page = list_page(
-        ep,
-        &input.bucket,
-        input.prefix.as_deref(),
-        input.delimiter.as_deref(),
-        after.as_deref(),
-        input.max_keys,
-    )
-    .await?;
+    let page = list_page(ep, &page_request!(input, after.as_deref())).await?;
+    let encoding = page.encoding;
     let key_count = (page.contents.len() + page.common_prefixes.len()) as i32;
     Ok(S3Response::new(ListObjectsV2Output {
         name: Some(input.bucket),
-        prefix: input.prefix,
-        delimiter: input.delimiter,
+        prefix: encoding.apply_opt(input.prefix),
+        delimiter: encoding.apply_opt(input.delimiter.filter(|d| !d.is_empty())),
         max_keys: Some(page.max_keys),
         key_count: Some(key_count),
         continuation_token: input.continuation_token,
-        start_after: input.start_after,
+        start_after: encoding.apply_opt(input.start_after),
         is_truncated: Some(page.next.is_some()),
         next_continuation_token: page.next.as_deref().map(index::encode_token),
         contents: Some(page.contents),
@@ -100,25 +172,70 @@ pub(super) async fn list_objects(
     req: S3Request<ListObjectsInput>,
 ) -> S3Result<S3Response<ListObjectsOutput>> {
     let input = req.input;
-    ep.require_bucket(&input.bucket).await?;
     let page = list_page(
         ep,
-        &input.bucket,
-        input.prefix.as_deref(),
-        input.delimiter.as_deref(),
-        input.marker.as_deref().filter(|m| !m.is_empty()),
-        input.max_keys,
+        &page_request!(input, input.marker.as_deref().filter(|m| !m.is_empty())),
     )
     .await?;
+    let encoding = page.encoding;
     Ok(S3Response::new(ListObjectsOutput {
         name: Some(input.bucket),
-        prefix: input.prefix,
-        delimiter: input.delimiter,
-        marker: input.marker,
+        prefix: encoding.apply_opt(input.prefix),
+        delimiter: encoding.apply_opt(input.delimiter.filter(|d| !d.is_empty())),
+        marker: encoding.apply_opt(input.marker),
         max_keys: Some(page.max_keys),
         is_truncated: Some(page.next.is_some()),
-        next_marker: page.next,
+        next_marker: encoding.apply_opt(page.next),
         contents: Some(page.contents),
+        common_prefixes: Some(page.common_prefixes),
+        encoding_type: input.encoding_type,
+        ..Default::default()
+    }))
+}
+
+/// The version id of every object: buckets are never versioned, and S3
+/// names the one version of an object in an unversioned bucket `null`.
+pub(super) const NULL_VERSION: &str = "null";
+
+pub(super) async fn list_object_versions(
+    ep: &Endpoint,
+    req: S3Request<ListObjectVersionsInput>,
+) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+    let input = req.input;
+    let page = list_page(
+        ep,
+        &page_request!(input, input.key_marker.as_deref().filter(|m| !m.is_empty())),
+    )
+    .await?;
+    let encoding = page.encoding;
+    let versions = page
+        .contents
+        .into_iter()
+        .map(|o| ObjectVersion {
+            key: o.key,
+            size: o.size,
+            e_tag: o.e_tag,
+            last_modified: o.last_modified,
+            is_latest: Some(true),
+            version_id: Some(NULL_VERSION.into()),
+            storage_class: Some(ObjectVersionStorageClass::from_static(
+                ObjectVersionStorageClass::STANDARD,
+            )),
+            ..Default::default()
+        })
+        .collect();
+    let truncated = page.next.is_some();
+    Ok(S3Response::new(ListObjectVersionsOutput {
+        name: Some(input.bucket),
+        prefix: encoding.apply_opt(input.prefix),
+        delimiter: encoding.apply_opt(input.delimiter.filter(|d| !d.is_empty())),
+        key_marker: encoding.apply_opt(input.key_marker),
+        version_id_marker: input.version_id_marker,
+        max_keys: Some(page.max_keys),
+        is_truncated: Some(truncated),
+        next_key_marker: encoding.apply_opt(page.next),
+        next_version_id_marker: truncated.then(|| NULL_VERSION.to_string()),
+        versions: Some(versions),
         common_prefixes: Some(page.common_prefixes),
         encoding_type: input.encoding_type,
         ..Default::default()
@@ -221,5 +338,28 @@ fn listed_part(p: &CommittedPart) -> Part {
         size: Some(p.size),
         last_modified: Some(timestamp(p.committed_at)),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_encoding_keeps_unreserved_bytes_and_slashes() {
+        assert_eq!(url_encoded("foo/bar_1-2.3~"), "foo/bar_1-2.3~");
+        assert_eq!(url_encoded("asdf+b"), "asdf%2Bb");
+        assert_eq!(url_encoded("quux ab/"), "quux%20ab/");
+        assert_eq!(url_encoded("100%"), "100%25");
+        assert_eq!(url_encoded("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn only_the_url_encoding_exists() {
+        let url = EncodingType::from_static(EncodingType::URL);
+        assert!(KeyEncoding::of(None).is_ok_and(|e| !e.url));
+        assert!(KeyEncoding::of(Some(&url)).is_ok_and(|e| e.url));
+        let other = EncodingType::from("base64".to_string());
+        assert!(KeyEncoding::of(Some(&other)).is_err());
     }
 }

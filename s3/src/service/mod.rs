@@ -18,7 +18,8 @@
 //!   request body received as one part;
 //! - [`multipart`]: CreateMultipartUpload, UploadPart,
 //!   CompleteMultipartUpload, AbortMultipartUpload, and the completion checks;
-//! - [`listing`]: ListObjects (v1 and V2), ListParts, ListMultipartUploads;
+//! - [`listing`]: ListObjects (v1 and V2), ListObjectVersions, ListParts,
+//!   ListMultipartUploads;
 //! - [`uploads`]: a body received as a part, an upload frozen and completed;
 //! - [`digests`]: Content-MD5 and `x-amz-checksum-*`, the multipart ETag;
 //! - [`errors`]: pipeline and database failures as S3 errors.
@@ -144,6 +145,23 @@ impl Endpoint {
     }
 }
 
+/// Server-side encryption is not implemented: a write asking for it (SSE-S3,
+/// SSE-KMS, or SSE-C with the client's key) is refused with `501` rather
+/// than stored in the clear while the client believes it encrypted (and,
+/// for SSE-C, readable without the key).
+fn refuse_encryption(
+    sse: Option<&ServerSideEncryption>,
+    customer_algorithm: Option<&SSECustomerAlgorithm>,
+) -> S3Result<()> {
+    if sse.is_some() || customer_algorithm.is_some() {
+        return Err(s3_error!(
+            NotImplemented,
+            "server-side encryption is not implemented"
+        ));
+    }
+    Ok(())
+}
+
 /// Counts a finished operation (status from the result).
 fn observed<T>(op: &'static str, started: Instant, result: S3Result<T>) -> S3Result<T> {
     let status = match &result {
@@ -257,6 +275,17 @@ impl S3 for Endpoint {
         req: S3Request<ListObjectsInput>,
     ) -> S3Result<S3Response<ListObjectsOutput>> {
         timed("ListObjects", listing::list_objects(self, req)).await
+    }
+
+    async fn list_object_versions(
+        &self,
+        req: S3Request<ListObjectVersionsInput>,
+    ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+        timed(
+            "ListObjectVersions",
+            listing::list_object_versions(self, req),
+        )
+        .await
     }
 
     async fn create_multipart_upload(

@@ -8,7 +8,8 @@ use s3s::{s3_error, S3Error, S3Request, S3Response, S3Result};
 
 use super::digests::{digests_of, multipart_etag, with_checksums};
 use super::errors::pipeline_error;
-use super::{observed, who, Endpoint, MIN_PART_BYTES, PART_NUMBERS};
+use super::objects::check_overwrite;
+use super::{observed, refuse_encryption, who, Endpoint, MIN_PART_BYTES, PART_NUMBERS};
 use crate::pipeline::{CommittedPart, FreezePlan, NewUpload};
 
 pub(super) async fn create_multipart_upload(
@@ -17,6 +18,10 @@ pub(super) async fn create_multipart_upload(
 ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
     let who = who(&req);
     let input = req.input;
+    refuse_encryption(
+        input.server_side_encryption.as_ref(),
+        input.sse_customer_algorithm.as_ref(),
+    )?;
     ep.require_bucket(&input.bucket).await?;
     ep.check_new_key(&input.bucket, &input.key).await?;
     let upload = ep
@@ -45,6 +50,7 @@ pub(super) async fn upload_part(
 ) -> S3Result<S3Response<UploadPartOutput>> {
     let trailers = req.trailing_headers.clone();
     let input = req.input;
+    refuse_encryption(None, input.sse_customer_algorithm.as_ref())?;
     if !PART_NUMBERS.contains(&input.part_number) {
         return Err(s3_error!(
             InvalidArgument,
@@ -112,6 +118,23 @@ pub(super) async fn complete_multipart_upload(
         let upload = ep
             .require_upload(&input.bucket, &input.key, &input.upload_id)
             .await?;
+        // A repeated Complete answers the first one's ETag, whatever the
+        // object is now: the conditions hold for the first one only.
+        if ep
+            .pipeline()
+            .is_receiving(upload)
+            .await
+            .map_err(pipeline_error)?
+        {
+            check_overwrite(
+                ep,
+                &input.bucket,
+                &input.key,
+                input.if_match.as_ref(),
+                input.if_none_match.as_ref(),
+            )
+            .await?;
+        }
         let listed = listed_parts(input.multipart_upload)?;
         let etag = ep
             .freeze_upload(upload, |parts| {

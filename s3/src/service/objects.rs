@@ -2,11 +2,12 @@
 //! once), GetObject and HeadObject (with their conditions), DeleteObject(s).
 
 use s3s::dto::*;
-use s3s::{s3_error, S3Request, S3Response, S3Result};
+use s3s::{s3_error, S3Error, S3Request, S3Response, S3Result};
 
 use super::digests::{digests_of, with_checksums};
 use super::errors::{db_error, pipeline_error};
-use super::{timestamp, who, Endpoint, MAX_LIST, MAX_PART_BYTES};
+use super::listing::NULL_VERSION;
+use super::{refuse_encryption, timestamp, who, Endpoint, MAX_LIST, MAX_PART_BYTES};
 use crate::index::{self, ObjectRow};
 use crate::pipeline::{CommittedPart, FreezePlan, NewUpload};
 
@@ -67,19 +68,23 @@ pub(super) async fn put_object(
 }
 
 /// The checks of a PutObject before its body is read: the bucket, the key,
-/// `If-None-Match: *`, the declared length.
+/// its conditions, the declared length.
 async fn check_put(ep: &Endpoint, input: &PutObjectInput) -> S3Result<()> {
     let (bucket, key) = (input.bucket.as_str(), input.key.as_str());
+    refuse_encryption(
+        input.server_side_encryption.as_ref(),
+        input.sse_customer_algorithm.as_ref(),
+    )?;
     ep.require_bucket(bucket).await?;
     ep.check_new_key(bucket, key).await?;
-    if input.if_none_match.as_ref().is_some_and(|c| c.is_any())
-        && index::object(ep.pool(), bucket, key)
-            .await
-            .map_err(db_error)?
-            .is_some()
-    {
-        return Err(s3_error!(PreconditionFailed, "the object exists"));
-    }
+    check_overwrite(
+        ep,
+        bucket,
+        key,
+        input.if_match.as_ref(),
+        input.if_none_match.as_ref(),
+    )
+    .await?;
     match input.content_length {
         Some(n) if n >= 0 && (n as u64) <= MAX_PART_BYTES => Ok(()),
         Some(n) if n >= 0 => Err(s3_error!(EntityTooLarge)),
@@ -99,6 +104,9 @@ fn the_only_part(parts: &[CommittedPart]) -> S3Result<FreezePlan> {
         listed: serde_json::json!([[1, only.md5]]),
     })
 }
+
+/// The Content-Type of an object written without one (S3's).
+const DEFAULT_CONTENT_TYPE: &str = "binary/octet-stream";
 
 /// The conditions of a GET or HEAD.
 struct Conditions<'a> {
@@ -130,7 +138,11 @@ macro_rules! with_object_headers {
             accept_ranges: Some("bytes".into()),
             e_tag: Some(ETag::Strong(row.etag.clone())),
             last_modified: Some(timestamp(row.last_modified)),
-            content_type: row.content_type.clone(),
+            content_type: Some(
+                row.content_type
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_CONTENT_TYPE.to_string()),
+            ),
             metadata: row.metadata(),
             ..Default::default()
         }
@@ -218,6 +230,7 @@ pub(super) async fn delete_object(
 ) -> S3Result<S3Response<DeleteObjectOutput>> {
     let input = req.input;
     ep.require_bucket(&input.bucket).await?;
+    check_version(input.version_id.as_deref())?;
     delete_key(ep, &input.bucket, &input.key).await?;
     Ok(S3Response::with_status(
         DeleteObjectOutput::default(),
@@ -240,17 +253,22 @@ pub(super) async fn delete_objects(
     let quiet = input.delete.quiet.unwrap_or(false);
     let (mut deleted, mut errors) = (Vec::new(), Vec::new());
     for object in input.delete.objects {
-        match delete_key(ep, &input.bucket, &object.key).await {
+        let deleting = match check_version(object.version_id.as_deref()) {
+            Ok(()) => delete_key(ep, &input.bucket, &object.key).await,
+            Err(e) => Err(e),
+        };
+        match deleting {
             Ok(()) if quiet => {}
             Ok(()) => deleted.push(DeletedObject {
                 key: Some(object.key),
+                version_id: object.version_id,
                 ..Default::default()
             }),
             Err(e) => errors.push(Error {
                 code: Some(e.code().as_str().to_string()),
                 key: Some(object.key),
                 message: e.message().map(str::to_string),
-                version_id: None,
+                version_id: object.version_id,
             }),
         }
     }
@@ -259,6 +277,15 @@ pub(super) async fn delete_objects(
         errors: Some(errors),
         ..Default::default()
     }))
+}
+
+/// A version id a request names: buckets are never versioned, so only the
+/// one version every object has (`null`) exists.
+fn check_version(version_id: Option<&str>) -> S3Result<()> {
+    match version_id {
+        None | Some(NULL_VERSION) => Ok(()),
+        Some(_) => Err(s3_error!(InvalidArgument, "Invalid version id specified")),
+    }
 }
 
 /// Deletes a key: its row and (if still the same inode) its file, under
@@ -280,6 +307,61 @@ async fn delete_key(ep: &Endpoint, bucket: &str, key: &str) -> S3Result<()> {
             .remove_locked_file(lock, inode)
             .await
             .map_err(pipeline_error)?;
+    }
+    Ok(())
+}
+
+/// [`check_write_conditions`] against the object `bucket`/`key` now.
+pub(super) async fn check_overwrite(
+    ep: &Endpoint,
+    bucket: &str,
+    key: &str,
+    if_match: Option<&ETagCondition>,
+    if_none_match: Option<&ETagCondition>,
+) -> S3Result<()> {
+    if if_match.is_none() && if_none_match.is_none() {
+        return Ok(());
+    }
+    let existing = index::object(ep.pool(), bucket, key)
+        .await
+        .map_err(db_error)?;
+    check_write_conditions(
+        existing.as_ref().map(|row| row.etag.as_str()),
+        if_match,
+        if_none_match,
+    )
+}
+
+/// If-Match / If-None-Match of a write, checked against the ETag of the
+/// object it replaces (if any) before the body is read: `If-Match` on a key
+/// with no object is `404 NoSuchKey` (as S3 answers it), a mismatch `412`.
+/// Like S3's, the check is not atomic with the write: two conditional
+/// writes of one key racing may both pass it.
+pub(super) fn check_write_conditions(
+    existing_etag: Option<&str>,
+    if_match: Option<&ETagCondition>,
+    if_none_match: Option<&ETagCondition>,
+) -> S3Result<()> {
+    let matches = |cond: &ETagCondition, etag: &str| match cond {
+        ETagCondition::Any => true,
+        ETagCondition::ETag(e) => e.value() == etag,
+    };
+    if let Some(cond) = if_match {
+        match existing_etag {
+            None => return Err(s3_error!(NoSuchKey)),
+            Some(etag) if !matches(cond, etag) => {
+                return Err(s3_error!(PreconditionFailed, "If-Match: the ETag differs"))
+            }
+            Some(_) => {}
+        }
+    }
+    if let (Some(cond), Some(etag)) = (if_none_match, existing_etag) {
+        if matches(cond, etag) {
+            return Err(s3_error!(
+                PreconditionFailed,
+                "If-None-Match: the object exists"
+            ));
+        }
     }
     Ok(())
 }
@@ -309,16 +391,86 @@ fn check_conditions(row: &ObjectRow, conditions: &Conditions<'_>) -> S3Result<()
     }
     if let Some(cond) = conditions.if_none_match {
         if matches(cond) {
-            return Err(s3_error!(NotModified));
+            return Err(not_modified(row));
         }
     } else if let Some(t) = conditions.if_modified_since {
         if secs(modified) <= secs(as_system(t)) {
-            return Err(s3_error!(NotModified));
+            return Err(not_modified(row));
         }
     }
     Ok(())
 }
 
+/// `304 Not Modified` with the object's ETag and Last-Modified (RFC 9110
+/// §15.4.5: the headers a 200 would have sent that validate the cache).
+fn not_modified(row: &ObjectRow) -> S3Error {
+    let mut e = s3_error!(NotModified);
+    let mut headers = http::HeaderMap::new();
+    if let Ok(etag) = http::HeaderValue::from_str(&format!("\"{}\"", row.etag)) {
+        headers.insert(http::header::ETAG, etag);
+    }
+    let modified = httpdate(row.last_modified);
+    if let Ok(modified) = http::HeaderValue::from_str(&modified) {
+        headers.insert(http::header::LAST_MODIFIED, modified);
+    }
+    e.set_headers(headers);
+    e
+}
+
+/// An HTTP date (IMF-fixdate).
+fn httpdate(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
+}
+
 fn time_of(t: &Timestamp) -> time::OffsetDateTime {
     time::OffsetDateTime::from(t.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cond(header: &str) -> ETagCondition {
+        ETagCondition::parse_http_header(header.as_bytes()).unwrap()
+    }
+
+    fn code(result: S3Result<()>) -> String {
+        result.unwrap_err().code().as_str().to_string()
+    }
+
+    #[test]
+    fn if_match_needs_the_object_and_its_etag() {
+        let etag = "37b51d194a7513e45b56f6524f2d51f2";
+        assert!(
+            check_write_conditions(Some(etag), Some(&cond(&format!("\"{etag}\""))), None).is_ok()
+        );
+        assert!(check_write_conditions(Some(etag), Some(&cond("*")), None).is_ok());
+        assert_eq!(
+            code(check_write_conditions(
+                Some(etag),
+                Some(&cond("\"ABCORZ\"")),
+                None
+            )),
+            "PreconditionFailed"
+        );
+        assert_eq!(
+            code(check_write_conditions(None, Some(&cond("*")), None)),
+            "NoSuchKey"
+        );
+    }
+
+    #[test]
+    fn if_none_match_refuses_a_matching_object() {
+        let etag = "37b51d194a7513e45b56f6524f2d51f2";
+        assert!(check_write_conditions(None, None, Some(&cond("*"))).is_ok());
+        assert!(check_write_conditions(Some(etag), None, Some(&cond("\"ABCORZ\""))).is_ok());
+        assert_eq!(
+            code(check_write_conditions(Some(etag), None, Some(&cond("*")))),
+            "PreconditionFailed"
+        );
+        assert_eq!(
+            code(check_write_conditions(Some(etag), None, Some(&cond(etag)))),
+            "PreconditionFailed"
+        );
+    }
 }
