@@ -835,7 +835,14 @@ async fn http_source_failures_are_told_apart() {
     let rid = request_id();
     let req =
         json!({"request_id": rid, "source": format!("{base}/boom.bin"), "dest": "h/boom.bin"});
-    assert_refused(&api, &req, StatusCode::BAD_GATEWAY, "source answers 500", "500").await;
+    assert_refused(
+        &api,
+        &req,
+        StatusCode::BAD_GATEWAY,
+        "source answers 500",
+        "500",
+    )
+    .await;
 
     let rid = request_id();
     let req =
