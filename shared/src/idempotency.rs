@@ -77,28 +77,9 @@ pub enum Lease {
     Unknown,
 }
 
-/// What a lease renewal found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Renewal {
-    /// Still ours, extended by a full lifetime.
-    Renewed,
-    /// Expired or someone else's: the attempt goes on, its fencing token
-    /// decides at commit.
-    Lost,
-    /// Redis did not answer.
-    Unknown,
-}
-
-impl Renewal {
-    /// The `outcome` label of `mfs_ingest_lease_renewals_total`.
-    pub fn label(self) -> &'static str {
-        match self {
-            Renewal::Renewed => "renewed",
-            Renewal::Lost => "lost",
-            Renewal::Unknown => "unknown",
-        }
-    }
-}
+/// What a lease renewal found (also the `outcome` label of
+/// `mfs_ingest_lease_renewals_total`, hence defined with the metrics' labels).
+pub use crate::metrics::Renewal;
 
 /// Redis-backed leases and markers.
 pub struct Idempotency {

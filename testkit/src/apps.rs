@@ -93,7 +93,7 @@ impl Pipeline {
 
     /// A worker config on this pipeline named `id`: metrics on
     /// 127.0.0.1:0, 10 s leases (as [`Pipeline::spawn_worker`]).
-    pub fn worker_config(&self, id: &str) -> worker::app::Config {
+    pub fn worker_config(&self, id: &str) -> worker::config::Config {
         let mut argv = vec!["worker".to_string()];
         argv.extend(self.service_flags());
         argv.extend([
@@ -101,7 +101,7 @@ impl Pipeline {
             format!("--worker-id={id}"),
             "--lease-secs=10".to_string(),
         ]);
-        worker::app::Config::try_parse_from(argv).expect("worker config")
+        worker::config::Config::try_parse_from(argv).expect("worker config")
     }
 
     /// Starts a coordinator with [`Pipeline::coordinator_config`].
@@ -132,7 +132,7 @@ pub async fn start_coordinator(config: coordinator::app::Config) -> RunningApp {
 }
 
 /// Builds and runs a worker in-process.
-pub async fn start_worker(config: worker::app::Config) -> RunningApp {
+pub async fn start_worker(config: worker::config::Config) -> RunningApp {
     let app = worker::app::App::build(config)
         .await
         .expect("build the worker");

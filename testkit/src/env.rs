@@ -43,3 +43,6 @@ pub fn redis_url() -> String {
 pub fn unique_tag(name: &str) -> String {
     format!("{name}-{:08x}", rand::random::<u32>())
 }
+
+/// Where the children's logs go.
+pub const LOG_DIR: &str = "/var/tmp/mfs-ingest/test-logs";

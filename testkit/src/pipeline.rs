@@ -157,7 +157,7 @@ impl Pipeline {
                     "timed out: {} of {} sessions exist, {open} still open (logs: {}/{}-*.log)",
                     rows.len(),
                     request_ids.len(),
-                    crate::processes::LOG_DIR,
+                    crate::env::LOG_DIR,
                     self.tag
                 );
             }

@@ -8,10 +8,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::env::LOG_DIR;
 use crate::pipeline::Pipeline;
-
-/// Where the children's logs go.
-pub const LOG_DIR: &str = "/var/tmp/mfs-ingest/test-logs";
 
 /// A binary of the workspace (`coordinator`, `worker`), next to the test
 /// executable's `deps/` directory.

@@ -3,5 +3,6 @@
 //! the part-job handler and the metrics/health listener.
 
 pub mod app;
+pub mod config;
 mod http;
 mod run;

@@ -8,7 +8,8 @@ mod mfs_cli;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use worker::app::{App, Config};
+use worker::app::App;
+use worker::config::Config;
 
 #[derive(Parser)]
 #[command(

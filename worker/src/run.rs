@@ -21,7 +21,7 @@ use shared::queue::{
     PARTS_RETRY_QUEUE,
 };
 
-use crate::app::Config;
+use crate::config::Config;
 
 /// What a handler needs.
 pub(crate) struct WorkerCtx {

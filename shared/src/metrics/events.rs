@@ -10,10 +10,9 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge};
 
 use super::labels::{
     method_label, AbandonReason, Component, DuplicateDetector, MaintenanceStep, PartJobOutcome,
-    Queue, RequestOutcome, RetryReason, RoundOutcome, Service, SessionEnd, StatusClass,
+    Queue, Renewal, RequestOutcome, RetryReason, RoundOutcome, Service, SessionEnd, StatusClass,
 };
 use super::{metrics, Metrics};
-use crate::idempotency::Renewal;
 
 /// Adds one to the series of `v` labelled `label`.
 fn inc(v: &IntCounterVec, label: &str) {
@@ -99,7 +98,7 @@ impl Metrics {
     /// A part lease renewal answered `answer`.
     pub fn lease_renewal(&self, answer: Renewal) {
         self.lease_renewals
-            .with_label_values(&[answer.label()])
+            .with_label_values(&[answer.as_str()])
             .inc();
     }
 

@@ -238,3 +238,16 @@ label_enum! {
         S3 => "s3",
     }
 }
+
+label_enum! {
+    /// What a lease renewal found (`outcome` label).
+    Renewal {
+        /// Still ours, extended by a full lifetime.
+        Renewed => "renewed",
+        /// Expired or someone else's: the attempt goes on, its fencing token
+        /// decides at commit.
+        Lost => "lost",
+        /// Redis did not answer.
+        Unknown => "unknown",
+    }
+}

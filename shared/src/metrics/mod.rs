@@ -67,11 +67,10 @@ pub use events::{
 };
 pub use labels::{
     AbandonReason, Component, DuplicateDetector, MaintenanceStep, MfsOutcome, PartJobOutcome,
-    Queue, RequestOutcome, RetryReason, RoundOutcome, Service, SessionEnd, StatusClass,
+    Queue, Renewal, RequestOutcome, RetryReason, RoundOutcome, Service, SessionEnd, StatusClass,
 };
 pub use mfs::{mfs_observer, MfsObserver};
 
-use crate::idempotency::Renewal;
 use family::Builder;
 pub use family::{Family, Kind};
 use mfs::MfsOp;
@@ -533,9 +532,6 @@ impl Metrics {
             MaintenanceStep::ALL,
             MaintenanceStep::as_str,
         );
-        create(&self.lease_renewals, &RENEWALS, Renewal::label);
+        create(&self.lease_renewals, Renewal::ALL, Renewal::as_str);
     }
 }
-
-/// Every answer of a lease renewal (`outcome` label), created at start.
-const RENEWALS: [Renewal; 3] = [Renewal::Renewed, Renewal::Lost, Renewal::Unknown];

@@ -181,7 +181,10 @@ fn label_values_are_the_documented_ones() {
     assert_eq!(labels(RoundOutcome::ALL, RoundOutcome::as_str), "ok error");
     let steps = labels(MaintenanceStep::ALL, MaintenanceStep::as_str);
     assert_eq!(steps, "republish complete expire sweep gc");
-    assert_eq!(labels(&RENEWALS, Renewal::label), "renewed lost unknown");
+    assert_eq!(
+        labels(Renewal::ALL, Renewal::as_str),
+        "renewed lost unknown"
+    );
     assert_eq!(
         labels(Service::ALL, Service::as_str),
         "postgres redis rabbitmq"
