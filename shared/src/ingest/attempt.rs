@@ -5,7 +5,6 @@
 
 use uuid::Uuid;
 
-use super::CompletionError;
 use super::{Ingest, PartOutcome};
 use crate::queue::PartJob;
 use crate::source::{Source, SourceError, SourceVersion, Validator};
@@ -25,19 +24,9 @@ pub enum PartError {
     /// The source failed in a way that may pass (see [`SourceError::is_transient`]).
     #[error("{0}")]
     Source(SourceError),
-    /// The completion that went with the part's commit could not run.
-    #[error("{0}")]
-    Completion(#[from] CompletionError),
     /// The session cannot succeed; it has been marked failed.
     #[error("{0}")]
     SessionFailed(String),
-}
-
-impl PartError {
-    /// Whether trying the part again may succeed.
-    pub fn is_transient(&self) -> bool {
-        !matches!(self, PartError::SessionFailed(_))
-    }
 }
 
 /// Test hooks into a part attempt (feature `test-hooks`).

@@ -48,14 +48,6 @@ impl SessionState {
             SessionState::Failed => "failed",
         }
     }
-
-    /// Whether the session has ended (no part may be committed to it any more).
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            SessionState::Completed | SessionState::Aborted | SessionState::Failed
-        )
-    }
 }
 
 impl std::fmt::Display for SessionState {
