@@ -173,7 +173,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     Pipeline::migrate(pipeline.pool())
         .await
         .context("migrating")?;
-    crate::metrics::metrics();
+    shared::metrics::s3_operations(crate::service::OPERATIONS);
 
     let service = build_service(&pipeline, server_key);
 

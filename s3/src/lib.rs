@@ -12,13 +12,15 @@
 //! - [`keys`]: access keys, SigV4 secrets, per-bucket access.
 //! - [`server`]: HTTP serving with body, time and concurrency limits (on
 //!   the shared serving loop, `shared::http_server`).
-//! - [`metrics`]: S3 request metrics.
+//!
+//! The S3 metrics (requests, latency, bytes, refusals) are families of
+//! `shared::metrics`, recorded through its named events, so the documented
+//! contract and the dashboards' tests cover them.
 //! - [`cli`]: `worker s3 serve` and `worker s3 keys …`.
 
 pub mod cli;
 pub mod index;
 pub mod keys;
-pub mod metrics;
 pub mod pipeline;
 pub mod server;
 pub mod service;

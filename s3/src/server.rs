@@ -28,7 +28,7 @@ use shared::http_server::{serve_connections, ConcurrencyLimit, ConnectionLimits}
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::LimitReason;
+use shared::metrics::S3LimitReason as LimitReason;
 
 /// The server's limits (see the module doc).
 #[derive(Debug, Clone)]
@@ -59,7 +59,7 @@ impl Default for ServerLimits {
 type HttpResponse = http::Response<s3s::Body>;
 
 fn refuse(e: S3Error, reason: LimitReason) -> HttpResponse {
-    crate::metrics::metrics().refused(reason);
+    shared::metrics::metrics().s3_refused(reason);
     let mut response = e.to_http_response().unwrap_or_else(|_| {
         let mut r = HttpResponse::new(s3s::Body::empty());
         *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;

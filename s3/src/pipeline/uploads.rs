@@ -89,6 +89,7 @@ impl Pipeline {
             .map_err(db_statement)?;
         index::insert_upload(lock.conn(), id, upload).await?;
         lock.commit().await.map_err(db_statement)?;
+        shared::metrics::metrics().pushed_session_created();
         Ok(id)
     }
 

@@ -1,7 +1,7 @@
 //! The S3 operations (s3s's [`S3`] trait): buckets, objects and multipart
 //! uploads over the pipeline adapter ([`crate::pipeline`]) and the
 //! namespace index in PostgreSQL ([`crate::index`]). Every operation is
-//! counted by operation and status ([`crate::metrics`]).
+//! counted by operation and status (`shared::metrics::s3_request`).
 //!
 //! An object's data sits at `<S3 root>/<bucket>/<key>` in MooseFS (a mount
 //! shows it too); a key must be a MooseFS path (components of 1..=255 bytes,
@@ -162,13 +162,38 @@ fn refuse_encryption(
     Ok(())
 }
 
+/// Every operation the endpoint answers, by the name its requests are
+/// counted under (`operation` label): their series exist from the start.
+pub const OPERATIONS: &[&str] = &[
+    "ListBuckets",
+    "CreateBucket",
+    "HeadBucket",
+    "GetBucketLocation",
+    "DeleteBucket",
+    "PutObject",
+    "GetObject",
+    "HeadObject",
+    "DeleteObject",
+    "DeleteObjects",
+    "ListObjectsV2",
+    "ListObjects",
+    "ListObjectVersions",
+    "CreateMultipartUpload",
+    "UploadPart",
+    "ListParts",
+    "ListMultipartUploads",
+    "AbortMultipartUpload",
+    "CompleteMultipartUpload",
+];
+
 /// Counts a finished operation (status from the result).
 fn observed<T>(op: &'static str, started: Instant, result: S3Result<T>) -> S3Result<T> {
+    debug_assert!(OPERATIONS.contains(&op), "{op} is not in OPERATIONS");
     let status = match &result {
         Ok(_) => 200,
         Err(e) => e.status_code().map_or(500, |s| s.as_u16()),
     };
-    crate::metrics::observe(op, status, started.elapsed());
+    shared::metrics::s3_request(op, status, started.elapsed());
     result
 }
 

@@ -193,7 +193,7 @@ pub(super) async fn get_object(
     let body = ep
         .pipeline()
         .read_object(row.inode as u32, range.start, len);
-    crate::metrics::metrics().sent(len);
+    shared::metrics::metrics().s3_sent(len);
     Ok(S3Response::with_status(
         with_object_headers!(
             GetObjectOutput {

@@ -87,7 +87,7 @@ impl Endpoint {
             .map_err(pipeline_error)?
         {
             PartCommitted::Committed => {
-                crate::metrics::metrics().received(written.size);
+                shared::metrics::metrics().s3_received(written.size);
                 Ok((written, checksum))
             }
             PartCommitted::Superseded => Err(s3_error!(

@@ -10,7 +10,8 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge};
 
 use super::labels::{
     method_label, AbandonReason, Component, DuplicateDetector, MaintenanceStep, PartJobOutcome,
-    Queue, Renewal, RequestOutcome, RetryReason, RoundOutcome, Service, SessionEnd, StatusClass,
+    Queue, Renewal, RequestOutcome, RetryReason, RoundOutcome, S3LimitReason, Service, SessionEnd,
+    StatusClass,
 };
 use super::{metrics, Metrics};
 
@@ -30,6 +31,12 @@ impl Metrics {
             self.sessions_created.inc();
         }
         inc(&self.requests, outcome.as_str());
+    }
+
+    /// A session was created without an ingest request: an upload pushed
+    /// through the S3 endpoint.
+    pub fn pushed_session_created(&self) {
+        self.sessions_created.inc();
     }
 
     /// A completion finished its session successfully in `elapsed`.
@@ -265,4 +272,55 @@ pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
     m.http_duration
         .with_label_values(&[route, method])
         .observe(elapsed.as_secs_f64());
+}
+
+/// The S3 endpoint's operations (`operation` label values): their request
+/// series are created at 0, so a rate is 0, not "no data", until the first.
+pub fn s3_operations(operations: &[&str]) {
+    for operation in operations {
+        s3_operation_seen(operation);
+    }
+}
+
+fn s3_operation_seen(operation: &str) {
+    let m = metrics();
+    let mut seen = m.s3_seen.lock().expect("s3_seen lock");
+    if !seen.contains(operation) {
+        for class in StatusClass::CREATED_FIRST {
+            m.s3_requests
+                .with_label_values(&[operation, class.as_str()]);
+        }
+        m.s3_duration.with_label_values(&[operation]);
+        seen.insert(operation.to_string());
+    }
+}
+
+/// One S3 request answered: `operation` is s3s's operation name (a fixed
+/// set), `status` the HTTP status.
+pub fn s3_request(operation: &str, status: u16, elapsed: Duration) {
+    let m = metrics();
+    s3_operation_seen(operation);
+    m.s3_requests
+        .with_label_values(&[operation, StatusClass::of(status).as_str()])
+        .inc();
+    m.s3_duration
+        .with_label_values(&[operation])
+        .observe(elapsed.as_secs_f64());
+}
+
+impl Metrics {
+    /// `bytes` of an S3 object body were received and made durable.
+    pub fn s3_received(&self, bytes: u64) {
+        self.s3_received.inc_by(bytes);
+    }
+
+    /// A GetObject answer started with a body of `bytes`.
+    pub fn s3_sent(&self, bytes: u64) {
+        self.s3_sent.inc_by(bytes);
+    }
+
+    /// The S3 endpoint's limits refused a request.
+    pub fn s3_refused(&self, reason: S3LimitReason) {
+        self.s3_limited.with_label_values(&[reason.as_str()]).inc();
+    }
 }

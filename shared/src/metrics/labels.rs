@@ -166,6 +166,21 @@ label_enum! {
     }
 }
 
+label_enum! {
+    /// Why the S3 endpoint refused a request before (or instead of)
+    /// answering it (`reason` label).
+    S3LimitReason {
+        /// Too many requests at once.
+        Concurrency => "concurrency",
+        /// The declared body is over the limit.
+        BodySize => "body_size",
+        /// The request failed outside an operation.
+        Error => "error",
+        /// The request took longer than allowed.
+        Timeout => "timeout",
+    }
+}
+
 impl StatusClass {
     /// The classes created for every route and method when it is first seen
     /// (`1xx` and `3xx` appear only when they happen).

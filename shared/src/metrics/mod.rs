@@ -62,12 +62,13 @@ use prometheus::{
 
 pub use backlog::{set_backlog, BacklogValues};
 pub use events::{
-    http_request, postgres_error, service_error, service_ok, session_finished, set_build_info,
-    Deliveries, InFlight,
+    http_request, postgres_error, s3_operations, s3_request, service_error, service_ok,
+    session_finished, set_build_info, Deliveries, InFlight,
 };
 pub use labels::{
     AbandonReason, Component, DuplicateDetector, MaintenanceStep, MfsOutcome, PartJobOutcome,
-    Queue, Renewal, RequestOutcome, RetryReason, RoundOutcome, Service, SessionEnd, StatusClass,
+    Queue, Renewal, RequestOutcome, RetryReason, RoundOutcome, S3LimitReason, Service, SessionEnd,
+    StatusClass,
 };
 pub use mfs::{mfs_observer, MfsObserver};
 
@@ -126,6 +127,12 @@ const COMPLETION_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 /// 64 KiB (one MooseFS block) to 16 GiB, ×4.
+/// S3 request latency: small objects in milliseconds, 64 MiB parts in
+/// seconds, long completions in minutes.
+const S3_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
 const SIZE_BUCKETS: &[f64] = &[
     65536.0,
     262144.0,
@@ -212,10 +219,18 @@ pub struct Metrics {
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
 
+    // S3 endpoint
+    s3_requests: IntCounterVec,
+    s3_duration: HistogramVec,
+    s3_received: IntCounter,
+    s3_sent: IntCounter,
+    s3_limited: IntCounterVec,
+
     build_info: IntGaugeVec,
 
     mfs_ops: Mutex<HashMap<&'static str, MfsOp>>,
     http_seen: Mutex<HashSet<(String, &'static str)>>,
+    s3_seen: Mutex<HashSet<String>>,
     down: [AtomicBool; 3],
 }
 
@@ -464,6 +479,30 @@ impl Metrics {
                 &["route", "method"],
                 LATENCY_BUCKETS,
             ),
+            s3_requests: b.counter_vec(
+                "mfs_ingest_s3_requests_total",
+                "S3 requests answered by the S3 endpoint, by operation (s3s's name, e.g. PutObject) and status class.",
+                &["operation", "status"],
+            ),
+            s3_duration: b.histogram_vec(
+                "mfs_ingest_s3_request_duration_seconds",
+                "Time to answer an S3 request (a GET's body streams after it), by operation.",
+                &["operation"],
+                S3_BUCKETS,
+            ),
+            s3_received: b.counter(
+                "mfs_ingest_s3_received_bytes_total",
+                "Object bytes received in PutObject and UploadPart bodies and made durable.",
+            ),
+            s3_sent: b.counter(
+                "mfs_ingest_s3_sent_bytes_total",
+                "Object bytes GetObject answered with (the lengths of the bodies started).",
+            ),
+            s3_limited: b.counter_vec(
+                "mfs_ingest_s3_limited_requests_total",
+                "S3 requests refused by the endpoint's limits, by reason (concurrency, body_size, error, timeout).",
+                &["reason"],
+            ),
             build_info: b.gauge_vec(
                 "mfs_ingest_build_info",
                 "Always 1: the component (coordinator, worker) and version of this process.",
@@ -472,6 +511,7 @@ impl Metrics {
             families: Vec::new(),
             mfs_ops: Mutex::new(HashMap::new()),
             http_seen: Mutex::new(HashSet::new()),
+            s3_seen: Mutex::new(HashSet::new()),
             down: Default::default(),
         };
         m.create_known_series();
@@ -488,6 +528,7 @@ impl Metrics {
             }
         }
         create(&self.requests, RequestOutcome::ALL, RequestOutcome::as_str);
+        create(&self.s3_limited, S3LimitReason::ALL, S3LimitReason::as_str);
         create(&self.sessions_finished, SessionEnd::ALL, SessionEnd::as_str);
         for state in SessionEnd::ALL {
             self.session_duration.with_label_values(&[state.as_str()]);

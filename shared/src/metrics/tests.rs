@@ -59,6 +59,8 @@ fn registry_and_families_agree() {
         &m.maintenance_errors,
         &m.lease_renewals,
         &m.http_requests,
+        &m.s3_requests,
+        &m.s3_limited,
     ] {
         touch(v, |l| {
             v.with_label_values(l);
@@ -69,6 +71,7 @@ fn registry_and_families_agree() {
         &m.part_duration,
         &m.mfs_request_duration,
         &m.http_duration,
+        &m.s3_duration,
     ] {
         touch(v, |l| {
             v.with_label_values(l);
@@ -188,6 +191,10 @@ fn label_values_are_the_documented_ones() {
     assert_eq!(
         labels(Service::ALL, Service::as_str),
         "postgres redis rabbitmq"
+    );
+    assert_eq!(
+        labels(S3LimitReason::ALL, S3LimitReason::as_str),
+        "concurrency body_size error timeout"
     );
     let text = render();
     let written = "OK NOCHUNK CHUNKBUSY NOTDONE WRONGVERSION NOSPACE IO BNUMTOOBIG WRONGSIZE WRONGOFFSET CANTCONNECT DISCONNECTED CRC";
