@@ -427,23 +427,13 @@ async fn run_small_pipeline(p: &Pipeline, logging_url: &str) {
     // Maintenance collects the completed files' staging inodes: wait for
     // its first collection (the claim and the marking statements), not for
     // the last one, which on a loaded machine takes many rounds.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-    loop {
-        let collected: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM abandoned_inodes WHERE deleted_at IS NOT NULL",
-        )
-        .fetch_one(&p.ingest.store.pool)
-        .await
-        .unwrap();
-        if collected > 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no abandoned staging inode collected after 300 s"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_for_rows(
+        p,
+        "SELECT count(*) FROM abandoned_inodes WHERE deleted_at IS NOT NULL",
+        "abandoned staging inode collected",
+        300,
+    )
+    .await;
     // A few more maintenance rounds and backlog gauges with nothing to do.
     tokio::time::sleep(Duration::from_secs(3)).await;
     p.terminate("w1", Duration::from_secs(30));
@@ -453,21 +443,31 @@ async fn run_small_pipeline(p: &Pipeline, logging_url: &str) {
 /// Waits until the reconciler republished a stale part (its jobs' second
 /// publish moves `published_at` past the part row's creation).
 async fn wait_for_republished_parts(p: &Pipeline) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    wait_for_rows(
+        p,
+        "SELECT count(*) FROM upload_parts p JOIN upload_sessions s ON s.id = p.session_id
+          WHERE p.published_at > s.created_at + interval '1 second'",
+        "stale part republished",
+        120,
+    )
+    .await;
+}
+
+/// Polls `count_sql` until it counts a row; fails after `secs` saying no
+/// `what` happened.
+async fn wait_for_rows(p: &Pipeline, count_sql: &str, what: &str, secs: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     loop {
-        let republished: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM upload_parts p JOIN upload_sessions s ON s.id = p.session_id
-              WHERE p.published_at > s.created_at + interval '1 second'",
-        )
-        .fetch_one(&p.ingest.store.pool)
-        .await
-        .unwrap();
-        if republished > 0 {
+        let rows: i64 = sqlx::query_scalar(count_sql)
+            .fetch_one(&p.ingest.store.pool)
+            .await
+            .unwrap();
+        if rows > 0 {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "no stale part republished after 120 s"
+            "no {what} after {secs} s"
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
