@@ -24,16 +24,32 @@ pub struct S3SourceArgs {
     pub endpoint: Option<String>,
     /// Further stores requests may name with `?endpoint=URL`
     /// (comma-separated `http(s)://host[:port]`, whatever their addresses).
-    #[arg(long = "s3-source-endpoints", env = "INGEST_S3_SOURCE_ENDPOINTS", value_delimiter = ',')]
+    #[arg(
+        long = "s3-source-endpoints",
+        env = "INGEST_S3_SOURCE_ENDPOINTS",
+        value_delimiter = ','
+    )]
     pub endpoints: Vec<String>,
-    #[arg(long = "s3-source-region", env = "AWS_REGION", default_value = "us-east-1")]
+    #[arg(
+        long = "s3-source-region",
+        env = "AWS_REGION",
+        default_value = "us-east-1"
+    )]
     pub region: String,
     /// Without an access key, `s3://` sources are refused.
     #[arg(long = "s3-source-access-key-id", env = "AWS_ACCESS_KEY_ID")]
     pub access_key_id: Option<String>,
-    #[arg(long = "s3-source-secret-access-key", env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    #[arg(
+        long = "s3-source-secret-access-key",
+        env = "AWS_SECRET_ACCESS_KEY",
+        hide_env_values = true
+    )]
     pub secret_access_key: Option<String>,
-    #[arg(long = "s3-source-session-token", env = "AWS_SESSION_TOKEN", hide_env_values = true)]
+    #[arg(
+        long = "s3-source-session-token",
+        env = "AWS_SESSION_TOKEN",
+        hide_env_values = true
+    )]
     pub session_token: Option<String>,
 }
 

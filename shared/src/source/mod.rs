@@ -117,9 +117,11 @@ impl SourceVersion {
             ));
         }
         match (&self.validator, &now.validator) {
-            (Some(Validator::ETag(then)), Some(Validator::ETag(now))) if then != now => Some(format!(
+            (Some(Validator::ETag(then)), Some(Validator::ETag(now))) if then != now => {
+                Some(format!(
                 "source changed since the upload was created: its ETag is {now} now, was {then}"
-            )),
+            ))
+            }
             (Some(then), Some(now)) if then != now => Some(format!(
                 "source changed since the upload was created: {} now, {} then",
                 now.to_stored(),

@@ -307,7 +307,10 @@ struct OtherHost(String);
 impl HttpService for GuardedConnector {
     async fn call(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
         let (parts, body) = req.into_parts();
-        let authority = parts.uri.authority().map(|a| a.as_str().to_ascii_lowercase());
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_ascii_lowercase());
         if authority.as_deref() != Some(self.authority.as_str()) {
             let shown = authority.unwrap_or_default();
             return Err(HttpError::new(HttpErrorKind::Unknown, OtherHost(shown)));
@@ -381,7 +384,9 @@ impl S3Source {
             .filter(|_| raw[..5].eq_ignore_ascii_case("s3://"))
             .ok_or_else(|| invalid("not an s3:// URL"))?;
         if rest.contains('#') {
-            return Err(invalid("a fragment (`#`) is not allowed; write `%23` in a key"));
+            return Err(invalid(
+                "a fragment (`#`) is not allowed; write `%23` in a key",
+            ));
         }
         let (path, query) = match rest.split_once('?') {
             Some((p, q)) => (p, Some(q)),
@@ -445,11 +450,7 @@ impl S3Source {
 
     /// One store call under the timeout, retried while it fails in a way
     /// that may pass.
-    async fn call<T, Fut>(
-        &self,
-        cfg: &SourceConfig,
-        op: impl Fn() -> Fut,
-    ) -> Result<T, SourceError>
+    async fn call<T, Fut>(&self, cfg: &SourceConfig, op: impl Fn() -> Fut) -> Result<T, SourceError>
     where
         Fut: std::future::Future<Output = object_store::Result<T>>,
     {
@@ -515,11 +516,14 @@ pub async fn probe(src: &S3Source, cfg: &SourceConfig) -> Result<SourceVersion, 
         .store(src)?;
     let path = src.path();
     let meta = src.call(cfg, || store.head(&path)).await?;
-    let etag = meta.e_tag.filter(|e| !e.is_empty()).ok_or_else(|| SourceError::Invalid {
-        url: src.shown.clone(),
-        reason: "the store answered no ETag: its part reads could not be pinned to one version"
-            .into(),
-    })?;
+    let etag = meta
+        .e_tag
+        .filter(|e| !e.is_empty())
+        .ok_or_else(|| SourceError::Invalid {
+            url: src.shown.clone(),
+            reason: "the store answered no ETag: its part reads could not be pinned to one version"
+                .into(),
+        })?;
     Ok(SourceVersion {
         size: meta.size,
         validator: Some(Validator::ETag(etag)),
@@ -643,12 +647,14 @@ mod tests {
         assert_eq!(src.bucket, "my-bucket");
         assert_eq!(src.key, "dir/a?b#c%.bin");
         assert_eq!(src.endpoint, None);
-        let named =
-            S3Source::parse("s3://my-bucket/k?endpoint=http%3A%2F%2F127.0.0.1%3A9000", &cfg)
-                .unwrap();
+        let named = S3Source::parse(
+            "s3://my-bucket/k?endpoint=http%3A%2F%2F127.0.0.1%3A9000",
+            &cfg,
+        )
+        .unwrap();
         assert_eq!(named.endpoint.unwrap().origin, "http://127.0.0.1:9000");
-        let named = S3Source::parse("s3://my-bucket/k?endpoint=https://MINIO.example:443/", &cfg)
-            .unwrap();
+        let named =
+            S3Source::parse("s3://my-bucket/k?endpoint=https://MINIO.example:443/", &cfg).unwrap();
         assert_eq!(named.endpoint.unwrap().origin, "https://minio.example");
         for refused in [
             "s3://my-bucket/k?endpoint=http://127.0.0.1:9001",
