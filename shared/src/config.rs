@@ -10,9 +10,78 @@ use clap::Args;
 
 use crate::ingest::{Ingest, IngestConfig};
 use crate::limits::RequestLimits;
-use crate::source::{PartLimits, SourceConfig};
+use crate::source::{PartLimits, S3Settings, SourceConfig};
 use crate::store::Store;
 use moosefs::{ClientConfig, MfsClient, MfsPath};
+
+/// How `s3://` sources are read (`source::s3`): the store, the further
+/// stores requests may name, and the credentials, from the environment the
+/// AWS SDKs read.
+#[derive(Args, Debug, Clone, Default)]
+pub struct S3SourceArgs {
+    /// The store `s3://BUCKET/KEY` reads from (unset: AWS S3 in AWS_REGION).
+    #[arg(long = "s3-source-endpoint", env = "AWS_ENDPOINT_URL")]
+    pub endpoint: Option<String>,
+    /// Further stores requests may name with `?endpoint=URL`
+    /// (comma-separated `http(s)://host[:port]`, whatever their addresses).
+    #[arg(
+        long = "s3-source-endpoints",
+        env = "INGEST_S3_SOURCE_ENDPOINTS",
+        value_delimiter = ','
+    )]
+    pub endpoints: Vec<String>,
+    #[arg(
+        long = "s3-source-region",
+        env = "AWS_REGION",
+        default_value = "us-east-1"
+    )]
+    pub region: String,
+    /// Without an access key, `s3://` sources are refused.
+    #[arg(long = "s3-source-access-key-id", env = "AWS_ACCESS_KEY_ID")]
+    pub access_key_id: Option<String>,
+    #[arg(
+        long = "s3-source-secret-access-key",
+        env = "AWS_SECRET_ACCESS_KEY",
+        hide_env_values = true
+    )]
+    pub secret_access_key: Option<String>,
+    #[arg(
+        long = "s3-source-session-token",
+        env = "AWS_SESSION_TOKEN",
+        hide_env_values = true
+    )]
+    pub session_token: Option<String>,
+}
+
+impl S3SourceArgs {
+    pub fn settings(&self) -> S3Settings {
+        S3Settings {
+            default_endpoint: self.endpoint.clone(),
+            endpoints: self.endpoints.clone(),
+            region: self.region.clone(),
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+            session_token: self.session_token.clone(),
+        }
+    }
+
+    /// The settings for the start-up line (never the secret).
+    pub fn describe(&self) -> String {
+        match &self.access_key_id {
+            None => "off".to_string(),
+            Some(id) => format!(
+                "endpoint={} endpoints={} region={} access_key_id={id}",
+                self.endpoint.as_deref().unwrap_or("aws"),
+                if self.endpoints.is_empty() {
+                    "none".to_string()
+                } else {
+                    self.endpoints.join(",")
+                },
+                self.region
+            ),
+        }
+    }
+}
 
 /// Addresses of the services and the MooseFS subtree.
 #[derive(Args, Debug, Clone)]
@@ -53,6 +122,8 @@ pub struct ServiceArgs {
     /// public — loopback, private, link-local and reserved ones refused).
     #[arg(long, env = "INGEST_HTTP_SOURCE_HOSTS", value_delimiter = ',')]
     pub http_source_hosts: Vec<String>,
+    #[command(flatten)]
+    pub s3_sources: S3SourceArgs,
     /// Goal for uploads that do not ask for one.
     #[arg(long, env = "INGEST_DEFAULT_GOAL", default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=9))]
     pub default_goal: u8,
@@ -144,7 +215,7 @@ impl ServiceArgs {
     /// One line per setting, secrets masked.
     pub fn describe(&self) -> String {
         format!(
-            "database_url={} amqp_url={} redis_url={} mfs_master={} mfs_root={} source_roots={:?} http_source_hosts={} default_goal={} part_size={} limits={:?} db_statement_timeout_secs={} db_idle_in_transaction_secs={} completion_deadline_secs={}",
+            "database_url={} amqp_url={} redis_url={} mfs_master={} mfs_root={} source_roots={:?} http_source_hosts={} s3_sources=[{}] default_goal={} part_size={} limits={:?} db_statement_timeout_secs={} db_idle_in_transaction_secs={} completion_deadline_secs={}",
             mask_url(&self.database_url),
             mask_url(&self.amqp_url),
             mask_url(&self.redis_url),
@@ -156,6 +227,7 @@ impl ServiceArgs {
             } else {
                 self.http_source_hosts.join(",")
             },
+            self.s3_sources.describe(),
             self.default_goal,
             self.part_size,
             self.request_limits(),
@@ -196,7 +268,9 @@ impl ServiceArgs {
             default_part_size: self.part_size,
             limits,
             sources: SourceConfig::new(self.source_roots.clone())
-                .with_http_hosts(&self.http_source_hosts),
+                .with_http_hosts(&self.http_source_hosts)
+                .with_s3(&self.s3_sources.settings())
+                .map_err(|e| ConfigError(e.to_string()))?,
             completion_deadline: std::time::Duration::from_secs(self.completion_deadline_secs),
         })
     }

@@ -1,7 +1,9 @@
 //! Where ingested bytes come from: `file://` URLs confined to configured
-//! roots, and `http(s)://` URLs read with Range requests. Parsing checks the
-//! scheme and confinement without touching the filesystem or the network;
-//! [`Source::probe`] takes the size (and an HTTP source's validator) at
+//! roots, `http(s)://` URLs read with Range requests, and `s3://` objects
+//! of allowed S3-compatible stores. Parsing checks the scheme and
+//! confinement without touching the filesystem or the network;
+//! [`Source::probe`] takes the size (and an HTTP source's validator, an S3
+//! object's ETag) at
 //! validation, and [`Source::open_range`] reads one part of that same
 //! version, under the part's deadline and minimum throughput.
 //!
@@ -9,11 +11,13 @@
 //! - [`guard`]: which hosts and addresses an HTTP source may reach.
 //! - [`http`]: redirects checked hop by hop, ranges pinned to a validator.
 //! - [`limits`]: the per-part deadline and minimum throughput.
+//! - [`s3`]: objects of allowed stores, every part read pinned to the ETag.
 
 pub mod file;
 pub mod guard;
 pub mod http;
 pub mod limits;
+pub mod s3;
 
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
@@ -26,6 +30,7 @@ use tokio::io::AsyncRead;
 pub use file::FileSource;
 pub use http::Validator;
 pub use limits::{PartLimits, PartReadLimitError};
+pub use s3::{S3ConfigError, S3Settings, S3Source};
 
 use file::OpenBeneathError;
 
@@ -34,7 +39,7 @@ use file::OpenBeneathError;
 pub enum SourceError {
     #[error("invalid source URL {url:?}: {reason}")]
     Invalid { url: String, reason: String },
-    #[error("unsupported source URL scheme {0:?} (use file:// or http(s)://)")]
+    #[error("unsupported source URL scheme {0:?} (use file://, http(s):// or s3://)")]
     UnsupportedScheme(String),
     #[error("source {0} is outside the allowed source roots")]
     OutsideRoots(String),
@@ -62,6 +67,14 @@ pub enum SourceError {
     Io { url: String, error: std::io::Error },
     #[error("timed out after {0:?} reading the source")]
     Timeout(Duration),
+    #[error("s3:// sources are not configured: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for a store other than AWS S3)")]
+    S3NotConfigured,
+    #[error("S3 endpoint {0} is not allowed: name it in {ENDPOINTS_VAR}", ENDPOINTS_VAR = s3::ENDPOINTS_VAR)]
+    EndpointNotAllowed(String),
+    #[error("the store refused access to {url} (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the key's permissions): {detail}")]
+    AccessDenied { url: String, detail: String },
+    #[error("source {url}: {detail}")]
+    Store { url: String, detail: String },
 }
 
 impl SourceError {
@@ -69,7 +82,10 @@ impl SourceError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            SourceError::Http { .. } | SourceError::Timeout(_) | SourceError::Io { .. }
+            SourceError::Http { .. }
+                | SourceError::Timeout(_)
+                | SourceError::Io { .. }
+                | SourceError::Store { .. }
         )
     }
 }
@@ -79,9 +95,11 @@ impl SourceError {
 pub enum Source {
     File(FileSource),
     Http(url::Url),
+    S3(S3Source),
 }
 
-/// One version of a source: its size, and for HTTP its validator, as seen
+/// One version of a source: its size, and for HTTP its validator (for S3
+/// its ETag), as seen
 /// at validation. Part reads refuse any other version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceVersion {
@@ -99,6 +117,11 @@ impl SourceVersion {
             ));
         }
         match (&self.validator, &now.validator) {
+            (Some(Validator::ETag(then)), Some(Validator::ETag(now))) if then != now => {
+                Some(format!(
+                "source changed since the upload was created: its ETag is {now} now, was {then}"
+            ))
+            }
             (Some(then), Some(now)) if then != now => Some(format!(
                 "source changed since the upload was created: {} now, {} then",
                 now.to_stored(),
@@ -127,6 +150,9 @@ pub struct SourceConfig {
     pub timeout: Duration,
     /// Deadline and minimum throughput of each part read.
     pub part_limits: PartLimits,
+    /// `s3://` sources' endpoints, credentials and client; `None`: no
+    /// credentials configured, `s3://` sources refused.
+    pub s3: Option<Arc<s3::S3Config>>,
 }
 
 impl SourceConfig {
@@ -147,7 +173,15 @@ impl SourceConfig {
             http: http::client(&None, timeout),
             timeout,
             part_limits: PartLimits::default(),
+            s3: None,
         }
+    }
+
+    /// How `s3://` sources are read (see [`s3`]): without credentials they
+    /// are refused.
+    pub fn with_s3(mut self, settings: &S3Settings) -> Result<Self, S3ConfigError> {
+        self.s3 = s3::S3Config::new(settings, self.timeout)?.map(Arc::new);
+        Ok(self)
     }
 
     /// Only these hosts may be named by `http(s)://` sources, whatever
@@ -207,6 +241,7 @@ impl Source {
                 http::check_url(&url, cfg)?;
                 Ok(Source::Http(url))
             }
+            "s3" => Ok(Source::S3(S3Source::parse(raw, cfg)?)),
             other => Err(SourceError::UnsupportedScheme(other.to_string())),
         }
     }
@@ -215,6 +250,7 @@ impl Source {
         match self {
             Source::File(f) => f.path().display().to_string(),
             Source::Http(u) => masked(u),
+            Source::S3(s) => s.shown.clone(),
         }
     }
 
@@ -231,6 +267,7 @@ impl Source {
                 })
             }
             Source::Http(url) => http::probe(url, cfg).await,
+            Source::S3(s) => s3::probe(s, cfg).await,
         }
     }
 
@@ -257,6 +294,7 @@ impl Source {
             match self {
                 Source::File(f) => file_range(f, offset, len, version).await,
                 Source::Http(url) => http::open_range(url, offset, len, version, cfg).await,
+                Source::S3(s) => s3::open_range(s, offset, len, version, cfg).await,
             }
         };
         let reader = if limits.deadline.is_zero() {
