@@ -53,11 +53,11 @@ pub(super) async fn put_object(
             return Err(e);
         }
     };
-    let etag = ep.finish_upload(upload, the_only_part).await?;
+    let checksums = index::checksums_json(&checksum);
+    let etag = ep
+        .finish_upload(upload, |parts| the_only_part(parts, &checksums))
+        .await?;
     debug_assert_eq!(etag, written.md5);
-    index::record_checksums(ep.pool(), bucket, key, upload, &checksum)
-        .await
-        .map_err(db_error)?;
     Ok(S3Response::new(with_checksums!(
         PutObjectOutput {
             e_tag: Some(ETag::Strong(etag)),
@@ -92,8 +92,9 @@ async fn check_put(ep: &Endpoint, input: &PutObjectInput) -> S3Result<()> {
     }
 }
 
-/// The freeze plan of a PutObject: its one part, the part's MD5 as ETag.
-fn the_only_part(parts: &[CommittedPart]) -> S3Result<FreezePlan> {
+/// The freeze plan of a PutObject: its one part, the part's MD5 as ETag,
+/// the checksums the client sent (stored with the object).
+fn the_only_part(parts: &[CommittedPart], checksums: &serde_json::Value) -> S3Result<FreezePlan> {
     let only = parts
         .iter()
         .find(|p| p.part_number == 1)
@@ -102,6 +103,7 @@ fn the_only_part(parts: &[CommittedPart]) -> S3Result<FreezePlan> {
         part_numbers: vec![1],
         etag: only.md5.clone(),
         listed: serde_json::json!([[1, only.md5]]),
+        checksums: checksums.clone(),
     })
 }
 
