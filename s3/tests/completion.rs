@@ -65,7 +65,9 @@ async fn the_object_row_is_written_by_the_completion_transaction() {
     let t = Private::new().await;
     let p = &t.pipeline;
     let bucket = format!("b-{}", t.tag);
-    assert!(index::create_bucket(p.pool(), &bucket, "test").await.unwrap());
+    assert!(index::create_bucket(p.pool(), &bucket, "test")
+        .await
+        .unwrap());
     p.make_bucket_dir(&bucket).await.unwrap();
 
     // 1. The endpoint dies right after the pipeline's completion committed
@@ -110,7 +112,10 @@ async fn the_object_row_is_written_by_the_completion_transaction() {
         .await
         .unwrap()
         .expect("a completion the reconciler ran lists the object");
-    assert_eq!((row.etag.as_str(), row.size), (etag2.as_str(), data2.len() as i64));
+    assert_eq!(
+        (row.etag.as_str(), row.size),
+        (etag2.as_str(), data2.len() as i64)
+    );
 
     // 3. Neither: a completion whose object row cannot be written (here its
     //    upload row lost the ETag) does not complete the session either;

@@ -53,14 +53,10 @@ impl Endpoints {
         let p = Pipeline::new(name).await;
         let pool = p.ingest.store.pool.clone();
         s3::pipeline::Pipeline::migrate(&pool).await.unwrap();
-        let (key_id, secret) = keys::create(
-            &pool,
-            &ServerKey::new(SERVER_KEY).unwrap(),
-            buckets,
-            "test",
-        )
-        .await
-        .unwrap();
+        let (key_id, secret) =
+            keys::create(&pool, &ServerKey::new(SERVER_KEY).unwrap(), buckets, "test")
+                .await
+                .unwrap();
         let mut urls = Vec::new();
         for i in 0..instances {
             let listen = format!("127.0.0.1:{}", free_port());
@@ -238,8 +234,7 @@ async fn s3_races_through_two_instances() {
     let bucket = format!("races-{:08x}", rand::random::<u32>());
     let e = Endpoints::start("s3races", 2, std::slice::from_ref(&bucket)).await;
     let (python, venv_bin) = testkit::python::python_with_s3_clients();
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../s3/tests/clients/s3_races.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../s3/tests/clients/s3_races.py");
     let mut cmd = Command::new(python);
     cmd.arg(script)
         .env("S3_ENDPOINT", &e.urls[0])
@@ -255,7 +250,11 @@ async fn s3_races_through_two_instances() {
     let out = run(cmd).await;
     assert!(out.status.success(), "the race script failed");
     let written = read_results(&e.results());
-    assert!(written.len() >= 8, "only {} objects recorded", written.len());
+    assert!(
+        written.len() >= 8,
+        "only {} objects recorded",
+        written.len()
+    );
     let failures = check_objects(&e, &written).await;
     assert!(failures.is_empty(), "{failures:#?}");
 }
@@ -282,14 +281,24 @@ fn rclone() -> Option<PathBuf> {
 /// newer rustc); `None` if it cannot be.
 fn s3s_e2e() -> Option<PathBuf> {
     const VERSION: &str = "0.14.1";
-    let root = PathBuf::from(std::env::var("S3S_E2E_ROOT").unwrap_or_else(|_| {
-        "/var/tmp/mfs-ingest-tools".into()
-    }));
+    let root = PathBuf::from(
+        std::env::var("S3S_E2E_ROOT").unwrap_or_else(|_| "/var/tmp/mfs-ingest-tools".into()),
+    );
     let bin = root.join("bin/s3s-e2e");
     if !bin.exists() {
-        println!("installing s3s-e2e {VERSION} into {} (cargo install)", root.display());
+        println!(
+            "installing s3s-e2e {VERSION} into {} (cargo install)",
+            root.display()
+        );
         let _ = Command::new("cargo")
-            .args(["install", "--locked", "--version", VERSION, "s3s-e2e", "--root"])
+            .args([
+                "install",
+                "--locked",
+                "--version",
+                VERSION,
+                "s3s-e2e",
+                "--root",
+            ])
             .arg(&root)
             .env_remove("CARGO_TARGET_DIR")
             .status();
@@ -391,7 +400,9 @@ async fn rclone_and_s3s_e2e_against_the_endpoint() {
                     .unwrap();
             assert!(etag.ends_with(parts), "{key}: ETag {etag}");
         }
-        ran.push("rclone copy, check, check --download, --s3-upload-cutoff 0 with 5M and 64M chunks");
+        ran.push(
+            "rclone copy, check, check --download, --s3-upload-cutoff 0 with 5M and 64M chunks",
+        );
     } else {
         println!("SKIPPED rclone: not installed and `apt-get install rclone` failed");
     }
@@ -426,12 +437,19 @@ async fn rclone_and_s3s_e2e_against_the_endpoint() {
         println!("s3s-e2e: {} failed {failed:?}", failed.len());
         // What this endpoint does not implement (docs/s3.md): CopyObject,
         // object tagging, STS AssumeRole.
-        let not_implemented = ["test_copy_object", "test_object_tagging", "test_assume_role"];
+        let not_implemented = [
+            "test_copy_object",
+            "test_object_tagging",
+            "test_assume_role",
+        ];
         let unexpected: Vec<&String> = failed
             .iter()
             .filter(|f| !not_implemented.contains(&f.as_str()))
             .collect();
-        assert!(unexpected.is_empty(), "s3s-e2e cases failed: {unexpected:?}");
+        assert!(
+            unexpected.is_empty(),
+            "s3s-e2e cases failed: {unexpected:?}"
+        );
         assert!(passed.len() >= 15, "s3s-e2e ran {} cases", passed.len());
         ran.push("s3s-e2e");
     } else {

@@ -127,7 +127,7 @@ pub async fn record_frozen_list(
     .bind(etag)
     .bind(listed)
     .bind(checksums)
-        .execute(&mut *conn)
-        .await?;
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
