@@ -32,10 +32,30 @@ pub struct ObjectRow {
     pub etag: String,
     pub content_type: Option<String>,
     pub metadata_json: serde_json::Value,
+    /// The `x-amz-checksum-*` values a PutObject was sent with ([`checksums_json`]).
+    pub checksums: serde_json::Value,
     pub last_modified: chrono::DateTime<chrono::Utc>,
 }
 
 impl ObjectRow {
+    /// The stored checksums (the inverse of [`checksums_json`]).
+    pub fn stored_checksum(&self) -> s3s::dto::Checksum {
+        let get = |name: &str| {
+            self.checksums
+                .get(name)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
+        s3s::dto::Checksum {
+            checksum_crc32: get("crc32"),
+            checksum_crc32c: get("crc32c"),
+            checksum_sha1: get("sha1"),
+            checksum_sha256: get("sha256"),
+            checksum_crc64nvme: get("crc64nvme"),
+            ..Default::default()
+        }
+    }
+
     /// The `x-amz-meta-*` pairs.
     pub fn metadata(&self) -> Option<s3s::dto::Metadata> {
         let map = self.metadata_json.as_object()?;
@@ -269,7 +289,7 @@ pub fn checksums_json(checksum: &s3s::dto::Checksum) -> serde_json::Value {
 }
 
 const OBJECT_COLUMNS: &str =
-    "key, inode, size, etag, content_type, metadata AS metadata_json, last_modified";
+    "key, inode, size, etag, content_type, metadata AS metadata_json, checksums, last_modified";
 
 pub async fn object(
     pool: &PgPool,

@@ -151,6 +151,27 @@ macro_rules! with_object_headers {
     }};
 }
 
+/// Sets the checksums stored with the object on a GET or HEAD output if
+/// the request asked for them (`x-amz-checksum-mode: ENABLED`) and the
+/// answer is the whole object (a range's bytes have other checksums).
+macro_rules! with_stored_checksums {
+    ($output:expr, $row:expr, $mode:expr, $whole:expr) => {{
+        let mut output = $output;
+        let wanted = $mode
+            .as_ref()
+            .is_some_and(|m: &ChecksumMode| m.as_str() == ChecksumMode::ENABLED);
+        if wanted && $whole {
+            let stored = $row.stored_checksum();
+            output.checksum_crc32 = stored.checksum_crc32;
+            output.checksum_crc32c = stored.checksum_crc32c;
+            output.checksum_sha1 = stored.checksum_sha1;
+            output.checksum_sha256 = stored.checksum_sha256;
+            output.checksum_crc64nvme = stored.checksum_crc64nvme;
+        }
+        output
+    }};
+}
+
 /// The object a GET or HEAD reads, its conditions met.
 async fn readable_object(
     ep: &Endpoint,
@@ -196,14 +217,20 @@ pub(super) async fn get_object(
         .pipeline()
         .read_object(row.inode as u32, range.start, len);
     crate::metrics::metrics().sent(len);
+    let whole = content_range.is_none();
     Ok(S3Response::with_status(
-        with_object_headers!(
-            GetObjectOutput {
-                body: Some(StreamingBlob::wrap(body)),
-                content_length: Some(len as i64),
-                content_range: content_range.clone(),
-            },
-            row
+        with_stored_checksums!(
+            with_object_headers!(
+                GetObjectOutput {
+                    body: Some(StreamingBlob::wrap(body)),
+                    content_length: Some(len as i64),
+                    content_range: content_range.clone(),
+                },
+                row
+            ),
+            row,
+            input.checksum_mode,
+            whole
         ),
         if content_range.is_some() {
             http::StatusCode::PARTIAL_CONTENT
@@ -218,11 +245,16 @@ pub(super) async fn head_object(
     input: HeadObjectInput,
 ) -> S3Result<S3Response<HeadObjectOutput>> {
     let row = readable_object(ep, &input.bucket, &input.key, conditions_of!(input)).await?;
-    Ok(S3Response::new(with_object_headers!(
-        HeadObjectOutput {
-            content_length: Some(row.size),
-        },
-        row
+    Ok(S3Response::new(with_stored_checksums!(
+        with_object_headers!(
+            HeadObjectOutput {
+                content_length: Some(row.size),
+            },
+            row
+        ),
+        row,
+        input.checksum_mode,
+        input.range.is_none()
     )))
 }
 
