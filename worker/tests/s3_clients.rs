@@ -17,7 +17,8 @@
 //! copies (`worker mfs replicas` and the client's replica report), and the
 //! garbage collector deletes every abandoned staging inode while no object
 //! loses a byte. A tool that cannot be installed (rclone by apt-get,
-//! s3s-e2e by cargo install) skips its part with a message saying so.
+//! s3s-e2e by `cargo install` in `scripts/install-s3-clients`, which
+//! `scripts/test` runs first) skips its part with a message saying so.
 //!
 //! Needs `scripts/stack up` (MFS_MASTER, MFS_MOUNT, DATABASE_URL).
 
@@ -259,51 +260,32 @@ async fn s3_races_through_two_instances() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
-/// rclone, installed with apt-get if missing; `None` if it cannot be.
+/// rclone as `scripts/install-s3-clients` installs it (apt-get); `None`
+/// if it is not installed.
 fn rclone() -> Option<PathBuf> {
-    let found = || {
-        Command::new("rclone")
-            .arg("version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if !found() {
-        let _ = Command::new("apt-get")
-            .args(["install", "-y", "-q", "rclone"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status();
-    }
-    found().then(|| PathBuf::from("rclone"))
+    Command::new("rclone")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+        .then(|| PathBuf::from("rclone"))
 }
 
-/// `s3s-e2e` (the s3s project's suite), installed with `cargo install` at
-/// the version of the s3s this endpoint is built on (newer ones need a
-/// newer rustc); `None` if it cannot be.
+/// `s3s-e2e` (the s3s project's suite, from crates.io) as
+/// `scripts/install-s3-clients` installs it (compiling it takes longer than
+/// a test may run): `$S3_TOOLS_ROOT/bin/s3s-e2e` (default
+/// /var/tmp/mfs-ingest-tools), or on `PATH`; `None` if it is not installed.
 fn s3s_e2e() -> Option<PathBuf> {
-    const VERSION: &str = "0.14.1";
-    let root = PathBuf::from(
-        std::env::var("S3S_E2E_ROOT").unwrap_or_else(|_| "/var/tmp/mfs-ingest-tools".into()),
-    );
-    let bin = root.join("bin/s3s-e2e");
-    if !bin.exists() {
-        println!(
-            "installing s3s-e2e {VERSION} into {} (cargo install)",
-            root.display()
-        );
-        let _ = Command::new("cargo")
-            .args([
-                "install",
-                "--locked",
-                "--version",
-                VERSION,
-                "s3s-e2e",
-                "--root",
-            ])
-            .arg(&root)
-            .env_remove("CARGO_TARGET_DIR")
-            .status();
+    let root =
+        std::env::var("S3_TOOLS_ROOT").unwrap_or_else(|_| "/var/tmp/mfs-ingest-tools".into());
+    let installed = PathBuf::from(root).join("bin/s3s-e2e");
+    if installed.exists() {
+        return Some(installed);
     }
-    bin.exists().then_some(bin)
+    Command::new("s3s-e2e")
+        .arg("--help")
+        .output()
+        .is_ok_and(|o| o.status.success())
+        .then(|| PathBuf::from("s3s-e2e"))
 }
 
 /// Files of sizes that exercise each path: a small one, one of 13 MiB
@@ -407,7 +389,10 @@ async fn rclone_and_s3s_e2e_against_the_endpoint() {
             "rclone copy, check, check --download, --s3-upload-cutoff 0 with 5M and 64M chunks",
         );
     } else {
-        println!("SKIPPED rclone: not installed and `apt-get install rclone` failed");
+        println!(
+            "SKIPPED rclone: not installed (scripts/install-s3-clients runs \
+             `apt-get install rclone`; it failed or was not run)"
+        );
     }
 
     if let Some(e2e) = s3s_e2e() {
@@ -457,7 +442,10 @@ async fn rclone_and_s3s_e2e_against_the_endpoint() {
         assert!(passed.len() >= 15, "s3s-e2e ran {} cases", passed.len());
         ran.push("s3s-e2e");
     } else {
-        println!("SKIPPED s3s-e2e: `cargo install s3s-e2e` failed");
+        println!(
+            "SKIPPED s3s-e2e: not installed (scripts/install-s3-clients runs `cargo install s3s-e2e`; \
+             it failed or was not run)"
+        );
     }
 
     let failures = check_objects(&e, &written).await;
