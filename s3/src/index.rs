@@ -1,14 +1,20 @@
-//! The S3 namespace in PostgreSQL (this crate's own tables, migration
-//! 0005): buckets, uploads (one per upload session), and the objects index
-//! that ListObjectsV2 reads (never a MooseFS walk); [`parts`]: part
-//! attempts and the frozen part list. The pipeline's tables are the
+//! The S3 namespace in PostgreSQL (this crate's own tables, migrations
+//! 0005 and 0007): buckets, uploads (one per upload session), and the
+//! objects index that ListObjectsV2 reads (never a MooseFS walk); [`parts`]:
+//! part attempts and the frozen part list. The pipeline's tables are the
 //! store's; two reads here join `upload_sessions` only to filter by an
 //! upload's session state.
+//!
+//! An object row is never written from here: the trigger
+//! `s3_object_on_completion` (migration 0007) writes it from the upload row
+//! and the session row in the transaction that marks the session completed,
+//! whichever process runs that completion (this endpoint, another instance,
+//! the coordinator's reconciler). Only its removal is here.
 
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::pipeline::{NewUpload, Placed};
+use crate::pipeline::NewUpload;
 
 pub mod parts;
 
@@ -26,10 +32,30 @@ pub struct ObjectRow {
     pub etag: String,
     pub content_type: Option<String>,
     pub metadata_json: serde_json::Value,
+    /// The `x-amz-checksum-*` values a PutObject was sent with ([`checksums_json`]).
+    pub checksums: serde_json::Value,
     pub last_modified: chrono::DateTime<chrono::Utc>,
 }
 
 impl ObjectRow {
+    /// The stored checksums (the inverse of [`checksums_json`]).
+    pub fn stored_checksum(&self) -> s3s::dto::Checksum {
+        let get = |name: &str| {
+            self.checksums
+                .get(name)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
+        s3s::dto::Checksum {
+            checksum_crc32: get("crc32"),
+            checksum_crc32c: get("crc32c"),
+            checksum_sha1: get("sha1"),
+            checksum_sha256: get("sha256"),
+            checksum_crc64nvme: get("crc64nvme"),
+            ..Default::default()
+        }
+    }
+
     /// The `x-amz-meta-*` pairs.
     pub fn metadata(&self) -> Option<s3s::dto::Metadata> {
         let map = self.metadata_json.as_object()?;
@@ -244,43 +270,9 @@ pub async fn receiving_uploads(
     Ok((rows, truncated))
 }
 
-/// Records (or replaces) the object a completed upload put in place. Of two
-/// completions of one key the later one's row stays (their finish times
-/// follow the order their destination lock gave them).
-pub async fn record_object(
-    pool: &PgPool,
-    upload: Uuid,
-    placed: &Placed,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO s3_objects (bucket, key, session_id, inode, size, etag, content_type,
-                                 metadata, last_modified)
-         SELECT bucket, key, upload_id, $2, $3, etag, content_type, metadata, $4
-           FROM s3_uploads WHERE upload_id = $1
-         ON CONFLICT (bucket, key) DO UPDATE
-            SET session_id = EXCLUDED.session_id, inode = EXCLUDED.inode, size = EXCLUDED.size,
-                etag = EXCLUDED.etag, content_type = EXCLUDED.content_type,
-                metadata = EXCLUDED.metadata, checksums = '{}',
-                last_modified = EXCLUDED.last_modified
-          WHERE s3_objects.last_modified <= EXCLUDED.last_modified",
-    )
-    .bind(upload)
-    .bind(i64::from(placed.inode))
-    .bind(placed.size)
-    .bind(placed.finished_at)
-    .execute(pool)
-    .await?;
-    Ok(())
-}
-
-/// Stores the `x-amz-checksum-*` values of a PutObject with its object row.
-pub async fn record_checksums(
-    pool: &PgPool,
-    bucket: &str,
-    key: &str,
-    upload: Uuid,
-    checksum: &s3s::dto::Checksum,
-) -> Result<(), sqlx::Error> {
+/// The `x-amz-checksum-*` values of a PutObject as the upload row keeps
+/// them until its object row is written (`s3_uploads.checksums`).
+pub fn checksums_json(checksum: &s3s::dto::Checksum) -> serde_json::Value {
     let mut map = serde_json::Map::new();
     for (name, value) in [
         ("crc32", &checksum.checksum_crc32),
@@ -293,23 +285,11 @@ pub async fn record_checksums(
             map.insert(name.into(), serde_json::Value::String(v.clone()));
         }
     }
-    if map.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "UPDATE s3_objects SET checksums = $4 WHERE bucket = $1 AND key = $2 AND session_id = $3",
-    )
-    .bind(bucket)
-    .bind(key)
-    .bind(upload)
-    .bind(serde_json::Value::Object(map))
-    .execute(pool)
-    .await?;
-    Ok(())
+    serde_json::Value::Object(map)
 }
 
 const OBJECT_COLUMNS: &str =
-    "key, inode, size, etag, content_type, metadata AS metadata_json, last_modified";
+    "key, inode, size, etag, content_type, metadata AS metadata_json, checksums, last_modified";
 
 pub async fn object(
     pool: &PgPool,

@@ -19,91 +19,10 @@ use std::time::Duration;
 use clap::Parser;
 use moosefs::{ClientConfig, MfsClient, MfsPath};
 use s3::keys::{self, ServerKey};
-use s3::pipeline::{Pipeline, ServiceArgs};
+use s3::pipeline::Pipeline;
 
-fn env_or(key: &str, default: &str) -> String {
-    std::env::var(key).unwrap_or_else(|_| default.to_string())
-}
-
-#[derive(Parser)]
-struct Args {
-    #[command(flatten)]
-    services: ServiceArgs,
-}
-
-/// A private database, dropped at the end.
-struct Db {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl Db {
-    async fn new(tag: &str) -> Db {
-        let base = env_or(
-            "DATABASE_URL",
-            "postgres://postgres@127.0.0.1:5432/mfs_ingest",
-        );
-        let mut u = url::Url::parse(&base).unwrap();
-        u.set_path("/postgres");
-        let admin = u.to_string();
-        let name = format!("t_s3_{tag}");
-        let pool = sqlx::PgPool::connect(&admin).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&pool)
-            .await
-            .unwrap();
-        pool.close().await;
-        u.set_path(&format!("/{name}"));
-        Db {
-            admin,
-            name,
-            url: u.to_string(),
-        }
-    }
-
-    async fn drop_db(&self) {
-        let pool = sqlx::PgPool::connect(&self.admin).await.unwrap();
-        let _ = sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&pool)
-        .await;
-        pool.close().await;
-    }
-}
-
-/// A python3 that has boto3 and an `aws` next to it; a venv under /var/tmp
-/// is made if the system's lacks them.
-fn python_with_clients() -> (PathBuf, Option<PathBuf>) {
-    let has = |python: &Path| {
-        Command::new(python)
-            .args(["-c", "import boto3, awscli"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    let system = PathBuf::from("python3");
-    if has(&system) && Command::new("aws").arg("--version").output().is_ok() {
-        return (system, None);
-    }
-    let venv = PathBuf::from("/var/tmp/mfs-ingest-s3-venv");
-    let python = venv.join("bin/python3");
-    if !has(&python) {
-        let made = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 -m venv");
-        assert!(made.success(), "creating {}", venv.display());
-        let installed = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "boto3", "awscli"])
-            .status()
-            .expect("pip install boto3 awscli");
-        assert!(installed.success(), "pip install boto3 awscli");
-    }
-    (python, Some(venv.join("bin")))
-}
+mod common;
+use common::{env_or, Args, Db};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boto3_and_aws_cli_against_the_endpoint() {
@@ -164,7 +83,7 @@ async fn boto3_and_aws_cli_against_the_endpoint() {
     let workdir = tempfile::tempdir().unwrap();
     let results = workdir.path().join("objects.jsonl");
     std::fs::write(&results, "").unwrap();
-    let (python, venv_bin) = python_with_clients();
+    let (python, venv_bin) = testkit::python::python_with_s3_clients();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/s3_clients.py");
     let mut path = std::env::var("PATH").unwrap_or_default();
     if let Some(bin) = venv_bin {

@@ -10,6 +10,7 @@
 //! - [`processes`]: the real binaries as child processes of a pipeline.
 //! - [`api`]: [`TestApi`], the HTTP API alone in-process.
 //! - [`env`], [`digest`]: service addresses, unique names, MD5 helpers.
+//! - [`python`]: a python3 with boto3 and aws-cli (the S3 endpoint's tests).
 //!
 //! The MooseFS cluster helpers are `moosefs::testing` (re-exported as
 //! [`mfs`]). Every helper panics on failure, with a message saying what to
@@ -21,6 +22,7 @@ pub mod digest;
 pub mod env;
 pub mod pipeline;
 pub mod processes;
+pub mod python;
 pub mod resources;
 
 pub use api::TestApi;

@@ -109,18 +109,25 @@ pub async fn frozen_list(
         .await
 }
 
-/// Records the ETag and part list of a freeze.
+/// Records the ETag, part list and checksums (`x-amz-checksum-*` of a
+/// PutObject, `{}` for none) of a freeze: what the object row is written
+/// from when the session completes (migration 0007).
 pub async fn record_frozen_list(
     conn: &mut PgConnection,
     upload: Uuid,
     etag: &str,
     listed: &serde_json::Value,
+    checksums: &serde_json::Value,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE s3_uploads SET etag = $2, completed_parts = $3 WHERE upload_id = $1")
-        .bind(upload)
-        .bind(etag)
-        .bind(listed)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "UPDATE s3_uploads SET etag = $2, completed_parts = $3, checksums = $4
+          WHERE upload_id = $1",
+    )
+    .bind(upload)
+    .bind(etag)
+    .bind(listed)
+    .bind(checksums)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }

@@ -25,7 +25,8 @@
 //! rows (state `open`) in one transaction holding the session row
 //! `FOR UPDATE`; [`Pipeline::complete`] then runs the pipeline's own locked
 //! completion (`Ingest::complete`: APPEND_SLICE or copy assembly, rename into
-//! place, `upload.completed` event, metrics).
+//! place, `upload.completed` event, metrics), whose transaction also writes
+//! the object row (the trigger of migration 0007, see [`crate::index`]).
 
 use std::sync::Arc;
 use std::time::Duration;

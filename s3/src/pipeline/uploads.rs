@@ -33,6 +33,8 @@ pub struct FreezePlan {
     pub part_numbers: Vec<i32>,
     pub etag: String,
     pub listed: serde_json::Value,
+    /// The object's stored `x-amz-checksum-*` values (a JSON object).
+    pub checksums: serde_json::Value,
 }
 
 /// How a freeze ended.
@@ -151,13 +153,21 @@ impl Pipeline {
         )
         .await
         .map_err(db_statement)?;
-        index::record_frozen_list(lock.conn(), upload, &plan.etag, &plan.listed).await?;
+        index::record_frozen_list(
+            lock.conn(),
+            upload,
+            &plan.etag,
+            &plan.listed,
+            &plan.checksums,
+        )
+        .await?;
         lock.commit().await?;
         Ok(Frozen::Now { etag: plan.etag })
     }
 
     /// Runs the pipeline's completion of a frozen upload (its one locked
-    /// transaction) and reads what it put in place.
+    /// transaction, which also writes the object row: migration 0007) and
+    /// reads what it put in place.
     pub async fn complete(&self, upload: Uuid) -> Result<Completed, PipelineError> {
         match self.ingest.complete(upload).await? {
             Completion::Failed(why) => return Ok(Completed::Failed(why)),

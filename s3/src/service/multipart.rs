@@ -230,6 +230,7 @@ pub fn plan_completion(
             .iter()
             .map(|(n, e)| (n, e.trim_matches('"').to_ascii_lowercase()))
             .collect::<Vec<_>>()),
+        checksums: serde_json::json!({}),
     })
 }
 

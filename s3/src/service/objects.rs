@@ -53,11 +53,11 @@ pub(super) async fn put_object(
             return Err(e);
         }
     };
-    let etag = ep.finish_upload(upload, the_only_part).await?;
+    let checksums = index::checksums_json(&checksum);
+    let etag = ep
+        .finish_upload(upload, |parts| the_only_part(parts, &checksums))
+        .await?;
     debug_assert_eq!(etag, written.md5);
-    index::record_checksums(ep.pool(), bucket, key, upload, &checksum)
-        .await
-        .map_err(db_error)?;
     Ok(S3Response::new(with_checksums!(
         PutObjectOutput {
             e_tag: Some(ETag::Strong(etag)),
@@ -92,8 +92,9 @@ async fn check_put(ep: &Endpoint, input: &PutObjectInput) -> S3Result<()> {
     }
 }
 
-/// The freeze plan of a PutObject: its one part, the part's MD5 as ETag.
-fn the_only_part(parts: &[CommittedPart]) -> S3Result<FreezePlan> {
+/// The freeze plan of a PutObject: its one part, the part's MD5 as ETag,
+/// the checksums the client sent (stored with the object).
+fn the_only_part(parts: &[CommittedPart], checksums: &serde_json::Value) -> S3Result<FreezePlan> {
     let only = parts
         .iter()
         .find(|p| p.part_number == 1)
@@ -102,6 +103,7 @@ fn the_only_part(parts: &[CommittedPart]) -> S3Result<FreezePlan> {
         part_numbers: vec![1],
         etag: only.md5.clone(),
         listed: serde_json::json!([[1, only.md5]]),
+        checksums: checksums.clone(),
     })
 }
 
@@ -146,6 +148,27 @@ macro_rules! with_object_headers {
             metadata: row.metadata(),
             ..Default::default()
         }
+    }};
+}
+
+/// Sets the checksums stored with the object on a GET or HEAD output if
+/// the request asked for them (`x-amz-checksum-mode: ENABLED`) and the
+/// answer is the whole object (a range's bytes have other checksums).
+macro_rules! with_stored_checksums {
+    ($output:expr, $row:expr, $mode:expr, $whole:expr) => {{
+        let mut output = $output;
+        let wanted = $mode
+            .as_ref()
+            .is_some_and(|m: &ChecksumMode| m.as_str() == ChecksumMode::ENABLED);
+        if wanted && $whole {
+            let stored = $row.stored_checksum();
+            output.checksum_crc32 = stored.checksum_crc32;
+            output.checksum_crc32c = stored.checksum_crc32c;
+            output.checksum_sha1 = stored.checksum_sha1;
+            output.checksum_sha256 = stored.checksum_sha256;
+            output.checksum_crc64nvme = stored.checksum_crc64nvme;
+        }
+        output
     }};
 }
 
@@ -194,14 +217,20 @@ pub(super) async fn get_object(
         .pipeline()
         .read_object(row.inode as u32, range.start, len);
     shared::metrics::metrics().s3_sent(len);
+    let whole = content_range.is_none();
     Ok(S3Response::with_status(
-        with_object_headers!(
-            GetObjectOutput {
-                body: Some(StreamingBlob::wrap(body)),
-                content_length: Some(len as i64),
-                content_range: content_range.clone(),
-            },
-            row
+        with_stored_checksums!(
+            with_object_headers!(
+                GetObjectOutput {
+                    body: Some(StreamingBlob::wrap(body)),
+                    content_length: Some(len as i64),
+                    content_range: content_range.clone(),
+                },
+                row
+            ),
+            row,
+            input.checksum_mode,
+            whole
         ),
         if content_range.is_some() {
             http::StatusCode::PARTIAL_CONTENT
@@ -216,11 +245,16 @@ pub(super) async fn head_object(
     input: HeadObjectInput,
 ) -> S3Result<S3Response<HeadObjectOutput>> {
     let row = readable_object(ep, &input.bucket, &input.key, conditions_of!(input)).await?;
-    Ok(S3Response::new(with_object_headers!(
-        HeadObjectOutput {
-            content_length: Some(row.size),
-        },
-        row
+    Ok(S3Response::new(with_stored_checksums!(
+        with_object_headers!(
+            HeadObjectOutput {
+                content_length: Some(row.size),
+            },
+            row
+        ),
+        row,
+        input.checksum_mode,
+        input.range.is_none()
     )))
 }
 

@@ -10,9 +10,8 @@ use s3s::{s3_error, S3Error, S3Result};
 use uuid::Uuid;
 
 use super::digests::Digests;
-use super::errors::{completion_refused, db_error, pipeline_error};
+use super::errors::{completion_refused, pipeline_error};
 use super::{Endpoint, MAX_PART_BYTES};
-use crate::index;
 use crate::pipeline::{CommittedPart, Completed, FreezePlan, Frozen, PartCommitted, WrittenPart};
 
 impl Endpoint {
@@ -98,8 +97,8 @@ impl Endpoint {
         }
     }
 
-    /// Freezes an upload with `plan` chosen by `check`, completes it through
-    /// the pipeline and records the object. The object's ETag.
+    /// Freezes an upload with `plan` chosen by `check` and completes it
+    /// through the pipeline (which records the object). The object's ETag.
     pub(super) async fn finish_upload<F>(&self, upload: Uuid, check: F) -> S3Result<String>
     where
         F: Fn(&[CommittedPart]) -> Result<FreezePlan, S3Error>,
@@ -140,7 +139,8 @@ impl Endpoint {
         Ok(etag)
     }
 
-    /// The pipeline's completion of a frozen upload, then the object row.
+    /// The pipeline's completion of a frozen upload; its transaction wrote
+    /// the object row (migration 0007), so a crash after it loses nothing.
     pub(super) async fn place_upload(&self, upload: Uuid, etag: String) -> S3Result<String> {
         match self
             .pipeline()
@@ -148,12 +148,7 @@ impl Endpoint {
             .await
             .map_err(pipeline_error)?
         {
-            Completed::Placed(placed) => {
-                index::record_object(self.pool(), upload, &placed)
-                    .await
-                    .map_err(db_error)?;
-                Ok(etag)
-            }
+            Completed::Placed(_) => Ok(etag),
             Completed::Failed(why) => Err(completion_refused(&why)),
         }
     }
