@@ -21,11 +21,15 @@ pub use parts::{
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ObjectRow {
     pub key: String,
+    /// The session that put the object in place.
+    pub session_id: Uuid,
     pub inode: i64,
     pub size: i64,
     pub etag: String,
     pub content_type: Option<String>,
     pub metadata_json: serde_json::Value,
+    /// The `x-amz-checksum-*` values stored with it (`{"crc32": …}`).
+    pub checksums: serde_json::Value,
     pub last_modified: chrono::DateTime<chrono::Utc>,
 }
 
@@ -293,7 +297,19 @@ pub async fn record_checksums(
             map.insert(name.into(), serde_json::Value::String(v.clone()));
         }
     }
-    if map.is_empty() {
+    record_checksums_json(pool, bucket, key, upload, &serde_json::Value::Object(map)).await
+}
+
+/// Stores checksums as [`ObjectRow::checksums`] holds them with the object
+/// `upload` put in place (a copy's are its source's: the same bytes).
+pub async fn record_checksums_json(
+    pool: &PgPool,
+    bucket: &str,
+    key: &str,
+    upload: Uuid,
+    checksums: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    if checksums.as_object().is_none_or(|m| m.is_empty()) {
         return Ok(());
     }
     sqlx::query(
@@ -302,14 +318,14 @@ pub async fn record_checksums(
     .bind(bucket)
     .bind(key)
     .bind(upload)
-    .bind(serde_json::Value::Object(map))
+    .bind(checksums)
     .execute(pool)
     .await?;
     Ok(())
 }
 
-const OBJECT_COLUMNS: &str =
-    "key, inode, size, etag, content_type, metadata AS metadata_json, last_modified";
+const OBJECT_COLUMNS: &str = "key, session_id, inode, size, etag, content_type, \
+     metadata AS metadata_json, checksums, last_modified";
 
 pub async fn object(
     pool: &PgPool,
