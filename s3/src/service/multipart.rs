@@ -71,6 +71,7 @@ pub(super) async fn upload_part(
             trailers,
         )
         .await?;
+    crate::metrics::metrics().received(written.size);
     Ok(S3Response::new(with_checksums!(
         UploadPartOutput {
             e_tag: written.md5.map(ETag::Strong),

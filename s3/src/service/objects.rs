@@ -44,7 +44,10 @@ pub(super) async fn put_object(
         )
         .await;
     let (written, checksum) = match received {
-        Ok(r) => r,
+        Ok(r) => {
+            crate::metrics::metrics().received(r.0.size);
+            r
+        }
         Err(e) => {
             let _ = ep
                 .pipeline()

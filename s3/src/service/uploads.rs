@@ -24,7 +24,8 @@ impl Endpoint {
     /// Writes a request body as an attempt of one part and commits it: the
     /// part's fencing token, a fresh staging inode written and verified,
     /// the digests the client sent checked, the part row committed. Only
-    /// then is the ETag (the body's MD5) answered.
+    /// then is the ETag (the body's MD5) answered. (The caller counts a
+    /// client's body as received bytes; an UploadPartCopy's is not one.)
     pub(super) async fn receive_part(
         &self,
         upload: Uuid,
@@ -75,7 +76,6 @@ impl Endpoint {
             return Err(e);
         }
         self.commit_attempt(upload, part_number, &written).await?;
-        crate::metrics::metrics().received(written.size);
         Ok((written, checksum))
     }
 
