@@ -75,15 +75,20 @@ async fn snapshot_is_a_copy_that_later_writes_to_the_source_do_not_change() {
         .write_stream(src.inode, 0, &original[..], &WriteOptions::default())
         .await
         .unwrap();
-    client
-        .snapshot(src.inode, dir.inode, &name("snap"), false)
+    let (snap, attr) = client
+        .snapshot_file(src.inode, dir.inode, &name("snap"))
         .await
         .unwrap();
-    let (snap, _) = client.lookup(dir.inode, &name("snap")).await.unwrap();
+    assert_eq!(attr.length, original.len() as u64);
     assert_eq!(
-        client.check_chunk(snap, 0).await.unwrap().0,
-        client.check_chunk(src.inode, 0).await.unwrap().0
+        client.lookup(dir.inode, &name("snap")).await.unwrap().0,
+        snap
     );
+    // No data moved: the copy references the source's chunks.
+    let shared_ids = client.chunk_ids(src.inode).await.unwrap();
+    assert_eq!(shared_ids.len(), 1);
+    assert_ne!(shared_ids[0], 0);
+    assert_eq!(client.chunk_ids(snap).await.unwrap(), shared_ids);
 
     let patch = random_bytes(1000, 12);
     client
@@ -104,10 +109,20 @@ async fn snapshot_is_a_copy_that_later_writes_to_the_source_do_not_change() {
         md5_through_mount(&dir.mount_path("snap")),
         md5_hex(&original)
     );
-    assert_ne!(
-        client.check_chunk(snap, 0).await.unwrap().0,
-        client.check_chunk(src.inode, 0).await.unwrap().0
-    );
+    // The write gave the source a new chunk; the copy kept the old one.
+    assert_eq!(client.chunk_ids(snap).await.unwrap(), shared_ids);
+    assert_ne!(client.chunk_ids(src.inode).await.unwrap(), shared_ids);
+    // snapshot_file never replaces a name; a source that is gone is NotFound.
+    let err = client
+        .snapshot_file(src.inode, dir.inode, &name("snap"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MfsError::AlreadyExists(_)), "{err}");
+    let err = client
+        .snapshot_file(u32::MAX - 7, dir.inode, &name("from-nothing"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MfsError::NotFound(_)), "{err}");
     // A snapshot onto an existing name needs overwrite.
     let err = client
         .snapshot(src.inode, dir.inode, &name("snap"), false)

@@ -27,12 +27,15 @@ pub use parts::{
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ObjectRow {
     pub key: String,
+    /// The session that put the object in place.
+    pub session_id: Uuid,
     pub inode: i64,
     pub size: i64,
     pub etag: String,
     pub content_type: Option<String>,
     pub metadata_json: serde_json::Value,
-    /// The `x-amz-checksum-*` values a PutObject was sent with ([`checksums_json`]).
+    /// The `x-amz-checksum-*` values stored with it ([`checksums_json`];
+    /// a copy's are its source's).
     pub checksums: serde_json::Value,
     pub last_modified: chrono::DateTime<chrono::Utc>,
 }
@@ -288,8 +291,8 @@ pub fn checksums_json(checksum: &s3s::dto::Checksum) -> serde_json::Value {
     serde_json::Value::Object(map)
 }
 
-const OBJECT_COLUMNS: &str =
-    "key, inode, size, etag, content_type, metadata AS metadata_json, checksums, last_modified";
+const OBJECT_COLUMNS: &str = "key, session_id, inode, size, etag, content_type, \
+     metadata AS metadata_json, checksums, last_modified";
 
 pub async fn object(
     pool: &PgPool,

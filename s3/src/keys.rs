@@ -1,6 +1,6 @@
 //! Access keys: creating, listing and revoking them (`worker s3 keys …`),
 //! SigV4 secret lookup for s3s ([`KeyAuth`]) and the per-bucket access check
-//! ([`KeyAccess`]).
+//! ([`KeyAccess`]: the bucket of the path, and the source bucket of a copy).
 //!
 //! A secret is never stored. It is derived, `hex(HMAC-SHA256(server key,
 //! "mfs-ingest s3 secret v1" ‖ 0 ‖ access key id ‖ 0 ‖ salt))[..40]`, from
@@ -13,9 +13,11 @@
 use hmac::{Hmac, Mac};
 use rand::Rng;
 use s3s::access::{S3Access, S3AccessContext};
+use s3s::auth::Credentials;
 use s3s::auth::{S3Auth, SecretKey};
+use s3s::dto::{CopyObjectInput, CopySource, UploadPartCopyInput};
 use s3s::path::S3Path;
-use s3s::{s3_error, S3Result};
+use s3s::{s3_error, S3Request, S3Result};
 use sha2::Sha256;
 use sqlx::PgPool;
 
@@ -184,21 +186,52 @@ impl S3Auth for KeyAuth {
     }
 }
 
-/// Refuses anonymous requests and buckets the key is not allowed.
+/// Refuses anonymous requests and buckets the key is not allowed: the
+/// bucket a request names, and the bucket a copy reads from.
 pub struct KeyAccess {
     pub pool: PgPool,
+}
+
+impl KeyAccess {
+    /// The buckets the request's live key may use.
+    async fn allowed(&self, credentials: Option<&Credentials>) -> S3Result<Vec<String>> {
+        let Some(credentials) = credentials else {
+            return Err(s3_error!(AccessDenied, "anonymous requests are refused"));
+        };
+        allowed_buckets(&self.pool, &credentials.access_key)
+            .await
+            .map_err(|e| s3_error!(ServiceUnavailable, "key lookup failed: {e}"))?
+            .ok_or_else(|| s3_error!(InvalidAccessKeyId))
+    }
+
+    /// The source of a copy (`x-amz-copy-source`) must be a bucket the key
+    /// may use, like the destination.
+    async fn check_copy_source(
+        &self,
+        credentials: Option<&Credentials>,
+        source: &CopySource,
+    ) -> S3Result<()> {
+        let CopySource::Bucket { bucket, .. } = source else {
+            return Err(s3_error!(
+                NotImplemented,
+                "copy sources other than bucket/key are not implemented"
+            ));
+        };
+        if allows(&self.allowed(credentials).await?, bucket) {
+            Ok(())
+        } else {
+            Err(s3_error!(
+                AccessDenied,
+                "this access key may not use bucket {bucket}"
+            ))
+        }
+    }
 }
 
 #[async_trait::async_trait]
 impl S3Access for KeyAccess {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
-        let Some(credentials) = cx.credentials() else {
-            return Err(s3_error!(AccessDenied, "anonymous requests are refused"));
-        };
-        let allowed = allowed_buckets(&self.pool, &credentials.access_key)
-            .await
-            .map_err(|e| s3_error!(ServiceUnavailable, "key lookup failed: {e}"))?
-            .ok_or_else(|| s3_error!(InvalidAccessKeyId))?;
+        let allowed = self.allowed(cx.credentials()).await?;
         match cx.s3_path() {
             // ListBuckets: answered with the key's buckets only.
             S3Path::Root => Ok(()),
@@ -213,6 +246,16 @@ impl S3Access for KeyAccess {
                 }
             }
         }
+    }
+
+    async fn copy_object(&self, req: &mut S3Request<CopyObjectInput>) -> S3Result<()> {
+        self.check_copy_source(req.credentials.as_ref(), &req.input.copy_source)
+            .await
+    }
+
+    async fn upload_part_copy(&self, req: &mut S3Request<UploadPartCopyInput>) -> S3Result<()> {
+        self.check_copy_source(req.credentials.as_ref(), &req.input.copy_source)
+            .await
     }
 }
 

@@ -16,6 +16,12 @@
 //!
 //! It also refuses presigned URLs claiming a validity S3 refuses (over a
 //! week, or negative), which s3s lets through or answers with 400.
+//!
+//! **Request ids**: every request gets an id (16 hex digits, like S3's),
+//! answered in `x-amz-request-id` and `x-amz-id-2` on every response and as
+//! `<RequestId>` in every error body (s3s's own errors included), and
+//! carried by the request's tracing span (`s3_request{request_id=…}`), so
+//! every log line of a request greps out by the id a client reports.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -27,6 +33,7 @@ use s3s::{s3_error, S3Error, S3ErrorCode};
 use shared::http_server::{serve_connections, ConcurrencyLimit, ConnectionLimits};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use shared::metrics::S3LimitReason as LimitReason;
 
@@ -117,7 +124,65 @@ fn refuse_presigned(e: S3Error) -> HttpResponse {
     e.to_http_response().unwrap_or(fallback)
 }
 
+/// A new request id: 16 upper-case hex digits, like S3's.
+fn new_request_id() -> String {
+    format!("{:016X}", rand::random::<u64>())
+}
+
+/// Answers `id` in the response's headers and, for an error with an S3
+/// error document, as its `<RequestId>`.
+fn with_request_id(mut response: HttpResponse, id: &str) -> HttpResponse {
+    if let Ok(value) = http::HeaderValue::from_str(id) {
+        let headers = response.headers_mut();
+        headers.insert("x-amz-request-id", value.clone());
+        headers.insert("x-amz-id-2", value);
+    }
+    let status = response.status();
+    if status.is_client_error() || status.is_server_error() {
+        let body = response.body().bytes();
+        if let Some(with_id) = body.and_then(|b| error_body_with_id(&b, id)) {
+            response.headers_mut().remove(http::header::CONTENT_LENGTH);
+            *response.body_mut() = s3s::Body::from(with_id);
+        }
+    }
+    response
+}
+
+/// An S3 error document (`<Error>…</Error>`) with `<RequestId>id</RequestId>`
+/// added, unless it has one; `None` for anything else.
+fn error_body_with_id(body: &[u8], id: &str) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    if !text.contains("<Error>") || text.contains("<RequestId>") {
+        return None;
+    }
+    let end = text.rfind("</Error>")?;
+    Some(format!(
+        "{}<RequestId>{id}</RequestId>{}",
+        &text[..end],
+        &text[end..]
+    ))
+}
+
 async fn handle(
+    s3: S3Service,
+    slots: ConcurrencyLimit,
+    limits: Arc<ServerLimits>,
+    req: http::Request<Incoming>,
+) -> HttpResponse {
+    let id = new_request_id();
+    let span = tracing::info_span!(
+        "s3_request",
+        request_id = %id,
+        method = %req.method(),
+        path = %req.uri().path()
+    );
+    let response = handle_request(s3, slots, limits, req)
+        .instrument(span)
+        .await;
+    with_request_id(response, &id)
+}
+
+async fn handle_request(
     s3: S3Service,
     slots: ConcurrencyLimit,
     limits: Arc<ServerLimits>,
@@ -203,5 +268,34 @@ mod tests {
         let code = Some("AuthorizationQueryParametersError".to_string());
         assert_eq!(refused("X-Amz-Expires=609901"), code);
         assert_eq!(refused("a=b&X-Amz-Expires=-7"), code);
+    }
+
+    #[test]
+    fn error_bodies_get_the_request_id_and_every_response_the_headers() {
+        let id = new_request_id();
+        assert_eq!(id.len(), 16);
+        assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+        let answered = with_request_id(
+            s3_error!(NoSuchKey, "no such key")
+                .to_http_response()
+                .unwrap(),
+            &id,
+        );
+        assert_eq!(answered.headers()["x-amz-request-id"], id.as_str());
+        assert_eq!(answered.headers()["x-amz-id-2"], id.as_str());
+        let body = String::from_utf8(answered.body().bytes().unwrap().to_vec()).unwrap();
+        assert!(
+            body.contains(&format!("<RequestId>{id}</RequestId></Error>")),
+            "{body}"
+        );
+        assert!(body.contains("<Code>NoSuchKey</Code>"), "{body}");
+        // Not an error document, or one that has an id: unchanged.
+        assert_eq!(error_body_with_id(b"<ListBucketResult/>", &id), None);
+        assert_eq!(
+            error_body_with_id(b"<Error><RequestId>x</RequestId></Error>", &id),
+            None
+        );
+        let ok = with_request_id(HttpResponse::new(s3s::Body::empty()), &id);
+        assert_eq!(ok.headers()["x-amz-request-id"], id.as_str());
     }
 }

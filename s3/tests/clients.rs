@@ -4,7 +4,8 @@
 //! Afterwards every object the clients wrote is checked on the MooseFS side:
 //! each chunk has as many valid copies as the goal and the copies are
 //! identical (what `worker mfs replicas` checks), the bytes through the
-//! mount (if mounted) have the md5 the client sent, every upload is a
+//! mount (if mounted) have the md5 the client sent, a server-side copy has
+//! its source's chunk ids (a snapshot: no data moved), every upload is a
 //! session with its `upload.completed` event queued, and the garbage
 //! collector deletes exactly the abandoned staging inodes.
 //!
@@ -53,10 +54,12 @@ async fn boto3_and_aws_cli_against_the_endpoint() {
     Pipeline::migrate(pipeline.pool()).await.unwrap();
     let server_key = ServerKey::new("a test server key of at least thirty-two bytes").unwrap();
     let (bucket, bucket2) = (format!("b-{tag}"), format!("c-{tag}"));
+    // Allowed, never created: a copy from it is NoSuchBucket.
+    let missing = format!("m-{tag}");
     let (key_id, secret) = keys::create(
         pipeline.pool(),
         &server_key,
-        &[bucket.clone(), bucket2.clone()],
+        &[bucket.clone(), bucket2.clone(), missing.clone()],
         "test",
     )
     .await
@@ -103,6 +106,7 @@ async fn boto3_and_aws_cli_against_the_endpoint() {
                 .env("S3_OTHER_SECRET", other_secret)
                 .env("S3_BUCKET", bucket)
                 .env("S3_BUCKET2", bucket2)
+                .env("S3_MISSING_BUCKET", missing)
                 .env("S3_WORKDIR", workdir)
                 .env("S3_RESULTS", results)
                 .output()
@@ -121,7 +125,7 @@ async fn boto3_and_aws_cli_against_the_endpoint() {
         // Every object the clients wrote, checked on the MooseFS side.
         let mount = PathBuf::from(env_or("MFS_MOUNT", "/var/tmp/mfs-ingest/mnt"));
         let objects = std::fs::read_to_string(&results).unwrap();
-        let mut checked = 0;
+        let (mut checked, mut copies) = (0, 0);
         for line in objects.lines() {
             let o: serde_json::Value = serde_json::from_str(line).unwrap();
             let (b, k) = (o["bucket"].as_str().unwrap(), o["key"].as_str().unwrap());
@@ -171,9 +175,32 @@ async fn boto3_and_aws_cli_against_the_endpoint() {
                     failures.push(format!("{b}/{k}: md5 through the mount {md5}"));
                 }
             }
+            if let Some(of) = o.get("chunks_of") {
+                // A copy: no data moved, it references the same chunks.
+                let (ob, ok) = (of["bucket"].as_str().unwrap(), of["key"].as_str().unwrap());
+                let other: i64 = sqlx::query_scalar(
+                    "SELECT inode FROM s3_objects WHERE bucket = $1 AND key = $2",
+                )
+                .bind(ob)
+                .bind(ok)
+                .fetch_one(pipeline.pool())
+                .await
+                .unwrap();
+                let ids = mfs.chunk_ids(inode as u32).await.unwrap();
+                let other_ids = mfs.chunk_ids(other as u32).await.unwrap();
+                if inode == other || ids.is_empty() || ids.contains(&0) || ids != other_ids {
+                    failures.push(format!(
+                        "{b}/{k} (inode {inode}, chunks {ids:x?}) is not a copy by reference of \
+                         {ob}/{ok} (inode {other}, chunks {other_ids:x?})"
+                    ));
+                }
+                copies += 1;
+            }
             checked += 1;
         }
         assert!(checked >= 8, "only {checked} objects were recorded");
+        assert!(copies >= 3, "only {copies} copies were recorded");
+        println!("{copies} copies share every chunk id with their source (no data moved)");
         println!("{checked} objects: 3 identical copies of every chunk, md5 through the mount");
 
         // One system: every completed S3 upload queued its upload.completed

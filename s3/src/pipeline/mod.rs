@@ -10,7 +10,9 @@
 //! - this file: the handle ([`Pipeline`]), its errors, object paths;
 //! - [`parts`]: part attempts (token, staging write, commit);
 //! - [`uploads`]: an upload's session (open, freeze, complete, end);
-//! - [`objects`]: buckets and objects in MooseFS (directories, delete, read).
+//! - [`objects`]: buckets and objects in MooseFS (directories, delete, read);
+//! - [`copies`]: an object's file as a part by reference (CopyObject), an
+//!   object's range as the body of a part (UploadPartCopy).
 //!
 //! What it adds to the pipeline, in its terms: a session whose parts are
 //! *pushed* (an S3 upload). Such a session is created in the state
@@ -36,10 +38,12 @@ use shared::ingest::{CompletionError, Ingest};
 use shared::store::{Store, StoreError};
 use sqlx::PgPool;
 
+mod copies;
 mod objects;
 mod parts;
 mod uploads;
 
+pub use copies::SourceObject;
 pub use objects::KeyLock;
 pub use parts::{CommittedPart, PartCommitted, WrittenPart};
 pub use shared::config::ServiceArgs;
@@ -65,6 +69,10 @@ pub enum PipelineError {
     /// The body could not be read (client gone, limit, timeout).
     #[error("reading the request body failed: {0}")]
     Body(String),
+    /// The file of a copy's source object is gone (the object was replaced
+    /// or deleted since its row was read).
+    #[error("the copy source changed: {0}")]
+    SourceGone(String),
 }
 
 impl PipelineError {

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use futures::Stream;
 use moosefs::{MfsError, MfsPath, Name, ReplicaChoice};
 use shared::store::SessionLock;
+use tracing::Instrument;
 
 use super::{Pipeline, PipelineError};
 
@@ -114,17 +115,37 @@ impl Pipeline {
         offset: u64,
         len: u64,
     ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync + 'static {
+        let (source, _reader) = self.read_range(inode, offset, len);
+        tokio_util::io::ReaderStream::with_capacity(source, 64 << 10)
+    }
+
+    /// Reads `len` bytes of a file from `offset` into a pipe (256 KiB) by a
+    /// task of its own: the pipe's end, and the task, whose result says why
+    /// the pipe ended early if it did (a failed read ends it short, and is
+    /// logged).
+    pub(super) fn read_range(
+        &self,
+        inode: u32,
+        offset: u64,
+        len: u64,
+    ) -> (
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<Result<(), MfsError>>,
+    ) {
         let (mut sink, source) = tokio::io::duplex(256 << 10);
         let mfs = self.ingest.mfs.clone();
-        tokio::spawn(async move {
-            if let Err(e) = mfs
-                .read_to(inode, offset, Some(len), &mut sink, ReplicaChoice::Any)
-                .await
-            {
-                // The response is cut short; the client sees a short body.
-                tracing::warn!(inode, offset, len, error = %e, "reading an object failed");
+        let reader = tokio::spawn(
+            async move {
+                let read = mfs
+                    .read_to(inode, offset, Some(len), &mut sink, ReplicaChoice::Any)
+                    .await;
+                if let Err(e) = &read {
+                    tracing::warn!(inode, offset, len, error = %e, "reading an object failed");
+                }
+                read.map(|_| ())
             }
-        });
-        tokio_util::io::ReaderStream::with_capacity(source, 64 << 10)
+            .in_current_span(),
+        );
+        (source, reader)
     }
 }

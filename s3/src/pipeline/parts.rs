@@ -20,13 +20,16 @@ pub struct WrittenPart {
     pub inode: u32,
     pub path: String,
     pub size: u64,
-    pub md5: String,
+    /// The bytes' MD5: always known for a written part; `None` for a
+    /// snapshot of a file whose MD5 its completion did not compute (see
+    /// [`Pipeline::snapshot_part`]).
+    pub md5: Option<String>,
     pub crc32c: u32,
 }
 
 impl WrittenPart {
     /// This attempt's inode, as a part `part_number` nothing will reference.
-    fn abandoned(&self, part_number: i32) -> PushedInode<'_> {
+    pub(super) fn abandoned(&self, part_number: i32) -> PushedInode<'_> {
         PushedInode {
             inode: i64::from(self.inode),
             path: &self.path,
@@ -64,7 +67,9 @@ pub struct CommittedPart {
     pub part_number: i32,
     pub token: FencingToken,
     pub size: i64,
-    pub md5: String,
+    /// `None` only for a part that is a snapshot of a file whose MD5 is
+    /// unknown (CopyObject), never for a part of a multipart upload.
+    pub md5: Option<String>,
     pub crc32c: i64,
     pub staging_inode: i64,
     pub staging_path: String,
@@ -79,7 +84,7 @@ impl CommittedPart {
             size: self.size,
             staging_inode: self.staging_inode,
             staging_path: &self.staging_path,
-            md5: &self.md5,
+            md5: self.md5.as_deref(),
             crc32c: self.crc32c,
         }
     }
@@ -167,7 +172,7 @@ impl Pipeline {
                 inode: file.inode,
                 path,
                 size: outcome.length,
-                md5: outcome.md5_hex().unwrap_or_default(),
+                md5: outcome.md5_hex(),
                 crc32c: outcome.crc32c,
             }),
             Err(e) => {

@@ -18,6 +18,11 @@ pub(super) fn pipeline_error(e: PipelineError) -> S3Error {
             "the body has {got} bytes, Content-Length said {declared}"
         ),
         PipelineError::Body(why) => s3_error!(IncompleteBody, "reading the body failed: {why}"),
+        // Replaced or deleted while being copied: a retry reads the new row.
+        PipelineError::SourceGone(why) => s3_error!(
+            InternalError,
+            "the copy source changed during the copy ({why}); retry"
+        ),
         e if e.is_invalid_path() => s3_error!(InvalidArgument, "{e}"),
         PipelineError::Db(e) => db_error(e),
         e => {

@@ -334,7 +334,7 @@ fn listed_object(row: &ObjectRow) -> Object {
 fn listed_part(p: &CommittedPart) -> Part {
     Part {
         part_number: Some(p.part_number),
-        e_tag: Some(ETag::Strong(p.md5.clone())),
+        e_tag: p.md5.clone().map(ETag::Strong),
         size: Some(p.size),
         last_modified: Some(timestamp(p.committed_at)),
         ..Default::default()

@@ -18,6 +18,8 @@
 //!   request body received as one part;
 //! - [`multipart`]: CreateMultipartUpload, UploadPart,
 //!   CompleteMultipartUpload, AbortMultipartUpload, and the completion checks;
+//! - [`copies`]: CopyObject (a MooseFS snapshot: no data moved) and
+//!   UploadPartCopy;
 //! - [`listing`]: ListObjects (v1 and V2), ListObjectVersions, ListParts,
 //!   ListMultipartUploads;
 //! - [`uploads`]: a body received as a part, an upload frozen and completed;
@@ -36,6 +38,7 @@ use crate::index;
 use crate::pipeline::Pipeline;
 
 mod buckets;
+mod copies;
 mod digests;
 mod errors;
 mod listing;
@@ -175,6 +178,8 @@ pub const OPERATIONS: &[&str] = &[
     "HeadObject",
     "DeleteObject",
     "DeleteObjects",
+    "CopyObject",
+    "UploadPartCopy",
     "ListObjectsV2",
     "ListObjects",
     "ListObjectVersions",
@@ -272,6 +277,20 @@ impl S3 for Endpoint {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         timed("HeadObject", objects::head_object(self, req.input)).await
+    }
+
+    async fn copy_object(
+        &self,
+        req: S3Request<CopyObjectInput>,
+    ) -> S3Result<S3Response<CopyObjectOutput>> {
+        timed("CopyObject", copies::copy_object(self, req)).await
+    }
+
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        timed("UploadPartCopy", copies::upload_part_copy(self, req)).await
     }
 
     async fn delete_object(

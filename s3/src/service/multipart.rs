@@ -71,9 +71,10 @@ pub(super) async fn upload_part(
             trailers,
         )
         .await?;
+    shared::metrics::metrics().s3_received(written.size);
     Ok(S3Response::new(with_checksums!(
         UploadPartOutput {
-            e_tag: Some(ETag::Strong(written.md5)),
+            e_tag: written.md5.map(ETag::Strong),
         },
         checksum
     )))
@@ -150,19 +151,18 @@ pub(super) async fn complete_multipart_upload(
     };
     let endpoint = ep.clone();
     let (bucket, key) = (input.bucket, input.key);
-    let future =
-        Box::pin(async move {
-            let result = endpoint.place_upload(upload, etag).await.map(|etag| {
-                CompleteMultipartUploadOutput {
-                    bucket: Some(bucket.clone()),
-                    key: Some(key.clone()),
-                    e_tag: Some(ETag::Strong(etag)),
-                    location: Some(format!("/{bucket}/{key}")),
-                    ..Default::default()
-                }
-            });
-            observed(OP, started, result)
+    let future = Box::pin(async move {
+        let result = endpoint.place_upload(upload, etag).await.map(|(etag, _)| {
+            CompleteMultipartUploadOutput {
+                bucket: Some(bucket.clone()),
+                key: Some(key.clone()),
+                e_tag: Some(ETag::Strong(etag)),
+                location: Some(format!("/{bucket}/{key}")),
+                ..Default::default()
+            }
         });
+        observed(OP, started, result)
+    });
     Ok(S3Response::new(CompleteMultipartUploadOutput {
         future: Some(future),
         ..Default::default()
@@ -203,9 +203,10 @@ pub fn plan_completion(
         committed.iter().map(|p| (p.part_number, p)).collect();
     let mut md5s = Vec::with_capacity(listed.len());
     for (i, (number, etag)) in listed.iter().enumerate() {
-        let part = by_number
+        let (part, md5) = by_number
             .get(number)
-            .filter(|p| p.md5.eq_ignore_ascii_case(etag.trim_matches('"')))
+            .and_then(|p| Some((p, p.md5.as_deref()?)))
+            .filter(|(_, md5)| md5.eq_ignore_ascii_case(etag.trim_matches('"')))
             .ok_or_else(|| {
                 s3_error!(
                     InvalidPart,
@@ -219,7 +220,7 @@ pub fn plan_completion(
                 part.size
             ));
         }
-        md5s.push(part.md5.as_str());
+        md5s.push(md5);
     }
     let etag = multipart_etag(&md5s)
         .ok_or_else(|| s3_error!(InternalError, "a committed part has no MD5"))?;
@@ -243,7 +244,7 @@ mod tests {
             part_number: n,
             token: shared::domain::FencingToken(1),
             size,
-            md5: md5.into(),
+            md5: Some(md5.into()),
             crc32c: 0,
             staging_inode: 10 + i64::from(n),
             staging_path: format!("/p{n}"),

@@ -44,7 +44,10 @@ pub(super) async fn put_object(
         )
         .await;
     let (written, checksum) = match received {
-        Ok(r) => r,
+        Ok(r) => {
+            shared::metrics::metrics().s3_received(r.0.size);
+            r
+        }
         Err(e) => {
             let _ = ep
                 .pipeline()
@@ -54,10 +57,10 @@ pub(super) async fn put_object(
         }
     };
     let checksums = index::checksums_json(&checksum);
-    let etag = ep
+    let (etag, _) = ep
         .finish_upload(upload, |parts| the_only_part(parts, &checksums))
         .await?;
-    debug_assert_eq!(etag, written.md5);
+    debug_assert_eq!(Some(&etag), written.md5.as_ref());
     Ok(S3Response::new(with_checksums!(
         PutObjectOutput {
             e_tag: Some(ETag::Strong(etag)),
@@ -95,14 +98,15 @@ async fn check_put(ep: &Endpoint, input: &PutObjectInput) -> S3Result<()> {
 /// The freeze plan of a PutObject: its one part, the part's MD5 as ETag,
 /// the checksums the client sent (stored with the object).
 fn the_only_part(parts: &[CommittedPart], checksums: &serde_json::Value) -> S3Result<FreezePlan> {
-    let only = parts
+    let md5 = parts
         .iter()
         .find(|p| p.part_number == 1)
+        .and_then(|p| p.md5.clone())
         .ok_or_else(|| s3_error!(InternalError, "the part vanished"))?;
     Ok(FreezePlan {
         part_numbers: vec![1],
-        etag: only.md5.clone(),
-        listed: serde_json::json!([[1, only.md5]]),
+        listed: serde_json::json!([[1, md5]]),
+        etag: md5,
         checksums: checksums.clone(),
     })
 }
@@ -110,12 +114,12 @@ fn the_only_part(parts: &[CommittedPart], checksums: &serde_json::Value) -> S3Re
 /// The Content-Type of an object written without one (S3's).
 const DEFAULT_CONTENT_TYPE: &str = "binary/octet-stream";
 
-/// The conditions of a GET or HEAD.
-struct Conditions<'a> {
-    if_match: Option<&'a ETagCondition>,
-    if_none_match: Option<&'a ETagCondition>,
-    if_modified_since: Option<&'a Timestamp>,
-    if_unmodified_since: Option<&'a Timestamp>,
+/// The conditions of a GET or HEAD (or of a copy's source).
+pub(super) struct Conditions<'a> {
+    pub if_match: Option<&'a ETagCondition>,
+    pub if_none_match: Option<&'a ETagCondition>,
+    pub if_modified_since: Option<&'a Timestamp>,
+    pub if_unmodified_since: Option<&'a Timestamp>,
 }
 
 /// The [`Conditions`] of a GetObject or HeadObject input.
@@ -315,7 +319,7 @@ pub(super) async fn delete_objects(
 
 /// A version id a request names: buckets are never versioned, so only the
 /// one version every object has (`null`) exists.
-fn check_version(version_id: Option<&str>) -> S3Result<()> {
+pub(super) fn check_version(version_id: Option<&str>) -> S3Result<()> {
     match version_id {
         None | Some(NULL_VERSION) => Ok(()),
         Some(_) => Err(s3_error!(InvalidArgument, "Invalid version id specified")),
@@ -401,7 +405,7 @@ pub(super) fn check_write_conditions(
 }
 
 /// If-Match / If-None-Match / If-(Un)Modified-Since of a GET or HEAD.
-fn check_conditions(row: &ObjectRow, conditions: &Conditions<'_>) -> S3Result<()> {
+pub(super) fn check_conditions(row: &ObjectRow, conditions: &Conditions<'_>) -> S3Result<()> {
     let etag = ETag::Strong(row.etag.clone());
     let modified = std::time::SystemTime::from(row.last_modified);
     let secs = |t: std::time::SystemTime| {

@@ -12,13 +12,19 @@ use uuid::Uuid;
 use super::digests::Digests;
 use super::errors::{completion_refused, pipeline_error};
 use super::{Endpoint, MAX_PART_BYTES};
-use crate::pipeline::{CommittedPart, Completed, FreezePlan, Frozen, PartCommitted, WrittenPart};
+use crate::pipeline::{
+    CommittedPart, Completed, FreezePlan, Frozen, PartCommitted, SourceObject, WrittenPart,
+};
+
+/// A completed upload's object: its ETag and last-modified time.
+pub(super) type Placement = (String, chrono::DateTime<chrono::Utc>);
 
 impl Endpoint {
     /// Writes a request body as an attempt of one part and commits it: the
     /// part's fencing token, a fresh staging inode written and verified,
     /// the digests the client sent checked, the part row committed. Only
-    /// then is the ETag (the body's MD5) answered.
+    /// then is the ETag (the body's MD5) answered. (The caller counts a
+    /// client's body as received bytes; an UploadPartCopy's is not one.)
     pub(super) async fn receive_part(
         &self,
         upload: Uuid,
@@ -54,7 +60,8 @@ impl Endpoint {
             .await
             .map_err(pipeline_error)?;
         let checksum = std::mem::take(&mut *hasher.lock().expect("hasher")).finalize();
-        if let Err(e) = digests.verify(&written.md5, &checksum, trailers) {
+        let md5 = written.md5.as_deref().unwrap_or_default();
+        if let Err(e) = digests.verify(md5, &checksum, trailers) {
             self.pipeline()
                 .abandon(
                     upload,
@@ -67,28 +74,46 @@ impl Endpoint {
                 .await;
             return Err(e);
         }
-        self.commit_received(upload, part_number, written, checksum)
-            .await
+        self.commit_attempt(upload, part_number, &written).await?;
+        Ok((written, checksum))
     }
 
-    /// Commits a received part; its bytes are counted in then.
-    async fn commit_received(
+    /// Makes the file of `source` by reference (a snapshot, no data moved)
+    /// the attempt of part 1 of `upload` and commits it: CopyObject's part.
+    pub(super) async fn receive_snapshot(
+        &self,
+        upload: Uuid,
+        source: &SourceObject,
+    ) -> S3Result<WrittenPart> {
+        let token = self
+            .pipeline()
+            .start_part(upload, 1)
+            .await
+            .map_err(pipeline_error)?
+            .ok_or_else(|| s3_error!(NoSuchUpload))?;
+        let written = self
+            .pipeline()
+            .snapshot_part(upload, 1, token, source)
+            .await
+            .map_err(pipeline_error)?;
+        self.commit_attempt(upload, 1, &written).await?;
+        Ok(written)
+    }
+
+    /// Commits a written part attempt: an error unless it is the part now.
+    async fn commit_attempt(
         &self,
         upload: Uuid,
         part_number: i32,
-        written: WrittenPart,
-        checksum: s3s::dto::Checksum,
-    ) -> S3Result<(WrittenPart, s3s::dto::Checksum)> {
+        written: &WrittenPart,
+    ) -> S3Result<()> {
         match self
             .pipeline()
-            .commit_part(upload, part_number, &written)
+            .commit_part(upload, part_number, written)
             .await
             .map_err(pipeline_error)?
         {
-            PartCommitted::Committed => {
-                shared::metrics::metrics().s3_received(written.size);
-                Ok((written, checksum))
-            }
+            PartCommitted::Committed => Ok(()),
             PartCommitted::Superseded => Err(s3_error!(
                 OperationAborted,
                 "a newer upload of part {part_number} committed first; this one was discarded"
@@ -98,8 +123,9 @@ impl Endpoint {
     }
 
     /// Freezes an upload with `plan` chosen by `check` and completes it
-    /// through the pipeline (which records the object). The object's ETag.
-    pub(super) async fn finish_upload<F>(&self, upload: Uuid, check: F) -> S3Result<String>
+    /// through the pipeline (which records the object). The object's ETag
+    /// and time.
+    pub(super) async fn finish_upload<F>(&self, upload: Uuid, check: F) -> S3Result<Placement>
     where
         F: Fn(&[CommittedPart]) -> Result<FreezePlan, S3Error>,
     {
@@ -141,14 +167,14 @@ impl Endpoint {
 
     /// The pipeline's completion of a frozen upload; its transaction wrote
     /// the object row (migration 0007), so a crash after it loses nothing.
-    pub(super) async fn place_upload(&self, upload: Uuid, etag: String) -> S3Result<String> {
+    pub(super) async fn place_upload(&self, upload: Uuid, etag: String) -> S3Result<Placement> {
         match self
             .pipeline()
             .complete(upload)
             .await
             .map_err(pipeline_error)?
         {
-            Completed::Placed(_) => Ok(etag),
+            Completed::Placed(placed) => Ok((etag, placed.finished_at)),
             Completed::Failed(why) => Err(completion_refused(&why)),
         }
     }

@@ -7,9 +7,12 @@ and MooseFS root. Environment:
   S3_KEY_ID, S3_SECRET   a key allowed S3_BUCKET and S3_BUCKET2
   S3_OTHER_KEY_ID, S3_OTHER_SECRET  a key allowed only S3_BUCKET2
   S3_BUCKET, S3_BUCKET2  bucket names to create (must not exist)
+  S3_MISSING_BUCKET      a bucket the key may use that does not exist
   S3_WORKDIR             a scratch directory
   S3_RESULTS             file to write one JSON line per object to check
-                         (bucket, key, md5) for the Rust side (replicas, mount)
+                         (bucket, key, md5) for the Rust side (replicas, mount);
+                         a copy's line may name another object whose chunk
+                         ids it must have ("chunks_of": no data moved)
 Prints one line per check; exits non-zero on the first failure.
 Ports of ceph/s3-tests multipart cases keep their names (test_multipart_*).
 """
@@ -35,6 +38,7 @@ OTHER_KEY_ID = os.environ["S3_OTHER_KEY_ID"]
 OTHER_SECRET = os.environ["S3_OTHER_SECRET"]
 BUCKET = os.environ["S3_BUCKET"]
 BUCKET2 = os.environ["S3_BUCKET2"]
+MISSING_BUCKET = os.environ["S3_MISSING_BUCKET"]
 WORKDIR = os.environ["S3_WORKDIR"]
 RESULTS = os.environ["S3_RESULTS"]
 MIB = 1 << 20
@@ -91,9 +95,12 @@ def expect(cond, what):
         raise AssertionError(what)
 
 
-def record(bucket, key, body):
+def record(bucket, key, body, chunks_of=None):
+    line = {"bucket": bucket, "key": key, "md5": md5(body), "size": len(body)}
+    if chunks_of:
+        line["chunks_of"] = {"bucket": chunks_of[0], "key": chunks_of[1]}
     with open(RESULTS, "a") as f:
-        f.write(json.dumps({"bucket": bucket, "key": key, "md5": md5(body), "size": len(body)}) + "\n")
+        f.write(json.dumps(line) + "\n")
 
 
 def get(c, key, bucket=BUCKET, **kw):
@@ -357,6 +364,8 @@ def main():
 
     aws_cli()
     s3_tests_findings(c)
+    copies(c)
+    request_ids(c)
 
     # Bucket 2 stays, emptied, then both are deleted by the Rust side? No: delete here.
     # An upload never completed does not keep it (s3-tests cleans up so).
@@ -431,6 +440,167 @@ def s3_tests_findings(c):
     ok("DeleteObjects with VersionId null")
 
 
+def status_of(fn):
+    try:
+        fn()
+    except ClientError as e:
+        return e.response["ResponseMetadata"]["HTTPStatusCode"], e.response["Error"]["Code"]
+    raise AssertionError("expected an error, the call succeeded")
+
+
+def copies(c):
+    """CopyObject (a MooseFS snapshot: the Rust side checks the chunk ids)
+    and UploadPartCopy; ceph/s3-tests' copy cases by name where ported."""
+    original = data(5 * MIB + 333, 80)
+    put = c.put_object(Bucket=BUCKET, Key="copy/src.bin", Body=original, ContentType="text/x-src",
+                       Metadata={"one": "1", "two": "2"})
+    src = {"Bucket": BUCKET, "Key": "copy/src.bin"}
+    r = c.copy_object(Bucket=BUCKET, Key="copy/c1.bin", CopySource=src)
+    expect(r["CopyObjectResult"]["ETag"] == put["ETag"], f"CopyObject ETag {r['CopyObjectResult']} != {put['ETag']}")
+    expect(get(c, "copy/c1.bin") == original, "copy bytes")
+    h = c.head_object(Bucket=BUCKET, Key="copy/c1.bin")
+    expect(h["ContentType"] == "text/x-src" and h["Metadata"] == {"one": "1", "two": "2"} and h["ETag"] == put["ETag"],
+           f"COPY keeps Content-Type, metadata and ETag: {h}")
+    c.copy_object(Bucket=BUCKET, Key="copy/c2.bin", CopySource="/" + BUCKET + "/copy/src.bin")
+    ok("CopyObject: the source's bytes, ETag, Content-Type and x-amz-meta-* (test_object_copy_retaining_metadata)")
+
+    r = c.copy_object(Bucket=BUCKET2, Key="copy/other.bin", CopySource=src, MetadataDirective="REPLACE",
+                      ContentType="text/x-new", Metadata={"three": "3"})
+    h = c.head_object(Bucket=BUCKET2, Key="copy/other.bin")
+    expect(h["ContentType"] == "text/x-new" and h["Metadata"] == {"three": "3"}, f"REPLACE: {h}")
+    expect(get(c, "copy/other.bin", bucket=BUCKET2) == original, "copy to another bucket")
+    c.delete_object(Bucket=BUCKET2, Key="copy/other.bin")
+    ok("CopyObject REPLACE into another bucket (test_object_copy_diff_bucket, _replacing_metadata)")
+
+    expect(status_of(lambda: c.copy_object(Bucket=BUCKET, Key="copy/src.bin", CopySource=src))
+           == (400, "InvalidRequest"), "a copy onto itself changing nothing (test_object_copy_to_itself)")
+    c.copy_object(Bucket=BUCKET, Key="copy/src.bin", CopySource=src, MetadataDirective="REPLACE",
+                  Metadata={"new": "yes"}, ContentType="text/x-replaced")
+    h = c.head_object(Bucket=BUCKET, Key="copy/src.bin")
+    expect(h["Metadata"] == {"new": "yes"} and h["ContentType"] == "text/x-replaced" and h["ETag"] == put["ETag"],
+           f"copy onto itself with REPLACE: {h}")
+    expect(get(c, "copy/src.bin") == original, "the bytes after a metadata change")
+    ok("CopyObject onto itself: InvalidRequest, with REPLACE a metadata change (test_object_copy_to_itself_with_metadata)")
+
+    past, future = "Sat, 01 Jan 2000 00:00:00 GMT", "Fri, 01 Jan 2100 00:00:00 GMT"
+    c.copy_object(Bucket=BUCKET, Key="copy/cond.bin", CopySource=src, CopySourceIfMatch=put["ETag"])
+    c.copy_object(Bucket=BUCKET, Key="copy/cond.bin", CopySource=src, CopySourceIfNoneMatch='"ABCORZ"')
+    c.copy_object(Bucket=BUCKET, Key="copy/cond.bin", CopySource=src, CopySourceIfModifiedSince=past)
+    c.copy_object(Bucket=BUCKET, Key="copy/cond.bin", CopySource=src, CopySourceIfUnmodifiedSince=future)
+    for cond in ({"CopySourceIfMatch": '"ABCORZ"'}, {"CopySourceIfNoneMatch": put["ETag"]},
+                 {"CopySourceIfModifiedSince": future}, {"CopySourceIfUnmodifiedSince": past}):
+        expect(status_of(lambda: c.copy_object(Bucket=BUCKET, Key="copy/cond.bin", CopySource=src, **cond))
+               == (412, "PreconditionFailed"), f"412 for {cond}")
+    c.delete_object(Bucket=BUCKET, Key="copy/cond.bin")
+    ok("x-amz-copy-source-if-match/-none-match/-modified-since/-unmodified-since (test_copy_object_if*)")
+
+    expect(status_of(lambda: c.copy_object(Bucket=BUCKET, Key="copy/x", CopySource={"Bucket": BUCKET, "Key": "copy/nope"}))
+           == (404, "NoSuchKey"), "test_object_copy_key_not_found")
+    expect(status_of(lambda: c.copy_object(Bucket=BUCKET, Key="copy/x", CopySource={"Bucket": MISSING_BUCKET, "Key": "k"}))
+           == (404, "NoSuchBucket"), "test_object_copy_bucket_not_found")
+    other = client(OTHER_KEY_ID, OTHER_SECRET)
+    expect(status_of(lambda: other.copy_object(Bucket=BUCKET2, Key="copy/stolen", CopySource=src))
+           == (403, "AccessDenied"), "a copy from a bucket the key may not use")
+    up = other.create_multipart_upload(Bucket=BUCKET2, Key="copy/stolen")["UploadId"]
+    expect(status_of(lambda: other.upload_part_copy(Bucket=BUCKET2, Key="copy/stolen", UploadId=up, PartNumber=1,
+                                                    CopySource=src)) == (403, "AccessDenied"),
+           "a part copied from a bucket the key may not use")
+    other.abort_multipart_upload(Bucket=BUCKET2, Key="copy/stolen", UploadId=up)
+    ok("copy sources: NoSuchKey, NoSuchBucket, a bucket the key may not use refused")
+
+    # No data moved: c1 and c2 are snapshots of the same file (the Rust side
+    # compares their chunk ids); the source overwritten, then deleted, they
+    # still read the old bytes.
+    c.put_object(Bucket=BUCKET, Key="copy/src.bin", Body=b"newer and shorter")
+    expect(get(c, "copy/c1.bin") == original and get(c, "copy/c2.bin") == original,
+           "the copies read the old bytes after the source was overwritten")
+    c.delete_object(Bucket=BUCKET, Key="copy/src.bin")
+    expect(get(c, "copy/c1.bin") == original, "the copy reads the old bytes after the source was deleted")
+    record(BUCKET, "copy/c1.bin", original, chunks_of=(BUCKET, "copy/c2.bin"))
+    record(BUCKET, "copy/c2.bin", original)
+    ok("copies keep the old bytes after the source is overwritten and deleted")
+
+    parts = [data(5 * MIB, 81), data(MIB + 7, 82)]
+    up, listed = multipart(c, "copy/multi.bin", parts)
+    etag = c.complete_multipart_upload(Bucket=BUCKET, Key="copy/multi.bin", UploadId=up,
+                                       MultipartUpload={"Parts": listed})["ETag"]
+    r = c.copy_object(Bucket=BUCKET, Key="copy/multi-copy.bin", CopySource={"Bucket": BUCKET, "Key": "copy/multi.bin"})
+    expect(r["CopyObjectResult"]["ETag"] == etag, f"a multipart object's copy keeps its ETag {etag}")
+    expect(get(c, "copy/multi-copy.bin") == b"".join(parts), "a multipart object's copy")
+    c.put_object(Bucket=BUCKET, Key="copy/empty", Body=b"")
+    c.copy(CopySource={"Bucket": BUCKET, "Key": "copy/empty"}, Bucket=BUCKET, Key="copy/empty-copy")
+    expect(c.head_object(Bucket=BUCKET, Key="copy/empty-copy")["ContentLength"] == 0, "test_object_copy_zero_size")
+    record(BUCKET, "copy/multi-copy.bin", b"".join(parts), chunks_of=(BUCKET, "copy/multi.bin"))
+    record(BUCKET, "copy/multi.bin", b"".join(parts))
+    record(BUCKET, "copy/empty-copy", b"")
+    ok("CopyObject of a multipart object (its ETag) and of an empty one")
+
+    # UploadPartCopy: ranges of existing objects as parts, beside an uploaded part.
+    whole = b"".join(parts)
+    up = c.create_multipart_upload(Bucket=BUCKET, Key="copy/parts.bin")["UploadId"]
+    msrc = {"Bucket": BUCKET, "Key": "copy/multi.bin"}
+    p1 = c.upload_part_copy(Bucket=BUCKET, Key="copy/parts.bin", UploadId=up, PartNumber=1, CopySource=msrc,
+                            CopySourceRange=f"bytes=100-{100 + 5 * MIB - 1}")["CopyPartResult"]["ETag"]
+    expect(p1.strip('"') == md5(whole[100:100 + 5 * MIB]), f"UploadPartCopy ETag {p1} is the md5 of the range")
+    p2 = c.upload_part(Bucket=BUCKET, Key="copy/parts.bin", UploadId=up, PartNumber=2, Body=b"between")["ETag"]
+    p3 = c.upload_part_copy(Bucket=BUCKET, Key="copy/parts.bin", UploadId=up, PartNumber=3,
+                            CopySource={"Bucket": BUCKET, "Key": "copy/c1.bin"})["CopyPartResult"]["ETag"]
+    expect(p3.strip('"') == md5(original), "UploadPartCopy without a range: the whole object")
+    expect(status_of(lambda: c.upload_part_copy(Bucket=BUCKET, Key="copy/parts.bin", UploadId=up, PartNumber=4,
+                                                CopySource=msrc, CopySourceRange=f"bytes=0-{len(whole)}"))[1]
+           == "InvalidRange", "test_multipart_copy_invalid_range")
+    for bad in ("0-2", "bytes=0", "bytes=hello-world", "bytes=0-bar", "bytes=hello-", "bytes=0-2,3-5"):
+        expect(status_of(lambda: c.upload_part_copy(Bucket=BUCKET, Key="copy/parts.bin", UploadId=up, PartNumber=4,
+                                                    CopySource=msrc, CopySourceRange=bad))
+               == (400, "InvalidArgument"), f"test_multipart_copy_improper_range {bad}")
+    expect(status_of(lambda: c.upload_part_copy(Bucket=BUCKET, Key="copy/parts.bin", UploadId=up, PartNumber=4,
+                                                CopySource=msrc, CopySourceIfMatch='"ABCORZ"'))
+           == (412, "PreconditionFailed"), "UploadPartCopy x-amz-copy-source-if-match")
+    # A re-copied part replaces the first under a newer fencing token.
+    p1 = c.upload_part_copy(Bucket=BUCKET, Key="copy/parts.bin", UploadId=up, PartNumber=1, CopySource=msrc,
+                            CopySourceRange=f"bytes=0-{5 * MIB - 1}")["CopyPartResult"]["ETag"]
+    lp = c.list_parts(Bucket=BUCKET, Key="copy/parts.bin", UploadId=up)["Parts"]
+    expect([(p["PartNumber"], p["ETag"]) for p in lp] == [(1, p1), (2, p2), (3, p3)], f"ListParts {lp}")
+    listed = [{"PartNumber": 1, "ETag": p1}, {"PartNumber": 2, "ETag": p2}, {"PartNumber": 3, "ETag": p3}]
+    # Part 2 is under 5 MiB and not last: refused, then completed without it.
+    expect(error_code(lambda: c.complete_multipart_upload(Bucket=BUCKET, Key="copy/parts.bin", UploadId=up,
+                                                          MultipartUpload={"Parts": listed})) == "EntityTooSmall",
+           "a small uploaded part between copied ones")
+    listed = [listed[0], listed[2]]
+    r = c.complete_multipart_upload(Bucket=BUCKET, Key="copy/parts.bin", UploadId=up, MultipartUpload={"Parts": listed})
+    expected = whole[: 5 * MIB] + original
+    expect(r["ETag"] == multipart_etag([whole[: 5 * MIB], original]), f"ETag of copied parts {r['ETag']}")
+    expect(get(c, "copy/parts.bin") == expected, "UploadPartCopy bytes")
+    record(BUCKET, "copy/parts.bin", expected)
+    ok("UploadPartCopy: ranges and whole objects as parts, ETag md5 of the bytes, InvalidRange, "
+       "InvalidArgument, 412, a re-copied part (test_multipart_copy_*)")
+
+
+def request_ids(c):
+    """Every response carries x-amz-request-id; an error body's RequestId is
+    the same (ceph/s3-tests test_object_requestid_matches_header_on_error)."""
+    captured = {}
+
+    def keep(http_response, **kwargs):
+        captured["body"] = http_response.content
+
+    c.meta.events.register("after-call.s3.GetObject", keep)
+    try:
+        c.get_object(Bucket=BUCKET, Key="no/such/key")
+        raise AssertionError("GetObject of a missing key worked")
+    except ClientError as e:
+        header = e.response["ResponseMetadata"]["HTTPHeaders"].get("x-amz-request-id")
+        import xml.etree.ElementTree as ET
+        body_id = ET.fromstring(captured["body"]).find(".//RequestId").text
+        expect(header and body_id == header == e.response["ResponseMetadata"]["RequestId"],
+               f"RequestId {body_id} vs header {header}")
+    finally:
+        c.meta.events.unregister("after-call.s3.GetObject", keep)
+    ids = {c.head_bucket(Bucket=BUCKET)["ResponseMetadata"]["HTTPHeaders"]["x-amz-request-id"] for _ in range(3)}
+    expect(len(ids) == 3, f"one id per request: {ids}")
+    ok("x-amz-request-id on every response, the same id as <RequestId> in an error body")
+
+
 def aws(*args, input=None):
     env = dict(os.environ)
     env.update({
@@ -492,10 +662,28 @@ def aws_cli():
     record(BUCKET, "cli/small.bin", small)
     record(BUCKET, "cli/big.bin", big)
     record(BUCKET, "cli/api.bin", big[: 6 * MIB])
+    # Server-side copies: CopyObject (small) and, above the multipart
+    # threshold, UploadPartCopy of 5 MiB ranges; s3api upload-part-copy.
+    aws("s3", "cp", f"s3://{BUCKET}/cli/small.bin", f"s3://{BUCKET}/cli/small-copy.bin")
+    aws("s3", "cp", f"s3://{BUCKET}/cli/big.bin", f"s3://{BUCKET}/cli/big-copy.bin")
+    expect(aws("s3", "cp", f"s3://{BUCKET}/cli/small-copy.bin", "-") == small, "aws s3 cp s3:// s3:// (CopyObject)")
+    expect(aws("s3", "cp", f"s3://{BUCKET}/cli/big-copy.bin", "-") == big, "aws s3 cp s3:// s3:// (multipart copy)")
+    up = json.loads(aws("s3api", "create-multipart-upload", "--bucket", BUCKET, "--key", "cli/pc.bin"))["UploadId"]
+    pc = json.loads(aws("s3api", "upload-part-copy", "--bucket", BUCKET, "--key", "cli/pc.bin", "--upload-id", up,
+                        "--part-number", "1", "--copy-source", f"{BUCKET}/cli/big.bin",
+                        "--copy-source-range", f"bytes=0-{5 * MIB - 1}"))["CopyPartResult"]["ETag"]
+    expect(pc.strip('"') == md5(big[: 5 * MIB]), f"s3api upload-part-copy ETag {pc}")
+    aws("s3api", "complete-multipart-upload", "--bucket", BUCKET, "--key", "cli/pc.bin", "--upload-id", up,
+        "--multipart-upload", json.dumps({"Parts": [{"PartNumber": 1, "ETag": pc}]}))
+    expect(aws("s3", "cp", f"s3://{BUCKET}/cli/pc.bin", "-") == big[: 5 * MIB], "s3api upload-part-copy read back")
+    record(BUCKET, "cli/small-copy.bin", small, chunks_of=(BUCKET, "cli/small.bin"))
+    record(BUCKET, "cli/big-copy.bin", big)
+    record(BUCKET, "cli/pc.bin", big[: 5 * MIB])
     aws("s3", "rm", "--recursive", f"s3://{BUCKET}/cli/tree")
     listed = json.loads(aws("s3api", "list-objects-v2", "--bucket", BUCKET, "--prefix", "cli/tree/") or b"{}")
     expect("Contents" not in listed, "aws s3 rm --recursive")
-    ok("aws-cli: s3 cp (single and multipart), ls, sync, rm; s3api create-multipart-upload/upload-part/complete")
+    ok("aws-cli: s3 cp (single and multipart), ls, sync, rm, s3 cp s3:// s3:// (CopyObject and "
+       "UploadPartCopy); s3api create-multipart-upload/upload-part/upload-part-copy/complete")
 
 
 if __name__ == "__main__":

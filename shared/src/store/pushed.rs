@@ -39,7 +39,8 @@ pub struct PushedPart<'a> {
     pub size: i64,
     pub staging_inode: i64,
     pub staging_path: &'a str,
-    pub md5: &'a str,
+    /// `None` for a part that is a snapshot of a file whose MD5 is unknown.
+    pub md5: Option<&'a str>,
     pub crc32c: i64,
 }
 
@@ -95,6 +96,23 @@ impl Store {
                 .await?;
         let state = state.map(SessionState::try_from).transpose()?;
         Ok((SessionLock { tx }, state))
+    }
+
+    /// The MD5 (if its completion knew it) and the whole-file CRC-32C of a
+    /// completed session's file, as its completion recorded them: what a
+    /// copy of that file by reference (a snapshot) records as its own part.
+    /// `None` if the session is not completed.
+    pub async fn completed_digests(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<(Option<String>, i64)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT md5, crc32c FROM upload_sessions
+              WHERE id = $1 AND state = 'completed' AND crc32c IS NOT NULL",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     /// Whether the session exists and is still [`SessionState::Receiving`] parts.
@@ -166,7 +184,7 @@ impl SessionLock {
         .bind(parts.iter().map(|p| p.token).collect::<Vec<_>>())
         .bind(parts.iter().map(|p| p.staging_inode).collect::<Vec<_>>())
         .bind(parts.iter().map(|p| p.staging_path).collect::<Vec<_>>())
-        .bind(parts.iter().map(|p| p.md5).collect::<Vec<_>>())
+        .bind(parts.iter().map(|p| p.md5).collect::<Vec<Option<&str>>>())
         .bind(parts.iter().map(|p| p.crc32c).collect::<Vec<_>>())
         .bind(worker)
         .execute(&mut *self.tx)
