@@ -18,6 +18,7 @@ pub(super) fn pipeline_error(e: PipelineError) -> S3Error {
             "the body has {got} bytes, Content-Length said {declared}"
         ),
         PipelineError::Body(why) => s3_error!(IncompleteBody, "reading the body failed: {why}"),
+        e @ PipelineError::TooManyOpenUploads { .. } => s3_error!(SlowDown, "{e}"),
         e if e.is_invalid_path() => s3_error!(InvalidArgument, "{e}"),
         PipelineError::Db(e) => db_error(e),
         e => {
