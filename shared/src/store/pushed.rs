@@ -84,7 +84,7 @@ impl Store {
     /// session through [`SessionLock::conn`] and commits. With
     /// [`NewPushedSession::max_receiving`] the creations of one source are
     /// serialized (a transaction-scoped advisory lock on its name) and
-    /// counted (index `upload_sessions_receiving_source`, migration 0007),
+    /// counted (index `upload_sessions_receiving_source`, migration 0008),
     /// so concurrent creations never pass the bound together.
     pub async fn create_pushed_session(
         &self,
@@ -125,7 +125,7 @@ impl Store {
 
     /// Receiving pushed sessions idle longer than `idle`: created before
     /// then and no part committed since (oldest first, at most `limit`).
-    /// Reads `upload_sessions_receiving` (migration 0007) and each
+    /// Reads `upload_sessions_receiving` (migration 0008) and each
     /// candidate's parts by the `s3_parts` primary key.
     pub async fn idle_pushed_sessions(
         &self,
