@@ -45,6 +45,11 @@ pub struct Config {
     /// Fail sessions still open after this many seconds.
     #[arg(long, env = "INGEST_SESSION_MAX_AGE_SECS", default_value_t = 86400)]
     pub session_max_age_secs: u64,
+    /// Abort S3 uploads still receiving parts after this many seconds
+    /// without activity (created, or a part committed), as
+    /// AbortMultipartUpload does.
+    #[arg(long, env = "S3_UPLOAD_EXPIRY_SECS", default_value_t = 7 * 86400)]
+    pub s3_upload_expiry_secs: u64,
     /// Seconds after a session ended before its staging leftovers are collected.
     #[arg(long, env = "INGEST_STAGING_GRACE_SECS", default_value_t = 60)]
     pub staging_grace_secs: u64,
@@ -299,6 +304,7 @@ fn intervals(config: &Config) -> Intervals {
     Intervals {
         part_stale_after: Duration::from_secs(config.part_stale_secs),
         session_max_age: Duration::from_secs(config.session_max_age_secs),
+        s3_upload_expiry: Duration::from_secs(config.s3_upload_expiry_secs),
         tick: Duration::from_secs(config.maintenance_secs),
         staging_grace: Duration::from_secs(config.staging_grace_secs),
         orphan_grace: Duration::from_secs(config.orphan_grace_secs),

@@ -29,6 +29,9 @@ pub struct Intervals {
     pub completion_stale_after: Duration,
     /// Fail open sessions older than this.
     pub session_max_age: Duration,
+    /// Abort S3 uploads receiving parts with no activity (creation or
+    /// part commit) for this long.
+    pub s3_upload_expiry: Duration,
     /// Staging leftovers of ended sessions are collected after this.
     pub staging_grace: Duration,
     /// Staging files of no known session are collected once unchanged this long.
@@ -45,6 +48,7 @@ impl Default for Intervals {
             part_stale_after: Duration::from_secs(120),
             completion_stale_after: Duration::from_secs(10),
             session_max_age: Duration::from_secs(24 * 3600),
+            s3_upload_expiry: Duration::from_secs(7 * 24 * 3600),
             staging_grace: Duration::from_secs(60),
             orphan_grace: Duration::from_secs(24 * 3600),
             tick: Duration::from_secs(5),
@@ -375,13 +379,15 @@ impl RoundReport {
 }
 
 /// One round: re-publish stale parts, complete forgotten sessions, expire
-/// old ones, collect staging leftovers, delete abandoned inodes. Every step
-/// runs whatever the others did; a failing item does not stop its step.
+/// old ones, abort idle S3 uploads, collect staging leftovers, delete
+/// abandoned inodes. Every step runs whatever the others did; a failing
+/// item does not stop its step.
 pub async fn maintenance_round(ingest: &Ingest, intervals: &Intervals) -> RoundReport {
     let mut report = RoundReport::default();
     republish_stale(ingest, intervals, &mut report).await;
     complete_forgotten(ingest, intervals, &mut report).await;
     expire_old(ingest, intervals, &mut report).await;
+    expire_s3_uploads(ingest, intervals, &mut report).await;
     collect_staging(ingest, intervals, &mut report).await;
     report
 }
@@ -445,6 +451,43 @@ async fn expire_old(ingest: &Ingest, intervals: &Intervals, report: &mut RoundRe
         }
     }
 }
+
+/// S3 uploads receiving parts with no activity for `s3_upload_expiry`
+/// (created, or a part committed, before then) are aborted as
+/// AbortMultipartUpload does: state `aborted`, `upload.aborted` event,
+/// their parts' staging inodes recorded abandoned (the collector of this
+/// same round deletes them).
+async fn expire_s3_uploads(ingest: &Ingest, intervals: &Intervals, report: &mut RoundReport) {
+    let idle = intervals.s3_upload_expiry;
+    let ids = match ingest
+        .store
+        .idle_pushed_sessions(idle, S3_EXPIRE_BATCH)
+        .await
+    {
+        Ok(ids) => ids,
+        Err(e) => return report.failed(MaintenanceStep::S3Expire, e),
+    };
+    let why = format!(
+        "expired: no part of this upload arrived within {}s (S3_UPLOAD_EXPIRY_SECS)",
+        idle.as_secs()
+    );
+    for id in ids {
+        match ingest.store.expire_pushed_session(id, idle, &why).await {
+            Ok(Some(session)) => {
+                shared::metrics::session_finished(
+                    SessionState::Aborted.as_str(),
+                    session.created_at,
+                );
+                tracing::warn!(session = %id, dest = session.dest, "idle S3 upload aborted");
+            }
+            Ok(None) => {}
+            Err(e) => report.failed(MaintenanceStep::S3Expire, format!("upload {id}: {e}")),
+        }
+    }
+}
+
+/// Idle S3 uploads one round aborts at most.
+const S3_EXPIRE_BATCH: i64 = 100;
 
 /// The staging sweep, then the collector: the collector runs whatever the
 /// sweep met.

@@ -148,3 +148,177 @@ async fn a_file_of_no_known_session_is_collected_once_older_than_its_grace() {
         .unwrap();
     assert_eq!(reason, "staging file of no known session");
 }
+
+/// Opens a pushed (S3) upload of `who` with one committed part whose
+/// staging file is real; its creation and part commit are `age` ago.
+async fn idle_s3_upload(
+    p: &Pipeline,
+    who: &str,
+    bucket: &str,
+    age_secs: f64,
+) -> (uuid::Uuid, String) {
+    use shared::store::{NewPushed, NewPushedSession};
+    let id = uuid::Uuid::new_v4();
+    let NewPushed::Created(lock) = p
+        .ingest
+        .store
+        .create_pushed_session(&NewPushedSession {
+            id,
+            request_id: &format!("s3:{id}"),
+            source: &format!("s3-push:{who}"),
+            dest: &format!("s3/{bucket}/{id}"),
+            goal: 3,
+            max_receiving: None,
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("no bound was set")
+    };
+    lock.commit().await.unwrap();
+    let (inode, path) = staging_file(p, &format!("{id}-p1-t1")).await;
+    let pool = &p.ingest.store.pool;
+    sqlx::query(
+        "UPDATE upload_sessions SET created_at = now() - make_interval(secs => $2) WHERE id = $1",
+    )
+    .bind(id)
+    .bind(age_secs)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO s3_uploads (upload_id, bucket, key, multipart, created_by) VALUES ($1, $2, $3, true, $4)")
+        .bind(id)
+        .bind(bucket)
+        .bind(id.to_string())
+        .bind(who)
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO s3_parts (upload_id, part_number, attempts, committed_token, staging_inode,
+                               staging_path, size, md5, crc32c, committed_at)
+         VALUES ($1, 1, 1, 1, $2, $3, 0, 'd41d8cd98f00b204e9800998ecf8427e', 0,
+                 now() - make_interval(secs => $4))",
+    )
+    .bind(id)
+    .bind(inode as i64)
+    .bind(&path)
+    .bind(age_secs)
+    .execute(pool)
+    .await
+    .unwrap();
+    (id, path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_s3_uploads_are_aborted_and_their_parts_collected() {
+    let p = Pipeline::new("s3-expiry").await;
+    let pool = &p.ingest.store.pool;
+    let who = format!("AK{}", rand::random::<u32>());
+    let bucket = format!("b-{}", rand::random::<u32>());
+    sqlx::query("INSERT INTO s3_buckets (name, created_by) VALUES ($1, $2)")
+        .bind(&bucket)
+        .bind(&who)
+        .execute(pool)
+        .await
+        .unwrap();
+    let day = 86400.0;
+    let (old, old_path) = idle_s3_upload(&p, &who, &bucket, 8.0 * day).await;
+    let (fresh, fresh_path) = idle_s3_upload(&p, &who, &bucket, 60.0).await;
+    // Created long ago, but a part committed an hour ago: still active.
+    let (active, active_path) = idle_s3_upload(&p, &who, &bucket, 8.0 * day).await;
+    sqlx::query(
+        "UPDATE s3_parts SET committed_at = now() - interval '1 hour' WHERE upload_id = $1",
+    )
+    .bind(active)
+    .execute(pool)
+    .await
+    .unwrap();
+
+    let intervals = Intervals {
+        s3_upload_expiry: Duration::from_secs(7 * 86400),
+        ..Intervals::default()
+    };
+    let report = maintenance_round(&p.ingest, &intervals).await;
+    assert!(report.errors.is_empty(), "{report:?}");
+
+    let state = |id: uuid::Uuid| async move {
+        sqlx::query_scalar::<_, String>("SELECT state FROM upload_sessions WHERE id = $1")
+            .bind(id)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(state(old).await, "aborted");
+    assert_eq!(state(fresh).await, "receiving");
+    assert_eq!(state(active).await, "receiving");
+    let abandoned: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT path, deleted_at IS NOT NULL FROM abandoned_inodes WHERE session_id = ANY($1)",
+    )
+    .bind(vec![old, fresh, active])
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(abandoned, vec![(old_path.clone(), true)]);
+    assert!(
+        !exists(&p, &old_path).await,
+        "the expired part was not collected"
+    );
+    assert!(exists(&p, &fresh_path).await);
+    assert!(exists(&p, &active_path).await);
+    let events: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox WHERE payload::text LIKE '%upload.aborted%' AND payload::text LIKE $1",
+    )
+    .bind(format!("%{old}%"))
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(events, 1, "no upload.aborted event for the expired upload");
+    // A second round finds nothing more to do.
+    let report = maintenance_round(&p.ingest, &intervals).await;
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert_eq!(state(fresh).await, "receiving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_past_its_bound_of_receiving_uploads_is_refused() {
+    use shared::store::{NewPushed, NewPushedSession};
+    let p = Pipeline::new("s3-cap").await;
+    let source = format!("s3-push:AK{}", rand::random::<u32>());
+    let mut created = Vec::new();
+    let mut refused = 0;
+    for _ in 0..3 {
+        let id = uuid::Uuid::new_v4();
+        match p
+            .ingest
+            .store
+            .create_pushed_session(&NewPushedSession {
+                id,
+                request_id: &format!("s3:{id}"),
+                source: &source,
+                dest: &format!("s3/b/{id}"),
+                goal: 3,
+                max_receiving: Some(2),
+            })
+            .await
+            .unwrap()
+        {
+            NewPushed::Created(lock) => {
+                lock.commit().await.unwrap();
+                created.push(id);
+            }
+            NewPushed::TooMany { receiving } => {
+                assert_eq!(receiving, 2);
+                refused += 1;
+                let rows: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM upload_sessions WHERE id = $1")
+                        .bind(id)
+                        .fetch_one(&p.ingest.store.pool)
+                        .await
+                        .unwrap();
+                assert_eq!(rows, 0, "a refused upload wrote its session");
+            }
+        }
+    }
+    assert_eq!((created.len(), refused), (2, 1));
+}

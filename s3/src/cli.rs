@@ -61,6 +61,10 @@ pub struct ServeArgs {
     /// MiB of part bodies written to MooseFS at once (0 = no bound).
     #[arg(long, env = "S3_MAX_IN_FLIGHT_MIB", default_value_t = 0)]
     pub max_in_flight_mib: u32,
+    /// Uploads one access key may have in progress: CreateMultipartUpload
+    /// past it is refused with 503 SlowDown (0 = no bound).
+    #[arg(long, env = "S3_MAX_OPEN_UPLOADS_PER_KEY", default_value_t = crate::pipeline::DEFAULT_MAX_OPEN_UPLOADS)]
+    pub max_open_uploads_per_key: u32,
     /// Seconds in-flight requests get to finish at shutdown.
     #[arg(long, env = "S3_DRAIN_SECS", default_value_t = 30)]
     pub drain_secs: u64,
@@ -167,6 +171,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     )
     .await
     .context("starting the S3 endpoint")?;
+    pipeline.set_max_open_uploads(args.max_open_uploads_per_key);
     if args.max_in_flight_mib > 0 {
         pipeline.set_write_budget_mib(args.max_in_flight_mib);
     }

@@ -73,6 +73,12 @@ pub enum PipelineError {
     /// or deleted since its row was read).
     #[error("the copy source changed: {0}")]
     SourceGone(String),
+    /// The access key already has `open` uploads receiving parts, the bound.
+    #[error(
+        "this access key has {open} uploads in progress, the limit is {limit} \
+         (S3_MAX_OPEN_UPLOADS_PER_KEY): complete or abort some first"
+    )]
+    TooManyOpenUploads { open: i64, limit: u32 },
 }
 
 impl PipelineError {
@@ -82,6 +88,10 @@ impl PipelineError {
     }
 }
 
+/// Uploads one access key may have receiving parts unless set otherwise
+/// (`S3_MAX_OPEN_UPLOADS_PER_KEY`).
+pub const DEFAULT_MAX_OPEN_UPLOADS: u32 = 1000;
+
 /// The pipeline handle of the S3 endpoint.
 #[derive(Clone)]
 pub struct Pipeline {
@@ -90,6 +100,8 @@ pub struct Pipeline {
     s3_root: MfsPath,
     goal: u8,
     worker: Arc<str>,
+    /// Multipart uploads are refused past this many receiving per key.
+    max_open_uploads: Option<u32>,
 }
 
 impl Pipeline {
@@ -122,6 +134,7 @@ impl Pipeline {
             s3_root,
             goal,
             worker: Arc::from(client_info),
+            max_open_uploads: Some(DEFAULT_MAX_OPEN_UPLOADS),
         })
     }
 
@@ -135,6 +148,12 @@ impl Pipeline {
     pub async fn migrate(pool: &PgPool) -> Result<(), PipelineError> {
         Store { pool: pool.clone() }.migrate().await?;
         Ok(())
+    }
+
+    /// Bounds the uploads one access key may have receiving parts when it
+    /// opens a multipart upload (0 = no bound).
+    pub fn set_max_open_uploads(&mut self, max: u32) {
+        self.max_open_uploads = (max > 0).then_some(max);
     }
 
     /// Bounds the MiB of part bodies written to MooseFS at once.

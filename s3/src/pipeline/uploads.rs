@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use shared::ingest::Completion;
 use shared::store::{
-    NewPushedSession, PushedInode, PushedPart, Session, SessionLock, SessionState,
+    NewPushed, NewPushedSession, PushedInode, PushedPart, Session, SessionLock, SessionState,
 };
 use uuid::Uuid;
 
@@ -73,11 +73,19 @@ pub enum Completed {
 
 impl Pipeline {
     /// Opens an S3 upload: its session (state `receiving`) and the
-    /// endpoint's upload row, in one transaction.
+    /// endpoint's upload row, in one transaction. A multipart upload is
+    /// refused ([`PipelineError::TooManyOpenUploads`], nothing written) when
+    /// its access key already has the endpoint's bound of uploads receiving
+    /// parts (PutObjects in flight count among them).
     pub async fn open_upload(&self, upload: &NewUpload<'_>) -> Result<Uuid, PipelineError> {
         let id = Uuid::new_v4();
         let dest = self.dest(upload.bucket, upload.key)?;
-        let mut lock = self
+        let max_receiving = if upload.multipart {
+            self.max_open_uploads
+        } else {
+            None
+        };
+        let created = self
             .ingest
             .store
             .create_pushed_session(&NewPushedSession {
@@ -86,9 +94,19 @@ impl Pipeline {
                 source: &format!("s3-push:{}", upload.who),
                 dest: &dest,
                 goal: self.goal,
+                max_receiving,
             })
             .await
             .map_err(db_statement)?;
+        let mut lock = match created {
+            NewPushed::Created(lock) => lock,
+            NewPushed::TooMany { receiving } => {
+                return Err(PipelineError::TooManyOpenUploads {
+                    open: receiving,
+                    limit: max_receiving.unwrap_or_default(),
+                })
+            }
+        };
         index::insert_upload(lock.conn(), id, upload).await?;
         lock.commit().await.map_err(db_statement)?;
         shared::metrics::metrics().pushed_session_created();
@@ -228,10 +246,7 @@ impl Pipeline {
             lock.rollback().await?;
             return Ok(false);
         };
-        lock.end(&session, new_state, why).await?;
-        let parts = index::committed_parts(lock.conn(), upload).await?;
-        let inodes: Vec<PushedInode> = parts.iter().map(CommittedPart::abandoned).collect();
-        lock.abandon_pushed(upload, &inodes, abandon_reason)
+        lock.end_pushed(&session, new_state, why, abandon_reason)
             .await
             .map_err(db_statement)?;
         lock.commit().await?;

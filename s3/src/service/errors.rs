@@ -23,6 +23,7 @@ pub(super) fn pipeline_error(e: PipelineError) -> S3Error {
             InternalError,
             "the copy source changed during the copy ({why}); retry"
         ),
+        e @ PipelineError::TooManyOpenUploads { .. } => s3_error!(SlowDown, "{e}"),
         e if e.is_invalid_path() => s3_error!(InvalidArgument, "{e}"),
         PipelineError::Db(e) => db_error(e),
         e => {
@@ -48,4 +49,28 @@ pub(super) fn path_conflict(key: &str, other: &str) -> S3Error {
 
 pub(super) fn completion_refused(why: &str) -> S3Error {
     object_path_conflict(format!("the object could not be put in place: {why}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_many_open_uploads_is_slow_down_naming_the_limit() {
+        let e = pipeline_error(PipelineError::TooManyOpenUploads {
+            open: 1000,
+            limit: 1000,
+        });
+        assert_eq!(*e.code(), S3ErrorCode::SlowDown);
+        assert_eq!(
+            e.status_code().or_else(|| e.code().status_code()),
+            Some(http::StatusCode::SERVICE_UNAVAILABLE)
+        );
+        let message = e.message().unwrap_or_default();
+        assert!(
+            message.contains("the limit is 1000")
+                && message.contains("S3_MAX_OPEN_UPLOADS_PER_KEY"),
+            "{message}"
+        );
+    }
 }

@@ -231,6 +231,8 @@ label_enum! {
         Republish => "republish",
         Complete => "complete",
         Expire => "expire",
+        /// Receiving S3 uploads idle past their expiry, aborted.
+        S3Expire => "s3_expire",
         Sweep => "sweep",
         Gc => "gc",
     }

@@ -460,7 +460,7 @@ impl Metrics {
             ),
             maintenance_errors: b.counter_vec(
                 "mfs_ingest_maintenance_errors_total",
-                "Errors in maintenance rounds, by step (republish, complete, expire, sweep, gc); each step runs whatever the others met.",
+                "Errors in maintenance rounds, by step (republish, complete, expire, s3_expire, sweep, gc); each step runs whatever the others met.",
                 &["step"],
             ),
             maintenance_duration: b.histogram(

@@ -183,7 +183,7 @@ fn label_values_are_the_documented_ones() {
     assert_eq!(classes, "2xx 4xx 5xx");
     assert_eq!(labels(RoundOutcome::ALL, RoundOutcome::as_str), "ok error");
     let steps = labels(MaintenanceStep::ALL, MaintenanceStep::as_str);
-    assert_eq!(steps, "republish complete expire sweep gc");
+    assert_eq!(steps, "republish complete expire s3_expire sweep gc");
     assert_eq!(
         labels(Renewal::ALL, Renewal::as_str),
         "renewed lost unknown"

@@ -31,7 +31,7 @@ pub use abandoned::{Abandoned, Collected, Leftover};
 pub use locked::{SessionDone, SessionLock};
 pub use outbox::{OutboxRelayError, OutboxRow};
 pub use parts::{AttemptStart, CommitOutcome, Part, PartCommit, START_ATTEMPTS_SQL};
-pub use pushed::{NewPushedSession, PushedInode, PushedPart};
+pub use pushed::{NewPushed, NewPushedSession, PushedInode, PushedPart};
 pub use sessions::{NewSession, Session, SessionState, UnknownSessionState};
 
 /// Database failures.

@@ -12,11 +12,23 @@
 //! `upload_parts` rows and opens the session, after which the pipeline's
 //! own completion takes over; a part commit that comes later finds the
 //! session no longer receiving.
+//!
+//! Two guards keep receiving sessions bounded: [`Store::create_pushed_session`]
+//! refuses a new one when its source (one access key) already has
+//! [`NewPushedSession::max_receiving`] of them, and the coordinator's
+//! maintenance aborts those idle longer than its expiry
+//! ([`Store::idle_pushed_sessions`], [`Store::expire_pushed_session`]) as
+//! AbortMultipartUpload does ([`SessionLock::end_pushed`]). Ending a pushed
+//! session reads its committed parts from the endpoint's `s3_parts` table
+//! (migration 0005): the coordinator ends sessions without the endpoint's
+//! crate, so the one statement both need lives here.
+
+use std::time::Duration;
 
 use uuid::Uuid;
 
 use super::abandoned::{abandon_all, Abandon};
-use super::{SessionLock, SessionState, Store, StoreError};
+use super::{Session, SessionLock, SessionState, Store, StoreError};
 use crate::domain::FencingToken;
 
 /// What a new pushed session needs (its size and parts are only known
@@ -29,6 +41,18 @@ pub struct NewPushedSession<'a> {
     /// Relative to the ingest root.
     pub dest: &'a str,
     pub goal: u8,
+    /// Refuse the session ([`NewPushed::TooMany`]) when this many sessions
+    /// of the same `source` are already receiving (`None`: no bound).
+    pub max_receiving: Option<u32>,
+}
+
+/// What [`Store::create_pushed_session`] did.
+pub enum NewPushed {
+    /// Created, in this transaction (still open: commit it).
+    Created(SessionLock),
+    /// Refused: the source already has this many receiving sessions, the
+    /// bound; nothing was written.
+    TooMany { receiving: i64 },
 }
 
 /// A committed pushed part chosen for the completion.
@@ -58,12 +82,32 @@ impl Store {
     /// Creates a pushed session (state [`SessionState::Receiving`], overwriting its
     /// destination, size and parts placeholders until the freeze) in a new
     /// transaction, returned open: the caller writes its own rows of the
-    /// session through [`SessionLock::conn`] and commits.
+    /// session through [`SessionLock::conn`] and commits. With
+    /// [`NewPushedSession::max_receiving`] the creations of one source are
+    /// serialized (a transaction-scoped advisory lock on its name) and
+    /// counted (index `upload_sessions_receiving_source`, migration 0008),
+    /// so concurrent creations never pass the bound together.
     pub async fn create_pushed_session(
         &self,
         new: &NewPushedSession<'_>,
-    ) -> Result<SessionLock, StoreError> {
+    ) -> Result<NewPushed, StoreError> {
         let mut tx = self.pool.begin().await?;
+        if let Some(max) = new.max_receiving {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 14))")
+                .bind(new.source)
+                .execute(&mut *tx)
+                .await?;
+            let receiving: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM upload_sessions WHERE state = 'receiving' AND source = $1",
+            )
+            .bind(new.source)
+            .fetch_one(&mut *tx)
+            .await?;
+            if receiving >= i64::from(max) {
+                tx.rollback().await?;
+                return Ok(NewPushed::TooMany { receiving });
+            }
+        }
         sqlx::query(
             "INSERT INTO upload_sessions
                 (id, request_id, source, dest, size, part_size, part_count, goal, overwrite, state)
@@ -77,7 +121,67 @@ impl Store {
         .bind(SessionState::Receiving.as_str())
         .execute(&mut *tx)
         .await?;
-        Ok(SessionLock { tx })
+        Ok(NewPushed::Created(SessionLock { tx }))
+    }
+
+    /// Receiving pushed sessions idle longer than `idle`: created before
+    /// then and no part committed since (oldest first, at most `limit`).
+    /// Reads `upload_sessions_receiving` (migration 0008) and each
+    /// candidate's parts by the `s3_parts` primary key.
+    pub async fn idle_pushed_sessions(
+        &self,
+        idle: Duration,
+        limit: i64,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT s.id FROM upload_sessions s
+              WHERE s.state = 'receiving' AND s.created_at < now() - make_interval(secs => $1)
+                AND NOT EXISTS (SELECT 1 FROM s3_parts p
+                                 WHERE p.upload_id = s.id
+                                   AND p.committed_at >= now() - make_interval(secs => $1))
+              ORDER BY s.created_at
+              LIMIT $2",
+        )
+        .bind(idle.as_secs_f64())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Aborts pushed session `id` if, under its row lock, it is still
+    /// receiving and idle longer than `idle` (a part committed meanwhile
+    /// keeps it): as [`SessionLock::end_pushed`] with state `aborted`.
+    /// The session as it was, if it was aborted.
+    pub async fn expire_pushed_session(
+        &self,
+        id: Uuid,
+        idle: Duration,
+        why: &str,
+    ) -> Result<Option<Session>, StoreError> {
+        let (mut lock, session) = self.lock_session(id).await?;
+        let Some(session) = session.filter(|s| s.state == SessionState::Receiving) else {
+            lock.rollback().await?;
+            return Ok(None);
+        };
+        let idle_now: bool = sqlx::query_scalar(
+            "SELECT $2 < now() - make_interval(secs => $3)
+                AND NOT EXISTS (SELECT 1 FROM s3_parts
+                                 WHERE upload_id = $1
+                                   AND committed_at >= now() - make_interval(secs => $3))",
+        )
+        .bind(id)
+        .bind(session.created_at)
+        .bind(idle.as_secs_f64())
+        .fetch_one(&mut *lock.tx)
+        .await?;
+        if !idle_now {
+            lock.rollback().await?;
+            return Ok(None);
+        }
+        lock.end_pushed(&session, SessionState::Aborted, why, "s3 upload expired")
+            .await?;
+        lock.commit().await?;
+        Ok(Some(session))
     }
 
     /// Opens a transaction holding the session row `FOR SHARE` (part
@@ -127,6 +231,41 @@ impl Store {
 }
 
 impl SessionLock {
+    /// Ends a receiving pushed session locked `FOR UPDATE` as failed or
+    /// aborted: its state and `upload.<state>` event ([`SessionLock::end`]),
+    /// and every committed part's staging inode recorded as abandoned with
+    /// `reason` (the collector deletes them; attempts still writing find
+    /// the session closed and abandon their own inodes).
+    pub async fn end_pushed(
+        &mut self,
+        session: &Session,
+        new_state: SessionState,
+        why: &str,
+        reason: &'static str,
+    ) -> Result<(), StoreError> {
+        self.end(session, new_state, why).await?;
+        let parts: Vec<(i32, FencingToken, i64, String)> = sqlx::query_as(
+            "SELECT part_number, committed_token, staging_inode, staging_path
+               FROM s3_parts WHERE upload_id = $1 AND committed_token IS NOT NULL
+              ORDER BY part_number",
+        )
+        .bind(session.id)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let all: Vec<Abandon> = parts
+            .into_iter()
+            .map(|(part_number, token, inode, path)| Abandon {
+                inode,
+                path,
+                session_id: session.id,
+                part_number,
+                token,
+                reason,
+            })
+            .collect();
+        abandon_all(&mut self.tx, &all).await
+    }
+
     /// Records staging inodes of pushed part attempts of session `id` as
     /// abandoned (the collector deletes them), in this transaction.
     pub async fn abandon_pushed(
