@@ -73,17 +73,7 @@ impl Pipeline {
                     source.session
                 ))
             })?;
-        let cfg = &self.ingest.cfg;
-        let dir = self
-            .ingest
-            .dirs
-            .ensure_with_goal(
-                &self.ingest.mfs,
-                &cfg.staging_dir(self.goal),
-                Some(self.goal),
-            )
-            .await?;
-        let staging = cfg.staging_file(self.goal, upload, part_number, token);
+        let (dir, staging) = self.staging_target(upload, part_number, token).await?;
         let name = staging.file_name().expect("staging file has a name");
         let path = staging.to_string();
         shared::metrics::metrics().part_started();

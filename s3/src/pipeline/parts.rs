@@ -4,7 +4,7 @@
 //! ([`shared::store::Store::share_session`]), so a freeze or an end of the
 //! upload never interleaves with it.
 
-use moosefs::{MfsError, WriteOptions};
+use moosefs::{MfsError, MfsPath, WriteOptions};
 use shared::domain::FencingToken;
 use shared::store::{PushedInode, PushedPart, SessionLock, SessionState};
 use tokio::io::AsyncRead;
@@ -117,6 +117,28 @@ impl Pipeline {
         Ok(Some(token))
     }
 
+    /// The staging directory (made with the upload's goal) and the staging
+    /// file of attempt `token` of part `part_number`: where a written part
+    /// and a copy's snapshot part both go.
+    pub(super) async fn staging_target(
+        &self,
+        upload: Uuid,
+        part_number: i32,
+        token: FencingToken,
+    ) -> Result<(u32, MfsPath), PipelineError> {
+        let cfg = &self.ingest.cfg;
+        let dir = self
+            .ingest
+            .dirs
+            .ensure_with_goal(
+                &self.ingest.mfs,
+                &cfg.staging_dir(self.goal),
+                Some(self.goal),
+            )
+            .await?;
+        Ok((dir, cfg.staging_file(self.goal, upload, part_number, token)))
+    }
+
     /// Writes `body` (exactly `declared` bytes) into a fresh staging inode
     /// of the attempt: returns only when every replica acknowledged every
     /// block and the replicas' CRCs matched (the MooseFS writer's
@@ -129,18 +151,8 @@ impl Pipeline {
         declared: u64,
         body: impl AsyncRead + Unpin,
     ) -> Result<WrittenPart, PipelineError> {
-        let cfg = &self.ingest.cfg;
         let _budget = self.ingest.write_budget.reserve(declared).await;
-        let dir = self
-            .ingest
-            .dirs
-            .ensure_with_goal(
-                &self.ingest.mfs,
-                &cfg.staging_dir(self.goal),
-                Some(self.goal),
-            )
-            .await?;
-        let staging = cfg.staging_file(self.goal, upload, part_number, token);
+        let (dir, staging) = self.staging_target(upload, part_number, token).await?;
         let name = staging.file_name().expect("staging file has a name");
         let path = staging.to_string();
         let file = match self.ingest.mfs.create(dir, name, 0o644).await {
