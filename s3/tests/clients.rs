@@ -17,41 +17,22 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use clap::Parser;
-use moosefs::{ClientConfig, MfsClient, MfsPath};
+use moosefs::MfsPath;
 use s3::keys::{self, ServerKey};
-use s3::pipeline::Pipeline;
 
 mod common;
-use common::{env_or, Args, Db};
+use common::env_or;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boto3_and_aws_cli_against_the_endpoint() {
-    let tag = format!("{:08x}", rand::random::<u32>());
-    let db = Db::new(&tag).await;
-    let mfs_root = format!("/tests-s3/{tag}");
-    let args = Args::parse_from([
-        "test",
-        "--database-url",
-        &db.url,
-        "--mfs-master",
-        &env_or("MFS_MASTER", "10.213.47.10:9421"),
-        "--mfs-root",
-        &mfs_root,
-    ]);
-    let mut cfg = ClientConfig::new(env_or("MFS_MASTER", "10.213.47.10:9421"));
-    cfg.master.client_info = "mfs-ingest s3 tests".into();
-    let mfs = MfsClient::connect(cfg).await.expect("MooseFS master");
-    let root_inode = mfs
-        .mkdir_all(&MfsPath::parse(&mfs_root).unwrap())
-        .await
-        .unwrap();
-    mfs.set_trash_time(root_inode, 0, true).await.unwrap();
-
-    let pipeline = Pipeline::connect(&args.services, "s3", "mfs-ingest s3 test", 16)
-        .await
-        .expect("pipeline");
-    Pipeline::migrate(pipeline.pool()).await.unwrap();
+    let common::Private {
+        tag,
+        db,
+        mfs_root,
+        mfs,
+        args,
+        pipeline,
+    } = common::Private::new().await;
     let server_key = ServerKey::new("a test server key of at least thirty-two bytes").unwrap();
     let (bucket, bucket2) = (format!("b-{tag}"), format!("c-{tag}"));
     // Allowed, never created: a copy from it is NoSuchBucket.

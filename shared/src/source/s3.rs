@@ -507,13 +507,20 @@ fn check_key(key: &str) -> Result<(), String> {
     }
 }
 
-/// The object's size and ETag (`HEAD`).
-pub async fn probe(src: &S3Source, cfg: &SourceConfig) -> Result<SourceVersion, SourceError> {
-    let store = cfg
-        .s3
+/// The client of the store `src` names, from the configured S3 sources.
+fn store_for(
+    src: &S3Source,
+    cfg: &SourceConfig,
+) -> Result<object_store::aws::AmazonS3, SourceError> {
+    cfg.s3
         .as_ref()
         .ok_or(SourceError::S3NotConfigured)?
-        .store(src)?;
+        .store(src)
+}
+
+/// The object's size and ETag (`HEAD`).
+pub async fn probe(src: &S3Source, cfg: &SourceConfig) -> Result<SourceVersion, SourceError> {
+    let store = store_for(src, cfg)?;
     let path = src.path();
     let meta = src.call(cfg, || store.head(&path)).await?;
     let etag = meta
@@ -548,11 +555,7 @@ pub async fn open_range(
     if len == 0 {
         return Ok(Box::pin(tokio::io::empty()));
     }
-    let store = cfg
-        .s3
-        .as_ref()
-        .ok_or(SourceError::S3NotConfigured)?
-        .store(src)?;
+    let store = store_for(src, cfg)?;
     let path = src.path();
     let wanted: Range<u64> = offset..offset + len;
     let got = src
