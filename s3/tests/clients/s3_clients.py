@@ -742,13 +742,16 @@ def tagging_races():
     def overwrite(n):
         c1.put_object(Bucket=BUCKET, Key=key, Body=str(n).encode(), Tagging=f"gen={n}")
 
-    def tag(m):
+    def tag(m, delay):
+        time.sleep(delay)
         c2.put_object_tagging(Bucket=BUCKET, Key=key, Tagging={"TagSet": [{"Key": "tagged", "Value": str(m)}]})
 
     seen = set()
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         for rnd in range(1, 7):
-            jobs = [pool.submit(overwrite, rnd)] + [pool.submit(tag, rnd * 10 + i) for i in range(3)]
+            # Spread over the overwrite's duration: some land before its
+            # completion, some after.
+            jobs = [pool.submit(overwrite, rnd)] + [pool.submit(tag, rnd * 10 + i, 0.03 * i * rnd) for i in range(3)]
             for j in jobs:
                 j.result()
             body = get(c1, key).decode()
