@@ -24,6 +24,8 @@ pub struct NewUpload<'a> {
     pub metadata: Option<&'a s3s::dto::Metadata>,
     /// The access key that opened it.
     pub who: &'a str,
+    /// The object's tags once completed (a JSON array, migration 0010).
+    pub tags: &'a serde_json::Value,
 }
 
 /// What the S3 checks chose to freeze: part numbers in order and the ETag

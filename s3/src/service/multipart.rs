@@ -9,6 +9,7 @@ use s3s::{s3_error, S3Error, S3Request, S3Response, S3Result};
 use super::digests::{digests_of, multipart_etag, with_checksums};
 use super::errors::pipeline_error;
 use super::objects::check_overwrite;
+use super::tagging::Tags;
 use super::{observed, refuse_encryption, who, Endpoint, MIN_PART_BYTES, PART_NUMBERS};
 use crate::pipeline::{CommittedPart, FreezePlan, NewUpload};
 
@@ -22,6 +23,7 @@ pub(super) async fn create_multipart_upload(
         input.server_side_encryption.as_ref(),
         input.sse_customer_algorithm.as_ref(),
     )?;
+    let tags = Tags::from_header(input.tagging.as_deref())?.to_json();
     ep.require_bucket(&input.bucket).await?;
     ep.check_new_key(&input.bucket, &input.key).await?;
     let upload = ep
@@ -33,6 +35,7 @@ pub(super) async fn create_multipart_upload(
             content_type: input.content_type.as_deref(),
             metadata: input.metadata.as_ref(),
             who: &who,
+            tags: &tags,
         })
         .await
         .map_err(pipeline_error)?;

@@ -7,6 +7,7 @@ use s3s::{s3_error, S3Error, S3Request, S3Response, S3Result};
 use super::digests::{digests_of, with_checksums};
 use super::errors::{db_error, pipeline_error};
 use super::listing::NULL_VERSION;
+use super::tagging::{tag_count, Tags};
 use super::{refuse_encryption, timestamp, who, Endpoint, MAX_LIST, MAX_PART_BYTES};
 use crate::index::{self, ObjectRow};
 use crate::pipeline::{CommittedPart, FreezePlan, NewUpload};
@@ -19,6 +20,7 @@ pub(super) async fn put_object(
     let trailers = req.trailing_headers.clone();
     let input = req.input;
     let (bucket, key) = (input.bucket.as_str(), input.key.as_str());
+    let tags = Tags::from_header(input.tagging.as_deref())?.to_json();
     check_put(ep, &input).await?;
     let digests = digests_of!(input);
     let upload = ep
@@ -30,6 +32,7 @@ pub(super) async fn put_object(
             content_type: input.content_type.as_deref(),
             metadata: input.metadata.as_ref(),
             who: &who,
+            tags: &tags,
         })
         .await
         .map_err(pipeline_error)?;
@@ -229,6 +232,7 @@ pub(super) async fn get_object(
                     body: Some(StreamingBlob::wrap(body)),
                     content_length: Some(len as i64),
                     content_range: content_range.clone(),
+                    tag_count: tags_counted(&row),
                 },
                 row
             ),
@@ -249,7 +253,7 @@ pub(super) async fn head_object(
     input: HeadObjectInput,
 ) -> S3Result<S3Response<HeadObjectOutput>> {
     let row = readable_object(ep, &input.bucket, &input.key, conditions_of!(input)).await?;
-    Ok(S3Response::new(with_stored_checksums!(
+    let mut response = S3Response::new(with_stored_checksums!(
         with_object_headers!(
             HeadObjectOutput {
                 content_length: Some(row.size),
@@ -259,7 +263,20 @@ pub(super) async fn head_object(
         row,
         input.checksum_mode,
         input.range.is_none()
-    )))
+    ));
+    // S3 answers the count on HEAD too; s3s's HeadObjectOutput has no field.
+    if let Some(count) = tags_counted(&row) {
+        response
+            .headers
+            .insert("x-amz-tagging-count", http::HeaderValue::from(count));
+    }
+    Ok(response)
+}
+
+/// `x-amz-tagging-count` of a GET or HEAD: sent when the object has tags.
+fn tags_counted(row: &ObjectRow) -> Option<i32> {
+    let count = tag_count(&row.tags);
+    (count > 0).then_some(count as i32)
 }
 
 pub(super) async fn delete_object(
