@@ -338,6 +338,42 @@ mod tests {
         })
     }
 
+    #[tokio::test]
+    async fn a_body_holds_its_slot_until_its_last_frame_or_its_drop() {
+        use http_body_util::BodyExt;
+        let slots = ConcurrencyLimit::new(1);
+        let stream = futures::stream::iter([
+            Ok::<_, std::io::Error>(Bytes::from_static(b"one")),
+            Ok(Bytes::from_static(b"two")),
+        ]);
+        let streamed = s3s::Body::from(s3s::dto::StreamingBlob::wrap(stream));
+        let mut body = HeldBody::new(streamed, slots.try_enter().unwrap());
+        assert!(body.holds_slot() && slots.try_enter().is_none());
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b"one");
+        assert!(body.holds_slot(), "a frame left: still held");
+        body.frame().await.unwrap().unwrap();
+        assert!(body.frame().await.is_none());
+        assert!(!body.holds_slot() && slots.try_enter().is_some(), "ended: released");
+
+        // A one-frame body releases with its frame, an empty one at once,
+        // a dropped one when dropped.
+        let mut once = HeldBody::new(s3s::Body::from("x".to_string()), slots.try_enter().unwrap());
+        assert!(once.holds_slot());
+        once.frame().await.unwrap().unwrap();
+        assert!(!once.holds_slot());
+        let empty = HeldBody::new(s3s::Body::empty(), slots.try_enter().unwrap());
+        assert!(!empty.holds_slot() && slots.try_enter().is_some());
+        let stream = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"z"))]);
+        let dropped = HeldBody::new(
+            s3s::Body::from(s3s::dto::StreamingBlob::wrap(stream)),
+            slots.try_enter().unwrap(),
+        );
+        assert!(slots.try_enter().is_none());
+        drop(dropped);
+        assert!(slots.try_enter().is_some());
+    }
+
     #[test]
     fn presigned_expiry_is_at_most_a_week_and_not_negative() {
         assert_eq!(refused("X-Amz-Expires=3600&X-Amz-Signature=x"), None);
