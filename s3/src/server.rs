@@ -354,7 +354,10 @@ mod tests {
         assert!(body.holds_slot(), "a frame left: still held");
         body.frame().await.unwrap().unwrap();
         assert!(body.frame().await.is_none());
-        assert!(!body.holds_slot() && slots.try_enter().is_some(), "ended: released");
+        assert!(
+            !body.holds_slot() && slots.try_enter().is_some(),
+            "ended: released"
+        );
 
         // A one-frame body releases with its frame, an empty one at once,
         // a dropped one when dropped.
