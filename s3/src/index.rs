@@ -43,20 +43,7 @@ pub struct ObjectRow {
 impl ObjectRow {
     /// The stored checksums (the inverse of [`checksums_json`]).
     pub fn stored_checksum(&self) -> s3s::dto::Checksum {
-        let get = |name: &str| {
-            self.checksums
-                .get(name)
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
-        };
-        s3s::dto::Checksum {
-            checksum_crc32: get("crc32"),
-            checksum_crc32c: get("crc32c"),
-            checksum_sha1: get("sha1"),
-            checksum_sha256: get("sha256"),
-            checksum_crc64nvme: get("crc64nvme"),
-            ..Default::default()
-        }
+        stored_checksum(&self.checksums)
     }
 
     /// The `x-amz-meta-*` pairs.
@@ -200,8 +187,9 @@ pub async fn insert_upload(
             .unwrap_or_default(),
     );
     sqlx::query(
-        "INSERT INTO s3_uploads (upload_id, bucket, key, multipart, content_type, metadata, created_by)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO s3_uploads (upload_id, bucket, key, multipart, content_type, metadata,
+                                 created_by, checksum_algorithm, checksum_type)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(id)
     .bind(upload.bucket)
@@ -210,26 +198,29 @@ pub async fn insert_upload(
     .bind(upload.content_type)
     .bind(&metadata)
     .bind(upload.who)
+    .bind(upload.checksum_algorithm)
+    .bind(upload.checksum_type)
     .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
-/// Whether `upload` is a multipart upload of `bucket`/`key`.
+/// The checksum columns (`checksum_algorithm`, `checksum_type`) of
+/// `upload` if it is a multipart upload of `bucket`/`key`.
 pub async fn upload_of(
     pool: &PgPool,
     upload: Uuid,
     bucket: &str,
     key: &str,
-) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM s3_uploads
-                         WHERE upload_id = $1 AND bucket = $2 AND key = $3 AND multipart)",
+) -> Result<Option<(Option<String>, Option<String>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT checksum_algorithm, checksum_type FROM s3_uploads
+          WHERE upload_id = $1 AND bucket = $2 AND key = $3 AND multipart",
     )
     .bind(upload)
     .bind(bucket)
     .bind(key)
-    .fetch_one(pool)
+    .fetch_optional(pool)
     .await
 }
 
@@ -289,6 +280,62 @@ pub fn checksums_json(checksum: &s3s::dto::Checksum) -> serde_json::Value {
         }
     }
     serde_json::Value::Object(map)
+}
+
+/// The `x-amz-checksum-*` values of stored checksums (an object's, or the
+/// ones a freeze recorded; their `"type"` is not one of them).
+pub fn stored_checksum(checksums: &serde_json::Value) -> s3s::dto::Checksum {
+    let get = |name: &str| {
+        checksums
+            .get(name)
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    s3s::dto::Checksum {
+        checksum_crc32: get("crc32"),
+        checksum_crc32c: get("crc32c"),
+        checksum_sha1: get("sha1"),
+        checksum_sha256: get("sha256"),
+        checksum_crc64nvme: get("crc64nvme"),
+        ..Default::default()
+    }
+}
+
+/// One part of an object as GetObject/HeadObject `partNumber` reads it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ObjectPart {
+    /// The object's part count (its session's).
+    pub part_count: i32,
+    /// The part's place in the object; `None` past the last part.
+    pub part_offset: Option<i64>,
+    pub size: Option<i64>,
+    /// The part's checksum in its upload's algorithm, if kept.
+    pub checksum: Option<String>,
+}
+
+/// Part `part_number` (1-based, as the object's parts follow each other) of
+/// the object its session `session` put in place; `None` if the session is
+/// gone. Primary-key probes only: the session, its frozen `upload_parts`
+/// row (numbered from 0), the upload row, and the part's `s3_parts` row
+/// (the client's number for it is the frozen list's entry).
+pub async fn object_part(
+    pool: &PgPool,
+    session: Uuid,
+    part_number: i32,
+) -> Result<Option<ObjectPart>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT s.part_count, p.part_offset, p.size, sp.checksum
+           FROM upload_sessions s
+           LEFT JOIN upload_parts p ON p.session_id = s.id AND p.part_number = $2 - 1
+           LEFT JOIN s3_uploads u ON u.upload_id = s.id
+           LEFT JOIN s3_parts sp ON sp.upload_id = s.id
+                AND sp.part_number = ((u.completed_parts -> ($2 - 1)) ->> 0)::int
+          WHERE s.id = $1",
+    )
+    .bind(session)
+    .bind(part_number)
+    .fetch_optional(pool)
+    .await
 }
 
 const OBJECT_COLUMNS: &str = "key, session_id, inode, size, etag, content_type, \
