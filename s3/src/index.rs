@@ -338,6 +338,39 @@ pub async fn object_part(
     .await
 }
 
+/// The parts of the object its session `session` put in place after part
+/// `marker` (1-based), at most `limit`: (part number, size, kept checksum)
+/// each; and the object's part count. Primary-key reads: the session, a
+/// range of its `upload_parts`, the upload row and each part's `s3_parts`.
+pub async fn object_parts(
+    pool: &PgPool,
+    session: Uuid,
+    marker: i32,
+    limit: i32,
+) -> Result<(i32, Vec<(i32, i64, Option<String>)>), sqlx::Error> {
+    let count: Option<i32> =
+        sqlx::query_scalar("SELECT part_count FROM upload_sessions WHERE id = $1")
+            .bind(session)
+            .fetch_optional(pool)
+            .await?;
+    let parts = sqlx::query_as(
+        "SELECT p.part_number + 1, p.size, sp.checksum
+           FROM upload_parts p
+           JOIN s3_uploads u ON u.upload_id = p.session_id
+           LEFT JOIN s3_parts sp ON sp.upload_id = p.session_id
+                AND sp.part_number = ((u.completed_parts -> p.part_number) ->> 0)::int
+          WHERE p.session_id = $1 AND p.part_number >= $2
+          ORDER BY p.part_number
+          LIMIT $3",
+    )
+    .bind(session)
+    .bind(marker)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?;
+    Ok((count.unwrap_or(0), parts))
+}
+
 const OBJECT_COLUMNS: &str = "key, session_id, inode, size, etag, content_type, \
      metadata AS metadata_json, checksums, last_modified";
 

@@ -18,6 +18,7 @@
 //!   request body received as one part;
 //! - [`multipart`]: CreateMultipartUpload, UploadPart,
 //!   CompleteMultipartUpload, AbortMultipartUpload, and the completion checks;
+//! - [`attributes`]: GetObjectAttributes (ETag, size, checksum, parts);
 //! - [`copies`]: CopyObject (a MooseFS snapshot: no data moved) and
 //!   UploadPartCopy;
 //! - [`listing`]: ListObjects (v1 and V2), ListObjectVersions, ListParts,
@@ -39,6 +40,7 @@ use uuid::Uuid;
 use crate::index;
 use crate::pipeline::Pipeline;
 
+mod attributes;
 mod buckets;
 mod checksums;
 mod copies;
@@ -194,6 +196,7 @@ pub const OPERATIONS: &[&str] = &[
     "PutObject",
     "GetObject",
     "HeadObject",
+    "GetObjectAttributes",
     "DeleteObject",
     "DeleteObjects",
     "CopyObject",
@@ -295,6 +298,17 @@ impl S3 for Endpoint {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         timed("HeadObject", objects::head_object(self, req.input)).await
+    }
+
+    async fn get_object_attributes(
+        &self,
+        req: S3Request<GetObjectAttributesInput>,
+    ) -> S3Result<S3Response<GetObjectAttributesOutput>> {
+        timed(
+            "GetObjectAttributes",
+            attributes::get_object_attributes(self, req),
+        )
+        .await
     }
 
     async fn copy_object(

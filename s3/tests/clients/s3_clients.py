@@ -747,6 +747,26 @@ def checksums(c):
     expect(g["Body"].read() == small and "PartsCount" not in g, "partNumber 1 of a PutObject is the object")
     ok("GetObject/HeadObject partNumber: 206, Content-Range, PartsCount, ETag, the part's SHA256; 416 InvalidPartNumber")
 
+    # GetObjectAttributes: the object's checksum and type, its parts (paged).
+    attrs = ["ETag", "Checksum", "ObjectParts", "ObjectSize", "StorageClass"]
+    a = c.get_object_attributes(Bucket=BUCKET, Key=key, ObjectAttributes=attrs)
+    expect(a["ObjectSize"] == len(whole) and a["StorageClass"] == "STANDARD"
+           and a["Checksum"] == {"ChecksumSHA256": composite, "ChecksumType": "COMPOSITE"}
+           and a["ObjectParts"]["TotalPartsCount"] == 3
+           and [(p["PartNumber"], p["Size"], p["ChecksumSHA256"]) for p in a["ObjectParts"]["Parts"]]
+           == [(n, len(b), b64(sha256_raw(b))) for n, b in enumerate(parts, start=1)],
+           f"GetObjectAttributes: {a}")
+    a = c.get_object_attributes(Bucket=BUCKET, Key=key, ObjectAttributes=["ObjectParts"], MaxParts=2)
+    expect(a["ObjectParts"]["IsTruncated"] and a["ObjectParts"]["NextPartNumberMarker"] == 2
+           and len(a["ObjectParts"]["Parts"]) == 2, f"GetObjectAttributes MaxParts=2: {a}")
+    a = c.get_object_attributes(Bucket=BUCKET, Key=key, ObjectAttributes=["ObjectParts"], PartNumberMarker=2)
+    expect([p["PartNumber"] for p in a["ObjectParts"]["Parts"]] == [3] and not a["ObjectParts"]["IsTruncated"],
+           f"GetObjectAttributes PartNumberMarker=2: {a}")
+    a = c.get_object_attributes(Bucket=BUCKET, Key="docs/sha.bin", ObjectAttributes=attrs)
+    expect("ObjectParts" not in a and a["Checksum"].get("ChecksumSHA256") and a["Checksum"].get("ChecksumType") == "FULL_OBJECT",
+           f"GetObjectAttributes of a PutObject: {a}")
+    ok("GetObjectAttributes: checksum and type, parts with sizes and SHA256s, MaxParts/PartNumberMarker")
+
     # CRC32 FULL_OBJECT: the CRC32 of the whole object (botocore also checks
     # it on the GET, checksum validation when_supported).
     key = "ck/crc32.bin"
