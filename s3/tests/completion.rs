@@ -26,6 +26,8 @@ async fn frozen_upload(p: &Pipeline, bucket: &str, key: &str, data: &[u8]) -> (U
             content_type: Some("text/plain"),
             metadata: None,
             who: "test",
+            checksum_algorithm: None,
+            checksum_type: None,
         })
         .await
         .unwrap();
@@ -46,7 +48,7 @@ async fn frozen_upload(p: &Pipeline, bucket: &str, key: &str, data: &[u8]) -> (U
         })
         .await
         .unwrap();
-    let Frozen::Now { etag } = frozen else {
+    let Frozen::Now { etag, .. } = frozen else {
         panic!("not frozen: {frozen:?}")
     };
     (upload, etag)
