@@ -356,7 +356,7 @@ pub async fn object_parts(
     let parts = sqlx::query_as(
         "SELECT p.part_number + 1, p.size, sp.checksum
            FROM upload_parts p
-           JOIN s3_uploads u ON u.upload_id = p.session_id
+           LEFT JOIN s3_uploads u ON u.upload_id = p.session_id
            LEFT JOIN s3_parts sp ON sp.upload_id = p.session_id
                 AND sp.part_number = ((u.completed_parts -> p.part_number) ->> 0)::int
           WHERE p.session_id = $1 AND p.part_number >= $2
