@@ -336,22 +336,13 @@ async fn pad(pool: &sqlx::PgPool, p: Padding) {
     }
 }
 
-/// A free loopback port for the coordinator's HTTP API.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Drives every path that issues SQL: sessions created through the HTTP
 /// API and the queue (small files in groups, four-part files), an abort,
 /// a status read, a resubmitted request id, completion, the relay, the
 /// maintenance rounds (stale parts, stalled completions, expiry, GC, the
 /// backlog gauges) until every abandoned staging inode is collected.
 async fn run_small_pipeline(p: &Pipeline, logging_url: &str) {
-    let port = free_port();
+    let port = testkit::free_port();
     let api = format!("http://127.0.0.1:{port}");
     let addr = format!("127.0.0.1:{port}");
     // Parts stale after 1 s: the jobs queued before the worker starts are

@@ -131,6 +131,7 @@ impl S3Server {
     /// The settings naming this server as the default store.
     fn args(&self) -> S3SourceArgs {
         S3SourceArgs {
+            enabled: true,
             endpoint: Some(self.endpoint.clone()),
             endpoints: Vec::new(),
             region: "us-east-1".into(),
@@ -461,6 +462,18 @@ async fn missing_objects_other_endpoints_and_wrong_credentials_are_refused_at_su
         detail.contains("refused access") && detail.contains("AWS_SECRET_ACCESS_KEY"),
         "{detail}"
     );
+    assert_no_session(&p, &id).await;
+    // The right credentials in the environment, but s3:// sources not
+    // turned on (INGEST_S3_SOURCES): refused, and the reason says how.
+    let mut off = s3.args();
+    off.enabled = false;
+    let mut cfg = p.coordinator_config();
+    cfg.services.s3_sources = off;
+    let off_coordinator = testkit::apps::start_coordinator(cfg).await;
+    let id = format!("{}/sources-off", p.tag);
+    let (status, detail) = post_upload(&off_coordinator, &id, &url("present.bin")).await;
+    assert_eq!(status, 422, "{detail}");
+    assert!(detail.contains("INGEST_S3_SOURCES=true"), "{detail}");
     assert_no_session(&p, &id).await;
     // The right ones read it.
     let id = format!("{}/present", p.tag);

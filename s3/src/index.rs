@@ -1,5 +1,5 @@
 //! The S3 namespace in PostgreSQL (this crate's own tables, migrations
-//! 0005 and 0007): buckets, uploads (one per upload session), and the
+//! 0005, 0007 and 0010): buckets, uploads (one per upload session), and the
 //! objects index that ListObjectsV2 reads (never a MooseFS walk); [`parts`]:
 //! part attempts and the frozen part list. The pipeline's tables are the
 //! store's; two reads here join `upload_sessions` only to filter by an
@@ -37,6 +37,8 @@ pub struct ObjectRow {
     /// The `x-amz-checksum-*` values stored with it ([`checksums_json`];
     /// a copy's are its source's).
     pub checksums: serde_json::Value,
+    /// Its tags (migration 0010: an array of `{"Key", "Value"}` by key).
+    pub tags: serde_json::Value,
     pub last_modified: chrono::DateTime<chrono::Utc>,
 }
 
@@ -188,8 +190,8 @@ pub async fn insert_upload(
     );
     sqlx::query(
         "INSERT INTO s3_uploads (upload_id, bucket, key, multipart, content_type, metadata,
-                                 created_by, checksum_algorithm, checksum_type)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                                 created_by, tags, checksum_algorithm, checksum_type)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(id)
     .bind(upload.bucket)
@@ -198,6 +200,7 @@ pub async fn insert_upload(
     .bind(upload.content_type)
     .bind(&metadata)
     .bind(upload.who)
+    .bind(upload.tags)
     .bind(upload.checksum_algorithm)
     .bind(upload.checksum_type)
     .execute(&mut *conn)
@@ -372,7 +375,7 @@ pub async fn object_parts(
 }
 
 const OBJECT_COLUMNS: &str = "key, session_id, inode, size, etag, content_type, \
-     metadata AS metadata_json, checksums, last_modified";
+     metadata AS metadata_json, checksums, tags, last_modified";
 
 pub async fn object(
     pool: &PgPool,
@@ -386,6 +389,38 @@ pub async fn object(
     .bind(key)
     .fetch_optional(pool)
     .await
+}
+
+/// The tags of an object (`None`: no such object).
+pub async fn object_tags(
+    pool: &PgPool,
+    bucket: &str,
+    key: &str,
+) -> Result<Option<serde_json::Value>, sqlx::Error> {
+    sqlx::query_scalar("SELECT tags FROM s3_objects WHERE bucket = $1 AND key = $2")
+        .bind(bucket)
+        .bind(key)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Replaces the tags of the object at `bucket`/`key` now, in one statement
+/// (false: no such object). The row lock orders it with a completion's
+/// upsert of the same row: it tags the object before or after an
+/// overwrite, never a mix (see `service::tagging`).
+pub async fn set_object_tags(
+    pool: &PgPool,
+    bucket: &str,
+    key: &str,
+    tags: &serde_json::Value,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("UPDATE s3_objects SET tags = $3 WHERE bucket = $1 AND key = $2")
+        .bind(bucket)
+        .bind(key)
+        .bind(tags)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Removes an object's row in the caller's transaction; its inode.

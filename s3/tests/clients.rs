@@ -110,40 +110,18 @@ async fn boto3_and_aws_cli_against_the_endpoint() {
         for line in objects.lines() {
             let o: serde_json::Value = serde_json::from_str(line).unwrap();
             let (b, k) = (o["bucket"].as_str().unwrap(), o["key"].as_str().unwrap());
-            let row: Option<(i64, i64, uuid::Uuid)> = sqlx::query_as(
-                "SELECT inode, size, session_id FROM s3_objects WHERE bucket = $1 AND key = $2",
+            let Some(inode) = testkit::s3::check_stored_object(
+                pipeline.pool(),
+                &mfs,
+                (b, k),
+                o["size"].as_i64().unwrap(),
+                3,
+                &mut failures,
             )
-            .bind(b)
-            .bind(k)
-            .fetch_optional(pipeline.pool())
             .await
-            .unwrap();
-            let Some((inode, size, session)) = row else {
-                failures.push(format!("{b}/{k}: no object row"));
+            else {
                 continue;
             };
-            if size != o["size"].as_i64().unwrap() {
-                failures.push(format!("{b}/{k}: size {size} != {}", o["size"]));
-            }
-            let state: String =
-                sqlx::query_scalar("SELECT state FROM upload_sessions WHERE id = $1")
-                    .bind(session)
-                    .fetch_one(pipeline.pool())
-                    .await
-                    .unwrap();
-            if state != "completed" {
-                failures.push(format!("{b}/{k}: session {session} is {state}"));
-            }
-            for chunk in mfs.replica_report(inode as u32).await.unwrap() {
-                if chunk.chunk_id != 0 && (chunk.valid_copies() != 3 || !chunk.copies_identical()) {
-                    failures.push(format!(
-                        "{b}/{k}: chunk {} has {} valid copies, identical: {}",
-                        chunk.index,
-                        chunk.valid_copies(),
-                        chunk.copies_identical()
-                    ));
-                }
-            }
             let through_mount = mount
                 .join(mfs_root.trim_start_matches('/'))
                 .join("s3")

@@ -28,6 +28,7 @@ async fn frozen_upload(p: &Pipeline, bucket: &str, key: &str, data: &[u8]) -> (U
             who: "test",
             checksum_algorithm: None,
             checksum_type: None,
+            tags: &serde_json::json!([{"Key": "k", "Value": key}]),
         })
         .await
         .unwrap();
@@ -96,6 +97,11 @@ async fn the_object_row_is_written_by_the_completion_transaction() {
     .await
     .unwrap();
     assert_eq!(checksums, serde_json::json!({"crc32": "AAAAAA=="}));
+    // The upload's tags (migration 0010 carries them through the trigger).
+    assert_eq!(
+        row.tags,
+        serde_json::json!([{"Key": "k", "Value": "died/after-commit"}])
+    );
     let bytes = t.mfs.read_all(placed.inode).await.unwrap();
     assert_eq!(md5::Md5::digest(&bytes), md5::Md5::digest(&data));
 
@@ -117,6 +123,10 @@ async fn the_object_row_is_written_by_the_completion_transaction() {
     assert_eq!(
         (row.etag.as_str(), row.size),
         (etag2.as_str(), data2.len() as i64)
+    );
+    assert_eq!(
+        row.tags,
+        serde_json::json!([{"Key": "k", "Value": "died/after-freeze"}])
     );
 
     // 3. Neither: a completion whose object row cannot be written (here its

@@ -14,11 +14,21 @@ use crate::source::{PartLimits, S3Settings, SourceConfig};
 use crate::store::Store;
 use moosefs::{ClientConfig, MfsClient, MfsPath};
 
-/// How `s3://` sources are read (`source::s3`): the store, the further
-/// stores requests may name, and the credentials, from the environment the
-/// AWS SDKs read.
+/// How `s3://` sources are read (`source::s3`): whether they are on at
+/// all, the store, the further stores requests may name, and the
+/// credentials, from the environment the AWS SDKs read.
 #[derive(Args, Debug, Clone, Default)]
 pub struct S3SourceArgs {
+    /// Turns `s3://` sources on (off unless set: credentials in the
+    /// environment alone, e.g. exported for aws-cli, never turn them on).
+    #[arg(
+        long = "s3-sources",
+        env = "INGEST_S3_SOURCES",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub enabled: bool,
     /// The store `s3://BUCKET/KEY` reads from (unset: AWS S3 in AWS_REGION).
     #[arg(long = "s3-source-endpoint", env = "AWS_ENDPOINT_URL")]
     pub endpoint: Option<String>,
@@ -56,6 +66,7 @@ pub struct S3SourceArgs {
 impl S3SourceArgs {
     pub fn settings(&self) -> S3Settings {
         S3Settings {
+            enabled: self.enabled,
             default_endpoint: self.endpoint.clone(),
             endpoints: self.endpoints.clone(),
             region: self.region.clone(),
@@ -67,9 +78,10 @@ impl S3SourceArgs {
 
     /// The settings for the start-up line (never the secret).
     pub fn describe(&self) -> String {
-        match &self.access_key_id {
-            None => "off".to_string(),
-            Some(id) => format!(
+        match (&self.access_key_id, self.enabled) {
+            (_, false) => "off".to_string(),
+            (None, true) => "on, without credentials".to_string(),
+            (Some(id), true) => format!(
                 "endpoint={} endpoints={} region={} access_key_id={id}",
                 self.endpoint.as_deref().unwrap_or("aws"),
                 if self.endpoints.is_empty() {

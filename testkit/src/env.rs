@@ -46,3 +46,13 @@ pub fn unique_tag(name: &str) -> String {
 
 /// Where the children's logs go.
 pub const LOG_DIR: &str = "/var/tmp/mfs-ingest/test-logs";
+
+/// A free loopback port (bound and let go: another process may take it
+/// before the caller does, which a test then reports as a failed bind).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("binding a loopback port")
+        .local_addr()
+        .expect("the bound address")
+        .port()
+}

@@ -11,6 +11,7 @@
 //! - [`api`]: [`TestApi`], the HTTP API alone in-process.
 //! - [`env`], [`digest`]: service addresses, unique names, MD5 helpers.
 //! - [`python`]: a python3 with boto3 and aws-cli (the S3 endpoint's tests).
+//! - [`s3`]: checks of the objects the S3 endpoint stored.
 //!
 //! The MooseFS cluster helpers are `moosefs::testing` (re-exported as
 //! [`mfs`]). Every helper panics on failure, with a message saying what to
@@ -24,11 +25,12 @@ pub mod pipeline;
 pub mod processes;
 pub mod python;
 pub mod resources;
+pub mod s3;
 
 pub use api::TestApi;
 pub use apps::RunningApp;
 pub use digest::{md5_file, md5_hex};
-pub use env::{env_or, master, mount_dir, unique_tag};
+pub use env::{env_or, free_port, master, mount_dir, unique_tag};
 pub use moosefs::testing as mfs;
 pub use pipeline::{assert_all_completed, Batch, Pipeline};
 pub use resources::{PrivateDb, PrivateResources};

@@ -28,6 +28,8 @@ pub struct NewUpload<'a> {
     /// `x-amz-checksum-type` (migration 0009; `None`: it named none).
     pub checksum_algorithm: Option<&'a str>,
     pub checksum_type: Option<&'a str>,
+    /// The object's tags once completed (a JSON array, migration 0010).
+    pub tags: &'a serde_json::Value,
 }
 
 /// What the S3 checks chose to freeze: part numbers in order and the ETag

@@ -9,7 +9,9 @@
 //!   object there exactly as a PutObject's completion does. Content-Type and
 //!   `x-amz-meta-*` are the source's (`x-amz-metadata-directive: COPY`, the
 //!   default) or the request's (`REPLACE`); the ETag and the stored
-//!   checksums are the source's (the same bytes).
+//!   checksums are the source's (the same bytes). The tags are the source's
+//!   (`x-amz-tagging-directive: COPY`, the default) or the request's
+//!   `x-amz-tagging` (`REPLACE`; none if it has none).
 //! - **UploadPartCopy**: a part whose body is a range of an existing object
 //!   (`x-amz-copy-source-range`, or all of it), read from the chunkservers
 //!   and written by the part-writing path of UploadPart (fresh staging inode
@@ -26,6 +28,7 @@ use s3s::{s3_error, S3ErrorCode, S3Request, S3Response, S3Result};
 use super::digests::Digests;
 use super::errors::{db_error, pipeline_error};
 use super::objects::{check_conditions, check_version, Conditions};
+use super::tagging::{replaces_tags, Tags};
 use super::{refuse_encryption, timestamp, who, Endpoint, MAX_PART_BYTES, PART_NUMBERS};
 use crate::index::{self, ObjectRow};
 use crate::pipeline::{CommittedPart, FreezePlan, NewUpload, SourceObject};
@@ -137,6 +140,12 @@ pub(super) async fn copy_object(
     refuse_encryption(None, input.copy_source_sse_customer_algorithm.as_ref())?;
     ep.require_bucket(bucket).await?;
     let replace = replaces_metadata(input.metadata_directive.as_ref())?;
+    let replace_tags = replaces_tags(input.tagging_directive.as_ref())?;
+    let new_tags = if replace_tags {
+        Some(Tags::from_header(input.tagging.as_deref())?.to_json())
+    } else {
+        None
+    };
     let source = copy_source(ep, &input.copy_source, copy_conditions_of!(input)).await?;
     if source.bucket == bucket && source.key == key && !replace {
         return Err(s3_error!(InvalidRequest, "{COPY_TO_ITSELF}"));
@@ -147,6 +156,7 @@ pub(super) async fn copy_object(
     } else {
         (source.row.content_type.clone(), source.row.metadata())
     };
+    let tags = new_tags.unwrap_or_else(|| source.row.tags.clone());
     let upload = ep
         .pipeline()
         .open_upload(&NewUpload {
@@ -158,6 +168,7 @@ pub(super) async fn copy_object(
             who: &who,
             checksum_algorithm: None,
             checksum_type: None,
+            tags: &tags,
         })
         .await
         .map_err(pipeline_error)?;

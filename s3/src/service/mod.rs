@@ -23,6 +23,8 @@
 //!   UploadPartCopy;
 //! - [`listing`]: ListObjects (v1 and V2), ListObjectVersions, ListParts,
 //!   ListMultipartUploads;
+//! - [`tagging`]: PutObjectTagging, GetObjectTagging, DeleteObjectTagging,
+//!   and the tag sets of writes (`x-amz-tagging`);
 //! - [`uploads`]: a body received as a part, an upload frozen and completed;
 //! - [`digests`]: Content-MD5 and `x-amz-checksum-*`, the multipart ETag;
 //! - [`checksums`]: a multipart upload's checksum algorithm and type, its
@@ -49,6 +51,7 @@ mod errors;
 mod listing;
 mod multipart;
 mod objects;
+mod tagging;
 mod uploads;
 
 pub use digests::multipart_etag;
@@ -210,6 +213,9 @@ pub const OPERATIONS: &[&str] = &[
     "ListMultipartUploads",
     "AbortMultipartUpload",
     "CompleteMultipartUpload",
+    "PutObjectTagging",
+    "GetObjectTagging",
+    "DeleteObjectTagging",
 ];
 
 /// Counts a finished operation (status from the result).
@@ -337,6 +343,31 @@ impl S3 for Endpoint {
         req: S3Request<DeleteObjectsInput>,
     ) -> S3Result<S3Response<DeleteObjectsOutput>> {
         timed("DeleteObjects", objects::delete_objects(self, req)).await
+    }
+
+    async fn put_object_tagging(
+        &self,
+        req: S3Request<PutObjectTaggingInput>,
+    ) -> S3Result<S3Response<PutObjectTaggingOutput>> {
+        timed("PutObjectTagging", tagging::put_object_tagging(self, req)).await
+    }
+
+    async fn get_object_tagging(
+        &self,
+        req: S3Request<GetObjectTaggingInput>,
+    ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
+        timed("GetObjectTagging", tagging::get_object_tagging(self, req)).await
+    }
+
+    async fn delete_object_tagging(
+        &self,
+        req: S3Request<DeleteObjectTaggingInput>,
+    ) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
+        timed(
+            "DeleteObjectTagging",
+            tagging::delete_object_tagging(self, req),
+        )
+        .await
     }
 
     async fn list_objects_v2(

@@ -11,6 +11,7 @@ use super::checksums::{self, Algorithm, UploadChecksum};
 use super::digests::{digests_of, multipart_etag, with_checksums, Digests};
 use super::errors::pipeline_error;
 use super::objects::check_overwrite;
+use super::tagging::Tags;
 use super::{observed, refuse_encryption, who, Endpoint, MIN_PART_BYTES, PART_NUMBERS};
 use crate::pipeline::{CommittedPart, FreezePlan, NewUpload};
 
@@ -24,6 +25,7 @@ pub(super) async fn create_multipart_upload(
         input.server_side_encryption.as_ref(),
         input.sse_customer_algorithm.as_ref(),
     )?;
+    let tags = Tags::from_header(input.tagging.as_deref())?.to_json();
     ep.require_bucket(&input.bucket).await?;
     ep.check_new_key(&input.bucket, &input.key).await?;
     let checksum = UploadChecksum::requested(
@@ -42,6 +44,7 @@ pub(super) async fn create_multipart_upload(
             who: &who,
             checksum_algorithm,
             checksum_type,
+            tags: &tags,
         })
         .await
         .map_err(pipeline_error)?;

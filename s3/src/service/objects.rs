@@ -9,6 +9,7 @@ use super::checksums::{self, Algorithm, Kind};
 use super::digests::{digests_of, with_checksums};
 use super::errors::{db_error, pipeline_error};
 use super::listing::NULL_VERSION;
+use super::tagging::{tag_count, Tags};
 use super::{refuse_encryption, timestamp, who, Endpoint, MAX_LIST, MAX_PART_BYTES, PART_NUMBERS};
 use crate::index::{self, ObjectRow};
 use crate::pipeline::{CommittedPart, FreezePlan, NewUpload};
@@ -21,6 +22,7 @@ pub(super) async fn put_object(
     let trailers = req.trailing_headers.clone();
     let input = req.input;
     let (bucket, key) = (input.bucket.as_str(), input.key.as_str());
+    let tags = Tags::from_header(input.tagging.as_deref())?.to_json();
     check_put(ep, &input).await?;
     let digests = digests_of!(input);
     let upload = ep
@@ -34,6 +36,7 @@ pub(super) async fn put_object(
             who: &who,
             checksum_algorithm: None,
             checksum_type: None,
+            tags: &tags,
         })
         .await
         .map_err(pipeline_error)?;
@@ -340,6 +343,7 @@ pub(super) async fn get_object(
                     content_length: Some(len as i64),
                     content_range: answer.content_range.clone(),
                     parts_count: answer.parts_count,
+                    tag_count: tags_counted(&row),
                 },
                 row
             ),
@@ -363,7 +367,7 @@ pub(super) async fn head_object(
     input: HeadObjectInput,
 ) -> S3Result<S3Response<HeadObjectOutput>> {
     let row = readable_object(ep, &input.bucket, &input.key, conditions_of!(input)).await?;
-    if input.part_number.is_none() {
+    let mut response = if input.part_number.is_none() {
         // A HEAD with a Range answers the whole object's length (without
         // checksums: they are not the range's).
         let mode = input
@@ -371,7 +375,7 @@ pub(super) async fn head_object(
             .as_ref()
             .filter(|_| input.range.is_none());
         let answer = answer(ep, &row, None, None, mode).await?;
-        return Ok(S3Response::new(with_answer_checksums!(
+        S3Response::new(with_answer_checksums!(
             with_object_headers!(
                 HeadObjectOutput {
                     content_length: Some(row.size),
@@ -379,31 +383,45 @@ pub(super) async fn head_object(
                 row
             ),
             answer
-        )));
-    }
-    let answer = answer(
-        ep,
-        &row,
-        input.range.as_ref(),
-        input.part_number,
-        input.checksum_mode.as_ref(),
-    )
-    .await?;
-    let status = partial_or_ok(&answer);
-    Ok(S3Response::with_status(
-        with_answer_checksums!(
-            with_object_headers!(
-                HeadObjectOutput {
-                    content_length: Some((answer.range.end - answer.range.start) as i64),
-                    content_range: answer.content_range.clone(),
-                    parts_count: answer.parts_count,
-                },
-                row
+        ))
+    } else {
+        let answer = answer(
+            ep,
+            &row,
+            input.range.as_ref(),
+            input.part_number,
+            input.checksum_mode.as_ref(),
+        )
+        .await?;
+        let status = partial_or_ok(&answer);
+        S3Response::with_status(
+            with_answer_checksums!(
+                with_object_headers!(
+                    HeadObjectOutput {
+                        content_length: Some((answer.range.end - answer.range.start) as i64),
+                        content_range: answer.content_range.clone(),
+                        parts_count: answer.parts_count,
+                    },
+                    row
+                ),
+                answer
             ),
-            answer
-        ),
-        status,
-    ))
+            status,
+        )
+    };
+    // S3 answers the count on HEAD too; s3s's HeadObjectOutput has no field.
+    if let Some(count) = tags_counted(&row) {
+        response
+            .headers
+            .insert("x-amz-tagging-count", http::HeaderValue::from(count));
+    }
+    Ok(response)
+}
+
+/// `x-amz-tagging-count` of a GET or HEAD: sent when the object has tags.
+fn tags_counted(row: &ObjectRow) -> Option<i32> {
+    let count = tag_count(&row.tags);
+    (count > 0).then_some(count as i32)
 }
 
 pub(super) async fn delete_object(

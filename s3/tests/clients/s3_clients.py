@@ -367,6 +367,8 @@ def main():
     copies(c)
     request_ids(c)
     checksums(c)
+    tagging(c)
+    aws_cli_tagging()
 
     # Bucket 2 stays, emptied, then both are deleted by the Rust side? No: delete here.
     # An upload never completed does not keep it (s3-tests cleans up so).
@@ -801,6 +803,182 @@ def checksums(c):
     expect(h.get("ChecksumSHA256") == composite and h.get("ChecksumType") == "COMPOSITE", f"copy's checksum: {h}")
     record(BUCKET, "ck/sha256-copy.bin", whole, chunks_of=(BUCKET, "ck/sha256.bin"))
     ok("CopyObject of a multipart object keeps its COMPOSITE checksum")
+
+
+def tag_set(c, key, bucket=BUCKET):
+    return c.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]
+
+
+def tagging_count(c, key, method="head_object"):
+    """x-amz-tagging-count of a HEAD or GET, as sent (None if absent)."""
+    r = getattr(c, method)(Bucket=BUCKET, Key=key)
+    if "Body" in r:
+        r["Body"].read()
+    return r["ResponseMetadata"]["HTTPHeaders"].get("x-amz-tagging-count")
+
+
+def tagging(c):
+    """Object tagging as S3 does it; ceph/s3-tests' tagging cases by name
+    where ported."""
+    c.put_object(Bucket=BUCKET, Key="tags/a.txt", Body=b"tagged")
+    expect(tag_set(c, "tags/a.txt") == [], "a new object has no tags")
+    expect(tagging_count(c, "tags/a.txt") is None, "no x-amz-tagging-count without tags")
+    two = [{"Key": "0", "Value": "0"}, {"Key": "1", "Value": "1"}]
+    r = c.put_object_tagging(Bucket=BUCKET, Key="tags/a.txt", Tagging={"TagSet": two})
+    expect(r["ResponseMetadata"]["HTTPStatusCode"] == 200, f"PutObjectTagging: {r}")
+    expect(tag_set(c, "tags/a.txt") == two, "test_get_obj_tagging")
+    expect(tagging_count(c, "tags/a.txt") == "2", "test_get_obj_head_tagging: HEAD count")
+    expect(tagging_count(c, "tags/a.txt", "get_object") == "2", "GET count")
+    # Replaced as a whole (test_put_modify_tags), in key order whatever the order sent.
+    c.put_object_tagging(Bucket=BUCKET, Key="tags/a.txt", Tagging={"TagSet": [
+        {"Key": "zeta", "Value": "z"}, {"Key": "Alpha", "Value": ""}, {"Key": "mid", "Value": "m m"}]})
+    expect([t["Key"] for t in tag_set(c, "tags/a.txt")] == ["Alpha", "mid", "zeta"], "tags sorted by key")
+    r = c.delete_object_tagging(Bucket=BUCKET, Key="tags/a.txt")
+    expect(r["ResponseMetadata"]["HTTPStatusCode"] == 204, f"DeleteObjectTagging: {r}")
+    expect(tag_set(c, "tags/a.txt") == [], "test_put_delete_tags")
+    expect(get(c, "tags/a.txt") == b"tagged", "tagging leaves the bytes alone")
+    ok("PutObjectTagging, GetObjectTagging, DeleteObjectTagging (204), x-amz-tagging-count on HEAD and GET")
+
+    # Limits (test_put_max_tags, test_put_max_kvsize_tags, test_put_excess_*).
+    ten = [{"Key": str(i), "Value": str(i)} for i in range(10)]
+    c.put_object_tagging(Bucket=BUCKET, Key="tags/a.txt", Tagging={"TagSet": ten})
+    expect(tag_set(c, "tags/a.txt") == ten, "10 tags")
+    wide = [{"Key": chr(0x4e00 + i) * 128, "Value": "€" * 256} for i in range(10)]
+    c.put_object_tagging(Bucket=BUCKET, Key="tags/a.txt", Tagging={"TagSet": wide})
+    expect(tag_set(c, "tags/a.txt") == wide, "keys of 128 and values of 256 characters (not bytes)")
+    for name, tags, want in (
+        ("11 tags", [{"Key": str(i), "Value": ""} for i in range(11)], (400, "BadRequest")),
+        ("key of 129", [{"Key": "k" * 129, "Value": ""}], (400, "InvalidTag")),
+        ("value of 257", [{"Key": "k", "Value": "v" * 257}], (400, "InvalidTag")),
+        ("duplicate keys", [{"Key": "k", "Value": "1"}, {"Key": "k", "Value": "2"}], (400, "InvalidTag")),
+    ):
+        got = status_of(lambda: c.put_object_tagging(Bucket=BUCKET, Key="tags/a.txt", Tagging={"TagSet": tags}))
+        expect(got == want, f"{name}: {got}, want {want}")
+    expect(tag_set(c, "tags/a.txt") == wide, "a refused PutObjectTagging changes nothing")
+    expect(status_of(lambda: c.get_object_tagging(Bucket=BUCKET, Key="tags/none")) == (404, "NoSuchKey"),
+           "GetObjectTagging of no object")
+    expect(status_of(lambda: c.put_object_tagging(Bucket=BUCKET, Key="tags/none", Tagging={"TagSet": two}))
+           == (404, "NoSuchKey"), "PutObjectTagging of no object")
+    expect(status_of(lambda: c.delete_object_tagging(Bucket=BUCKET, Key="tags/none")) == (404, "NoSuchKey"),
+           "DeleteObjectTagging of no object")
+    expect(status_of(lambda: c.get_object_tagging(Bucket=MISSING_BUCKET, Key="k")) == (404, "NoSuchBucket"),
+           "GetObjectTagging in no bucket")
+    other = client(OTHER_KEY_ID, OTHER_SECRET)
+    expect(status_of(lambda: other.get_object_tagging(Bucket=BUCKET, Key="tags/a.txt"))[0] == 403,
+           "a key may not read another bucket's tags")
+    ok("tagging limits: 10 tags, 128/256 characters; 11 tags 400 BadRequest, too long or "
+       "duplicate keys 400 InvalidTag; NoSuchKey, NoSuchBucket, 403")
+
+    # x-amz-tagging on PutObject (test_put_obj_with_tags: URL-encoded, a key
+    # without '=' has an empty value), and its errors.
+    c.put_object(Bucket=BUCKET, Key="tags/put.txt", Body=b"p", Tagging="foo=bar&bar&sp%20ace=a+b%2Bc&eur=%E2%82%AC")
+    expect(tag_set(c, "tags/put.txt") == [
+        {"Key": "bar", "Value": ""}, {"Key": "eur", "Value": "€"}, {"Key": "foo", "Value": "bar"},
+        {"Key": "sp ace", "Value": "a b+c"}], f"x-amz-tagging on PutObject: {tag_set(c, 'tags/put.txt')}")
+    expect(tagging_count(c, "tags/put.txt") == "4", "count of PutObject's tags")
+    for header, want in (("a=1&a=2", (400, "InvalidArgument")), ("a=%zz", (400, "InvalidArgument")),
+                         ("k=" + "v" * 257, (400, "InvalidTag")), ("=v", (400, "InvalidTag")),
+                         ("&".join(f"k{i}=v" for i in range(11)), (400, "BadRequest"))):
+        got = status_of(lambda: c.put_object(Bucket=BUCKET, Key="tags/bad.txt", Body=b"x", Tagging=header))
+        expect(got == want, f"x-amz-tagging {header[:20]!r}: {got}, want {want}")
+    expect(error_code(lambda: c.head_object(Bucket=BUCKET, Key="tags/bad.txt")) == "404",
+           "a PutObject with bad tags writes nothing")
+    # An overwrite replaces the tags: with its own, or with none.
+    c.put_object(Bucket=BUCKET, Key="tags/put.txt", Body=b"p2", Tagging="new=1")
+    expect(tag_set(c, "tags/put.txt") == [{"Key": "new", "Value": "1"}], "an overwrite's tags replace the old ones")
+    c.put_object(Bucket=BUCKET, Key="tags/put.txt", Body=b"p3")
+    expect(tag_set(c, "tags/put.txt") == [], "an overwrite without tags leaves none")
+    ok("x-amz-tagging on PutObject (URL-encoded; InvalidArgument, InvalidTag (also an empty key), BadRequest; "
+       "nothing written); "
+       "an overwrite replaces the tags")
+
+    # Multipart: the tags of CreateMultipartUpload, applied at completion
+    # (test_set_multipart_tagging).
+    up = c.create_multipart_upload(Bucket=BUCKET, Key="tags/mp.bin", Tagging="Hello=World&foo=bar")["UploadId"]
+    p1, p2 = data(5 * MIB, 90), data(1000, 91)
+    e1 = c.upload_part(Bucket=BUCKET, Key="tags/mp.bin", UploadId=up, PartNumber=1, Body=p1)["ETag"]
+    e2 = c.upload_part(Bucket=BUCKET, Key="tags/mp.bin", UploadId=up, PartNumber=2, Body=p2)["ETag"]
+    expect(error_code(lambda: c.get_object_tagging(Bucket=BUCKET, Key="tags/mp.bin")) == "NoSuchKey",
+           "no object (no tags) before the completion")
+    c.complete_multipart_upload(Bucket=BUCKET, Key="tags/mp.bin", UploadId=up, MultipartUpload={
+        "Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]})
+    expect(tag_set(c, "tags/mp.bin") == [{"Key": "Hello", "Value": "World"}, {"Key": "foo", "Value": "bar"}],
+           "multipart tags")
+    expect(get(c, "tags/mp.bin") == p1 + p2, "multipart bytes")
+    expect(status_of(lambda: c.create_multipart_upload(Bucket=BUCKET, Key="tags/mp2.bin", Tagging="a=1&a=2"))
+           == (400, "InvalidArgument"), "CreateMultipartUpload with duplicate tags")
+    ok("x-amz-tagging on CreateMultipartUpload, applied by CompleteMultipartUpload")
+
+    # CopyObject: COPY (default) keeps the source's tags, REPLACE takes the request's.
+    c.put_object_tagging(Bucket=BUCKET, Key="tags/a.txt", Tagging={"TagSet": two})
+    src = {"Bucket": BUCKET, "Key": "tags/a.txt"}
+    c.copy_object(Bucket=BUCKET, Key="tags/copy1.txt", CopySource=src)
+    expect(tag_set(c, "tags/copy1.txt") == two, "CopyObject copies the tags by default")
+    c.copy_object(Bucket=BUCKET, Key="tags/copy2.txt", CopySource=src, TaggingDirective="COPY", Tagging="x=1")
+    expect(tag_set(c, "tags/copy2.txt") == two, "COPY ignores x-amz-tagging")
+    c.copy_object(Bucket=BUCKET, Key="tags/copy3.txt", CopySource=src, TaggingDirective="REPLACE",
+                  Tagging="x=1&y=%202")
+    expect(tag_set(c, "tags/copy3.txt") == [{"Key": "x", "Value": "1"}, {"Key": "y", "Value": " 2"}],
+           "REPLACE takes x-amz-tagging")
+    c.copy_object(Bucket=BUCKET, Key="tags/copy4.txt", CopySource=src, TaggingDirective="REPLACE")
+    expect(tag_set(c, "tags/copy4.txt") == [], "REPLACE without x-amz-tagging: no tags")
+    expect(tag_set(c, "tags/a.txt") == two, "the source's tags stay")
+    expect(status_of(lambda: c.copy_object(Bucket=BUCKET, Key="tags/copy5.txt", CopySource=src,
+                                           TaggingDirective="REPLACE", Tagging="k=" + "v" * 257))
+           == (400, "InvalidTag"), "REPLACE with an invalid tag")
+    ok("CopyObject x-amz-tagging-directive COPY (default) and REPLACE")
+    tagging_races()
+
+
+def tagging_races():
+    """PutObjectTagging racing overwrites of its key: the tags are those of
+    the object at the key, never another object's. Each overwrite N writes
+    body N with tag gen=N; each tagging call sets tagged=M. Afterwards (and
+    after every round) the object's tags are its own overwrite's [gen=N] or
+    a tagging call's [tagged=M], never gen=K for another K."""
+    import concurrent.futures
+    key = "tags/race.txt"
+    c1, c2 = client(), client()
+    c1.put_object(Bucket=BUCKET, Key=key, Body=b"0", Tagging="gen=0")
+
+    def overwrite(n):
+        c1.put_object(Bucket=BUCKET, Key=key, Body=str(n).encode(), Tagging=f"gen={n}")
+
+    def tag(m, delay):
+        time.sleep(delay)
+        c2.put_object_tagging(Bucket=BUCKET, Key=key, Tagging={"TagSet": [{"Key": "tagged", "Value": str(m)}]})
+
+    seen = set()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for rnd in range(1, 7):
+            # Spread over the overwrite's duration: some land before its
+            # completion, some after.
+            jobs = [pool.submit(overwrite, rnd)] + [pool.submit(tag, rnd * 10 + i, 0.03 * i * rnd) for i in range(3)]
+            for j in jobs:
+                j.result()
+            body = get(c1, key).decode()
+            tags = tag_set(c1, key)
+            expect(len(tags) == 1, f"round {rnd}: {tags}")
+            t = tags[0]
+            expect((t["Key"] == "gen" and t["Value"] == body) or t["Key"] == "tagged",
+                   f"round {rnd}: object {body} has tags {tags}")
+            seen.add(t["Key"])
+    # The last word: an overwrite after every tagging call.
+    overwrite(99)
+    expect(tag_set(c1, key) == [{"Key": "gen", "Value": "99"}], "an overwrite after the tagging replaces its tags")
+    ok(f"PutObjectTagging racing overwrites: each object has its own tags or a tagging call's ({sorted(seen)})")
+
+
+def aws_cli_tagging():
+    aws("s3api", "put-object", "--bucket", BUCKET, "--key", "tags/cli.txt", "--body", os.path.join(WORKDIR, "cli", "small.bin"))
+    aws("s3api", "put-object-tagging", "--bucket", BUCKET, "--key", "tags/cli.txt",
+        "--tagging", json.dumps({"TagSet": [{"Key": "team", "Value": "storage"}, {"Key": "env", "Value": "test"}]}))
+    got = json.loads(aws("s3api", "get-object-tagging", "--bucket", BUCKET, "--key", "tags/cli.txt"))["TagSet"]
+    expect(got == [{"Key": "env", "Value": "test"}, {"Key": "team", "Value": "storage"}], f"aws-cli tags: {got}")
+    aws("s3api", "delete-object-tagging", "--bucket", BUCKET, "--key", "tags/cli.txt")
+    got = json.loads(aws("s3api", "get-object-tagging", "--bucket", BUCKET, "--key", "tags/cli.txt"))["TagSet"]
+    expect(got == [], f"aws-cli delete-object-tagging: {got}")
+    ok("aws-cli: s3api put-object-tagging, get-object-tagging, delete-object-tagging")
 
 
 def aws(*args, input=None):

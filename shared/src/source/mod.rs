@@ -67,7 +67,7 @@ pub enum SourceError {
     Io { url: String, error: std::io::Error },
     #[error("timed out after {0:?} reading the source")]
     Timeout(Duration),
-    #[error("s3:// sources are not configured: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for a store other than AWS S3)")]
+    #[error("s3:// sources are off here: the operator turns them on with INGEST_S3_SOURCES=true and AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for a store other than AWS S3)")]
     S3NotConfigured,
     #[error("S3 endpoint {0} is not allowed: name it in {ENDPOINTS_VAR}", ENDPOINTS_VAR = s3::ENDPOINTS_VAR)]
     EndpointNotAllowed(String),

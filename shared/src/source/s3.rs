@@ -58,6 +58,9 @@ const RETRY: RetryPolicy = RetryPolicy::new(
 /// The settings `s3://` sources are read with (from the environment).
 #[derive(Debug, Clone, Default)]
 pub struct S3Settings {
+    /// Whether `s3://` sources are on (`INGEST_S3_SOURCES`); off, they are
+    /// refused whatever credentials the environment holds.
+    pub enabled: bool,
     /// The store `s3://BUCKET/KEY` reads from (`AWS_ENDPOINT_URL`); `None`:
     /// AWS S3 in `region`.
     pub default_endpoint: Option<String>,
@@ -76,6 +79,8 @@ pub enum S3ConfigError {
     Endpoint { endpoint: String, reason: String },
     #[error("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together")]
     HalfCredentials,
+    #[error("INGEST_S3_SOURCES is on but AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not set")]
+    NoCredentials,
 }
 
 /// An S3 endpoint: `scheme://host[:port]`, as [`url::Origin`] serialises it.
@@ -170,13 +175,16 @@ impl S3Config {
         &self.default.origin
     }
 
-    /// `None` when no credentials are set (`s3://` sources are then
-    /// refused).
+    /// `None` when `s3://` sources are off (they are then refused); on,
+    /// they need both credentials.
     pub fn new(s: &S3Settings, timeout: Duration) -> Result<Option<S3Config>, S3ConfigError> {
+        if !s.enabled {
+            return Ok(None);
+        }
         let set = |v: &Option<String>| v.as_ref().filter(|v| !v.is_empty()).cloned();
         let (id, secret) = match (set(&s.access_key_id), set(&s.secret_access_key)) {
             (Some(id), Some(secret)) => (id, secret),
-            (None, None) => return Ok(None),
+            (None, None) => return Err(S3ConfigError::NoCredentials),
             _ => return Err(S3ConfigError::HalfCredentials),
         };
         let region = if s.region.trim().is_empty() {
@@ -613,6 +621,7 @@ mod tests {
     fn cfg(endpoints: &[&str], default: Option<&str>) -> SourceConfig {
         SourceConfig::new(Vec::new())
             .with_s3(&S3Settings {
+                enabled: true,
                 default_endpoint: default.map(str::to_string),
                 endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
                 region: "eu-west-1".into(),
@@ -699,18 +708,40 @@ mod tests {
     }
 
     #[test]
-    fn without_credentials_s3_sources_are_refused() {
+    fn s3_sources_are_off_unless_turned_on() {
         let none = SourceConfig::new(Vec::new());
         let e = S3Source::parse("s3://my-bucket/k", &none).unwrap_err();
         assert!(matches!(e, SourceError::S3NotConfigured), "{e}");
+        assert!(e.to_string().contains("INGEST_S3_SOURCES"), "{e}");
         assert!(!e.is_transient());
+        // Credentials in the environment (exported for aws-cli, say) do not
+        // turn them on.
+        let keys_only = S3Settings {
+            access_key_id: Some("id".into()),
+            secret_access_key: Some("secret".into()),
+            ..Default::default()
+        };
+        let cfg = SourceConfig::new(Vec::new()).with_s3(&keys_only).unwrap();
+        assert!(cfg.s3.is_none());
+        let e = S3Source::parse("s3://my-bucket/k", &cfg).unwrap_err();
+        assert!(matches!(e, SourceError::S3NotConfigured), "{e}");
+        // On, both credentials are needed.
         let half = S3Settings {
+            enabled: true,
             access_key_id: Some("id".into()),
             ..Default::default()
         };
         assert!(matches!(
             SourceConfig::new(Vec::new()).with_s3(&half),
             Err(S3ConfigError::HalfCredentials)
+        ));
+        let bare = S3Settings {
+            enabled: true,
+            ..Default::default()
+        };
+        assert!(matches!(
+            SourceConfig::new(Vec::new()).with_s3(&bare),
+            Err(S3ConfigError::NoCredentials)
         ));
     }
 
