@@ -435,13 +435,13 @@ async fn run_small_pipeline(p: &Pipeline, logging_url: &str) {
     .fetch_one(&logging)
     .await
     .unwrap();
-    let part = s3::index::object_part(&logging, completed, 1)
+    let part = ::s3::index::object_part(&logging, completed, 1)
         .await
         .unwrap()
         .expect("the completed session");
     assert_eq!(part.part_offset, Some(0), "{part:?}");
     // GetObjectAttributes' parts of the same object.
-    let (count, parts) = s3::index::object_parts(&logging, completed, 0, 1001)
+    let (count, parts) = ::s3::index::object_parts(&logging, completed, 0, 1001)
         .await
         .unwrap();
     assert!(
