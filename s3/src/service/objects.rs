@@ -1,6 +1,7 @@
 //! The object operations: PutObject (an upload of one part, completed at
-//! once), GetObject and HeadObject (with their conditions, a range or a
-//! part number, and the stored checksums), DeleteObject(s).
+//! once), GetObject (from the object's file held open for the whole body)
+//! and HeadObject (with their conditions, a range or a part number, and the
+//! stored checksums), DeleteObject(s).
 
 use s3s::dto::*;
 use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
@@ -12,7 +13,7 @@ use super::listing::NULL_VERSION;
 use super::tagging::{tag_count, Tags};
 use super::{refuse_encryption, timestamp, who, Endpoint, MAX_LIST, MAX_PART_BYTES, PART_NUMBERS};
 use crate::index::{self, ObjectRow};
-use crate::pipeline::{CommittedPart, FreezePlan, NewUpload};
+use crate::pipeline::{CommittedPart, FreezePlan, NewUpload, OpenObject};
 
 pub(super) async fn put_object(
     ep: &Endpoint,
@@ -318,11 +319,42 @@ async fn readable_object(
     Ok(row)
 }
 
+/// Times a GET reads the object row and opens its file before giving up
+/// (each retry means the key was overwritten or deleted in between).
+const OPEN_ATTEMPTS: u32 = 4;
+
+/// The object a GET answers, its conditions met, and its file held open in
+/// the master session: the row read and the open are not atomic, so an
+/// inode found gone (or not the row's object) means the key changed in
+/// between, and the row is read again (at most [`OPEN_ATTEMPTS`] times).
+async fn opened_object(ep: &Endpoint, input: &GetObjectInput) -> S3Result<(ObjectRow, OpenObject)> {
+    for attempt in 1..=OPEN_ATTEMPTS {
+        let row = readable_object(ep, &input.bucket, &input.key, conditions_of!(input)).await?;
+        if let Some(object) = ep
+            .pipeline()
+            .open_object(row.inode, row.size)
+            .await
+            .map_err(pipeline_error)?
+        {
+            return Ok((row, object));
+        }
+        tracing::debug!(
+            attempt,
+            inode = row.inode,
+            "the object changed while it was opened; reading its row again"
+        );
+    }
+    Err(s3_error!(
+        InternalError,
+        "the object was replaced {OPEN_ATTEMPTS} times while it was being opened; retry"
+    ))
+}
+
 pub(super) async fn get_object(
     ep: &Endpoint,
     input: GetObjectInput,
 ) -> S3Result<S3Response<GetObjectOutput>> {
-    let row = readable_object(ep, &input.bucket, &input.key, conditions_of!(input)).await?;
+    let (row, object) = opened_object(ep, &input).await?;
     let answer = answer(
         ep,
         &row,
@@ -332,7 +364,7 @@ pub(super) async fn get_object(
     )
     .await?;
     let (start, len) = (answer.range.start, answer.range.end - answer.range.start);
-    let body = ep.pipeline().read_object(row.inode as u32, start, len);
+    let body = ep.pipeline().read_object(object, start, len);
     shared::metrics::metrics().s3_sent(len);
     let status = partial_or_ok(&answer);
     Ok(S3Response::with_status(
