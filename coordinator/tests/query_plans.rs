@@ -425,6 +425,30 @@ async fn run_small_pipeline(p: &Pipeline, logging_url: &str) {
         300,
     )
     .await;
+    // The S3 endpoint's reads of an object's parts (GetObject and
+    // HeadObject with `partNumber`, GetObjectAttributes), issued by its own
+    // code on a logging connection, for a completed session.
+    let logging = sqlx::PgPool::connect(logging_url).await.unwrap();
+    let completed: uuid::Uuid = sqlx::query_scalar(
+        "SELECT id FROM upload_sessions WHERE state = 'completed' ORDER BY id LIMIT 1",
+    )
+    .fetch_one(&logging)
+    .await
+    .unwrap();
+    let part = ::s3::index::object_part(&logging, completed, 1)
+        .await
+        .unwrap()
+        .expect("the completed session");
+    assert_eq!(part.part_offset, Some(0), "{part:?}");
+    // GetObjectAttributes' parts of the same object.
+    let (count, parts) = ::s3::index::object_parts(&logging, completed, 0, 1001)
+        .await
+        .unwrap();
+    assert!(
+        count >= 1 && parts.first().map(|p| p.0) == Some(1),
+        "{count} {parts:?}"
+    );
+    logging.close().await;
     // A few more maintenance rounds and backlog gauges with nothing to do.
     tokio::time::sleep(Duration::from_secs(3)).await;
     p.terminate("w1", Duration::from_secs(30));

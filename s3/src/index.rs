@@ -45,20 +45,7 @@ pub struct ObjectRow {
 impl ObjectRow {
     /// The stored checksums (the inverse of [`checksums_json`]).
     pub fn stored_checksum(&self) -> s3s::dto::Checksum {
-        let get = |name: &str| {
-            self.checksums
-                .get(name)
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
-        };
-        s3s::dto::Checksum {
-            checksum_crc32: get("crc32"),
-            checksum_crc32c: get("crc32c"),
-            checksum_sha1: get("sha1"),
-            checksum_sha256: get("sha256"),
-            checksum_crc64nvme: get("crc64nvme"),
-            ..Default::default()
-        }
+        stored_checksum(&self.checksums)
     }
 
     /// The `x-amz-meta-*` pairs.
@@ -203,8 +190,8 @@ pub async fn insert_upload(
     );
     sqlx::query(
         "INSERT INTO s3_uploads (upload_id, bucket, key, multipart, content_type, metadata,
-                                 created_by, tags)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                                 created_by, tags, checksum_algorithm, checksum_type)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(id)
     .bind(upload.bucket)
@@ -214,26 +201,29 @@ pub async fn insert_upload(
     .bind(&metadata)
     .bind(upload.who)
     .bind(upload.tags)
+    .bind(upload.checksum_algorithm)
+    .bind(upload.checksum_type)
     .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
-/// Whether `upload` is a multipart upload of `bucket`/`key`.
+/// The checksum columns (`checksum_algorithm`, `checksum_type`) of
+/// `upload` if it is a multipart upload of `bucket`/`key`.
 pub async fn upload_of(
     pool: &PgPool,
     upload: Uuid,
     bucket: &str,
     key: &str,
-) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM s3_uploads
-                         WHERE upload_id = $1 AND bucket = $2 AND key = $3 AND multipart)",
+) -> Result<Option<(Option<String>, Option<String>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT checksum_algorithm, checksum_type FROM s3_uploads
+          WHERE upload_id = $1 AND bucket = $2 AND key = $3 AND multipart",
     )
     .bind(upload)
     .bind(bucket)
     .bind(key)
-    .fetch_one(pool)
+    .fetch_optional(pool)
     .await
 }
 
@@ -293,6 +283,95 @@ pub fn checksums_json(checksum: &s3s::dto::Checksum) -> serde_json::Value {
         }
     }
     serde_json::Value::Object(map)
+}
+
+/// The `x-amz-checksum-*` values of stored checksums (an object's, or the
+/// ones a freeze recorded; their `"type"` is not one of them).
+pub fn stored_checksum(checksums: &serde_json::Value) -> s3s::dto::Checksum {
+    let get = |name: &str| {
+        checksums
+            .get(name)
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    s3s::dto::Checksum {
+        checksum_crc32: get("crc32"),
+        checksum_crc32c: get("crc32c"),
+        checksum_sha1: get("sha1"),
+        checksum_sha256: get("sha256"),
+        checksum_crc64nvme: get("crc64nvme"),
+        ..Default::default()
+    }
+}
+
+/// One part of an object as GetObject/HeadObject `partNumber` reads it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ObjectPart {
+    /// The object's part count (its session's).
+    pub part_count: i32,
+    /// The part's place in the object; `None` past the last part.
+    pub part_offset: Option<i64>,
+    pub size: Option<i64>,
+    /// The part's checksum in its upload's algorithm, if kept.
+    pub checksum: Option<String>,
+}
+
+/// Part `part_number` (1-based, as the object's parts follow each other) of
+/// the object its session `session` put in place; `None` if the session is
+/// gone. Primary-key probes only: the session, its frozen `upload_parts`
+/// row (numbered from 0), the upload row, and the part's `s3_parts` row
+/// (the client's number for it is the frozen list's entry).
+pub async fn object_part(
+    pool: &PgPool,
+    session: Uuid,
+    part_number: i32,
+) -> Result<Option<ObjectPart>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT s.part_count, p.part_offset, p.size, sp.checksum
+           FROM upload_sessions s
+           LEFT JOIN upload_parts p ON p.session_id = s.id AND p.part_number = $2 - 1
+           LEFT JOIN s3_uploads u ON u.upload_id = s.id
+           LEFT JOIN s3_parts sp ON sp.upload_id = s.id
+                AND sp.part_number = ((u.completed_parts -> ($2 - 1)) ->> 0)::int
+          WHERE s.id = $1",
+    )
+    .bind(session)
+    .bind(part_number)
+    .fetch_optional(pool)
+    .await
+}
+
+/// The parts of the object its session `session` put in place after part
+/// `marker` (1-based), at most `limit`: (part number, size, kept checksum)
+/// each; and the object's part count. Primary-key reads: the session, a
+/// range of its `upload_parts`, the upload row and each part's `s3_parts`.
+pub async fn object_parts(
+    pool: &PgPool,
+    session: Uuid,
+    marker: i32,
+    limit: i32,
+) -> Result<(i32, Vec<(i32, i64, Option<String>)>), sqlx::Error> {
+    let count: Option<i32> =
+        sqlx::query_scalar("SELECT part_count FROM upload_sessions WHERE id = $1")
+            .bind(session)
+            .fetch_optional(pool)
+            .await?;
+    let parts = sqlx::query_as(
+        "SELECT p.part_number + 1, p.size, sp.checksum
+           FROM upload_parts p
+           LEFT JOIN s3_uploads u ON u.upload_id = p.session_id
+           LEFT JOIN s3_parts sp ON sp.upload_id = p.session_id
+                AND sp.part_number = ((u.completed_parts -> p.part_number) ->> 0)::int
+          WHERE p.session_id = $1 AND p.part_number >= $2
+          ORDER BY p.part_number
+          LIMIT $3",
+    )
+    .bind(session)
+    .bind(marker)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?;
+    Ok((count.unwrap_or(0), parts))
 }
 
 const OBJECT_COLUMNS: &str = "key, session_id, inode, size, etag, content_type, \

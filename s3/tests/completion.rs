@@ -26,6 +26,8 @@ async fn frozen_upload(p: &Pipeline, bucket: &str, key: &str, data: &[u8]) -> (U
             content_type: Some("text/plain"),
             metadata: None,
             who: "test",
+            checksum_algorithm: None,
+            checksum_type: None,
             tags: &serde_json::json!([{"Key": "k", "Value": key}]),
         })
         .await
@@ -47,7 +49,7 @@ async fn frozen_upload(p: &Pipeline, bucket: &str, key: &str, data: &[u8]) -> (U
         })
         .await
         .unwrap();
-    let Frozen::Now { etag } = frozen else {
+    let Frozen::Now { etag, .. } = frozen else {
         panic!("not frozen: {frozen:?}")
     };
     (upload, etag)

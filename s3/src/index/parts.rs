@@ -64,7 +64,7 @@ pub async fn record_part_commit(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE s3_parts SET committed_token = $3, staging_inode = $4,
-                staging_path = $5, size = $6, md5 = $7, crc32c = $8,
+                staging_path = $5, size = $6, md5 = $7, crc32c = $8, checksum = $9,
                 committed_at = clock_timestamp()
           WHERE upload_id = $1 AND part_number = $2",
     )
@@ -76,6 +76,7 @@ pub async fn record_part_commit(
     .bind(part.size as i64)
     .bind(&part.md5)
     .bind(i64::from(part.crc32c))
+    .bind(&part.checksum)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -88,7 +89,7 @@ pub async fn committed_parts<'e>(
 ) -> Result<Vec<CommittedPart>, sqlx::Error> {
     sqlx::query_as(
         "SELECT part_number, committed_token AS token, size, md5, crc32c, staging_inode,
-                staging_path, committed_at
+                staging_path, committed_at, checksum
            FROM s3_parts WHERE upload_id = $1 AND committed_token IS NOT NULL
           ORDER BY part_number",
     )

@@ -98,6 +98,7 @@ impl Pipeline {
             size: attr.length,
             md5,
             crc32c: crc32c as u32,
+            checksum: None,
         };
         if attr.length != source.size {
             self.abandon(

@@ -25,6 +25,10 @@ pub struct WrittenPart {
     /// [`Pipeline::snapshot_part`]).
     pub md5: Option<String>,
     pub crc32c: u32,
+    /// The bytes' checksum in the upload's algorithm (base64), set by the
+    /// endpoint from what it hashed while they streamed; `None` for a
+    /// snapshot (migration 0009).
+    pub checksum: Option<String>,
 }
 
 impl WrittenPart {
@@ -74,6 +78,9 @@ pub struct CommittedPart {
     pub staging_inode: i64,
     pub staging_path: String,
     pub committed_at: chrono::DateTime<chrono::Utc>,
+    /// The part's checksum in its upload's algorithm (base64; `None` for a
+    /// snapshot, and for parts committed before migration 0009).
+    pub checksum: Option<String>,
 }
 
 impl CommittedPart {
@@ -186,6 +193,7 @@ impl Pipeline {
                 size: outcome.length,
                 md5: outcome.md5_hex(),
                 crc32c: outcome.crc32c,
+                checksum: None,
             }),
             Err(e) => {
                 self.abandon(

@@ -24,6 +24,10 @@ pub struct NewUpload<'a> {
     pub metadata: Option<&'a s3s::dto::Metadata>,
     /// The access key that opened it.
     pub who: &'a str,
+    /// A multipart upload's `x-amz-checksum-algorithm` and
+    /// `x-amz-checksum-type` (migration 0009; `None`: it named none).
+    pub checksum_algorithm: Option<&'a str>,
+    pub checksum_type: Option<&'a str>,
     /// The object's tags once completed (a JSON array, migration 0010).
     pub tags: &'a serde_json::Value,
 }
@@ -43,7 +47,11 @@ pub struct FreezePlan {
 #[derive(Debug)]
 pub enum Frozen<E> {
     /// The parts are committed `upload_parts` rows now; complete next.
-    Now { etag: String },
+    /// `checksums`: the object's, as the plan chose them.
+    Now {
+        etag: String,
+        checksums: serde_json::Value,
+    },
     /// An earlier Complete froze it already (with `listed` as its list).
     Before {
         etag: String,
@@ -182,7 +190,10 @@ impl Pipeline {
         )
         .await?;
         lock.commit().await?;
-        Ok(Frozen::Now { etag: plan.etag })
+        Ok(Frozen::Now {
+            etag: plan.etag,
+            checksums: plan.checksums,
+        })
     }
 
     /// Runs the pipeline's completion of a frozen upload (its one locked

@@ -166,6 +166,8 @@ pub(super) async fn copy_object(
             content_type: content_type.as_deref(),
             metadata: metadata.as_ref(),
             who: &who,
+            checksum_algorithm: None,
+            checksum_type: None,
             tags: &tags,
         })
         .await
@@ -217,8 +219,8 @@ pub(super) async fn upload_part_copy(
             "part number must be an integer between 1 and 10000, inclusive"
         ));
     }
-    let upload = ep
-        .require_upload(&input.bucket, &input.key, &input.upload_id)
+    let (upload, kept) = ep
+        .require_upload_checksum(&input.bucket, &input.key, &input.upload_id)
         .await?;
     let source = copy_source(ep, &input.copy_source, copy_conditions_of!(input)).await?;
     let size = source.row.size as u64;
@@ -246,10 +248,11 @@ pub(super) async fn upload_part_copy(
             Some(len as i64),
             &Digests::default(),
             None,
+            Some(kept.algorithm),
         )
         .await;
-    let written = match received {
-        Ok((written, _)) => written,
+    let (written, checksum) = match received {
+        Ok(received) => received,
         // The body ended short: the source's read failed, and says why.
         Err(e) if *e.code() == S3ErrorCode::IncompleteBody => {
             return Err(match reader.failure().await {
@@ -263,7 +266,11 @@ pub(super) async fn upload_part_copy(
         copy_part_result: Some(CopyPartResult {
             e_tag: written.md5.map(ETag::Strong),
             last_modified: Some(timestamp(chrono::Utc::now())),
-            ..Default::default()
+            checksum_crc32: checksum.checksum_crc32,
+            checksum_crc32c: checksum.checksum_crc32c,
+            checksum_sha1: checksum.checksum_sha1,
+            checksum_sha256: checksum.checksum_sha256,
+            checksum_crc64nvme: checksum.checksum_crc64nvme,
         }),
         ..Default::default()
     }))

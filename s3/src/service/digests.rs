@@ -6,6 +6,8 @@ use md5::Digest;
 use s3s::dto::ChecksumAlgorithm;
 use s3s::{s3_error, S3Result};
 
+use super::checksums::Algorithm;
+
 /// The digests a client sent with a body (headers; trailers are read after it).
 #[derive(Default)]
 pub(super) struct Digests {
@@ -16,6 +18,20 @@ pub(super) struct Digests {
     pub sha256: Option<String>,
     pub crc64nvme: Option<String>,
     pub algorithm: Option<ChecksumAlgorithm>,
+}
+
+impl Digests {
+    /// The `x-amz-checksum-*` values given in the headers.
+    pub(super) fn given(&self) -> s3s::dto::Checksum {
+        s3s::dto::Checksum {
+            checksum_crc32: self.crc32.clone(),
+            checksum_crc32c: self.crc32c.clone(),
+            checksum_sha1: self.sha1.clone(),
+            checksum_sha256: self.sha256.clone(),
+            checksum_crc64nvme: self.crc64nvme.clone(),
+            ..Default::default()
+        }
+    }
 }
 
 /// The [`Digests`] of an input that has the digest fields of a body
@@ -54,8 +70,13 @@ macro_rules! with_checksums {
 pub(super) use with_checksums;
 
 impl Digests {
-    pub(super) fn hasher(&self) -> s3s::checksum::ChecksumHasher {
+    /// A hasher of every algorithm the client sent or named, and of
+    /// `keep` (the upload's algorithm, whose value the part row keeps).
+    pub(super) fn hasher(&self, keep: Option<Algorithm>) -> s3s::checksum::ChecksumHasher {
         let mut h = s3s::checksum::ChecksumHasher::default();
+        if let Some(keep) = keep {
+            keep.enable(&mut h);
+        }
         let alg = self.algorithm.as_ref().map(|a| a.as_str().to_string());
         let wants = |given: &Option<String>, name: &str| {
             given.is_some() || alg.as_deref().is_some_and(|a| a.eq_ignore_ascii_case(name))

@@ -7,6 +7,7 @@
 use s3s::dto::*;
 use s3s::{s3_error, S3Request, S3Response, S3Result};
 
+use super::checksums::Algorithm;
 use super::errors::{db_error, pipeline_error};
 use super::{timestamp, Endpoint, MAX_LIST};
 use crate::index::{self, ListScope, ObjectRow};
@@ -247,7 +248,7 @@ pub(super) async fn list_parts(
     req: S3Request<ListPartsInput>,
 ) -> S3Result<S3Response<ListPartsOutput>> {
     let input = req.input;
-    let upload = ep
+    let (upload, kept) = ep
         .require_receiving_upload(&input.bucket, &input.key, &input.upload_id)
         .await?;
     let max_parts = input.max_parts.unwrap_or(MAX_LIST).clamp(0, MAX_LIST);
@@ -268,7 +269,13 @@ pub(super) async fn list_parts(
         part_number_marker: input.part_number_marker,
         is_truncated: Some(truncated),
         next_part_number_marker: page.last().filter(|_| truncated).map(|p| p.part_number),
-        parts: Some(page.iter().map(|p| listed_part(p)).collect()),
+        parts: Some(
+            page.iter()
+                .map(|p| listed_part(p, kept.algorithm))
+                .collect(),
+        ),
+        checksum_algorithm: Some(ChecksumAlgorithm::from(kept.algorithm.name().to_string())),
+        checksum_type: Some(kept.kind.dto()),
         ..Default::default()
     }))
 }
@@ -331,13 +338,23 @@ fn listed_object(row: &ObjectRow) -> Object {
     }
 }
 
-fn listed_part(p: &CommittedPart) -> Part {
+/// A committed part as ListParts shows it, with its checksum in the
+/// upload's algorithm.
+fn listed_part(p: &CommittedPart, algorithm: Algorithm) -> Part {
+    let mut checksum = Checksum::default();
+    if let Some(value) = &p.checksum {
+        algorithm.set(&mut checksum, value.clone());
+    }
     Part {
         part_number: Some(p.part_number),
         e_tag: p.md5.clone().map(ETag::Strong),
         size: Some(p.size),
         last_modified: Some(timestamp(p.committed_at)),
-        ..Default::default()
+        checksum_crc32: checksum.checksum_crc32,
+        checksum_crc32c: checksum.checksum_crc32c,
+        checksum_sha1: checksum.checksum_sha1,
+        checksum_sha256: checksum.checksum_sha256,
+        checksum_crc64nvme: checksum.checksum_crc64nvme,
     }
 }
 

@@ -18,6 +18,7 @@
 //!   request body received as one part;
 //! - [`multipart`]: CreateMultipartUpload, UploadPart,
 //!   CompleteMultipartUpload, AbortMultipartUpload, and the completion checks;
+//! - [`attributes`]: GetObjectAttributes (ETag, size, checksum, parts);
 //! - [`copies`]: CopyObject (a MooseFS snapshot: no data moved) and
 //!   UploadPartCopy;
 //! - [`listing`]: ListObjects (v1 and V2), ListObjectVersions, ListParts,
@@ -26,6 +27,8 @@
 //!   and the tag sets of writes (`x-amz-tagging`);
 //! - [`uploads`]: a body received as a part, an upload frozen and completed;
 //! - [`digests`]: Content-MD5 and `x-amz-checksum-*`, the multipart ETag;
+//! - [`checksums`]: a multipart upload's checksum algorithm and type, its
+//!   parts' checksums combined into the object's (COMPOSITE, FULL_OBJECT);
 //! - [`errors`]: pipeline and database failures as S3 errors.
 
 use std::future::Future;
@@ -39,7 +42,9 @@ use uuid::Uuid;
 use crate::index;
 use crate::pipeline::Pipeline;
 
+mod attributes;
 mod buckets;
+mod checksums;
 mod copies;
 mod digests;
 mod errors;
@@ -119,14 +124,29 @@ impl Endpoint {
 
     /// The upload of `bucket`/`key` with this id, if it exists.
     async fn require_upload(&self, bucket: &str, key: &str, upload_id: &str) -> S3Result<Uuid> {
+        Ok(self
+            .require_upload_checksum(bucket, key, upload_id)
+            .await?
+            .0)
+    }
+
+    /// [`Endpoint::require_upload`], and the upload's checksum.
+    async fn require_upload_checksum(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> S3Result<(Uuid, checksums::UploadChecksum)> {
         let id = Uuid::parse_str(upload_id).map_err(|_| s3_error!(NoSuchUpload))?;
-        if index::upload_of(self.pool(), id, bucket, key)
+        match index::upload_of(self.pool(), id, bucket, key)
             .await
             .map_err(db_error)?
         {
-            Ok(id)
-        } else {
-            Err(s3_error!(NoSuchUpload))
+            Some((algorithm, kind)) => Ok((
+                id,
+                checksums::UploadChecksum::from_columns(algorithm.as_deref(), kind.as_deref()),
+            )),
+            None => Err(s3_error!(NoSuchUpload)),
         }
     }
 
@@ -136,15 +156,15 @@ impl Endpoint {
         bucket: &str,
         key: &str,
         upload_id: &str,
-    ) -> S3Result<Uuid> {
-        let upload = self.require_upload(bucket, key, upload_id).await?;
+    ) -> S3Result<(Uuid, checksums::UploadChecksum)> {
+        let (upload, checksum) = self.require_upload_checksum(bucket, key, upload_id).await?;
         if self
             .pipeline()
             .is_receiving(upload)
             .await
             .map_err(errors::pipeline_error)?
         {
-            Ok(upload)
+            Ok((upload, checksum))
         } else {
             Err(s3_error!(NoSuchUpload))
         }
@@ -179,6 +199,7 @@ pub const OPERATIONS: &[&str] = &[
     "PutObject",
     "GetObject",
     "HeadObject",
+    "GetObjectAttributes",
     "DeleteObject",
     "DeleteObjects",
     "CopyObject",
@@ -283,6 +304,17 @@ impl S3 for Endpoint {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         timed("HeadObject", objects::head_object(self, req.input)).await
+    }
+
+    async fn get_object_attributes(
+        &self,
+        req: S3Request<GetObjectAttributesInput>,
+    ) -> S3Result<S3Response<GetObjectAttributesOutput>> {
+        timed(
+            "GetObjectAttributes",
+            attributes::get_object_attributes(self, req),
+        )
+        .await
     }
 
     async fn copy_object(

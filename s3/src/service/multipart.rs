@@ -1,12 +1,14 @@
 //! Multipart uploads: create, upload a part, abort, complete; and S3's
-//! checks of a CompleteMultipartUpload list ([`plan_completion`]).
+//! checks of a CompleteMultipartUpload list ([`plan_completion`]), which
+//! also makes the object's checksum from the parts' ([`super::checksums`]).
 
 use std::time::Instant;
 
 use s3s::dto::*;
 use s3s::{s3_error, S3Error, S3Request, S3Response, S3Result};
 
-use super::digests::{digests_of, multipart_etag, with_checksums};
+use super::checksums::{self, Algorithm, UploadChecksum};
+use super::digests::{digests_of, multipart_etag, with_checksums, Digests};
 use super::errors::pipeline_error;
 use super::objects::check_overwrite;
 use super::tagging::Tags;
@@ -26,6 +28,11 @@ pub(super) async fn create_multipart_upload(
     let tags = Tags::from_header(input.tagging.as_deref())?.to_json();
     ep.require_bucket(&input.bucket).await?;
     ep.check_new_key(&input.bucket, &input.key).await?;
+    let checksum = UploadChecksum::requested(
+        input.checksum_algorithm.as_ref(),
+        input.checksum_type.as_ref(),
+    )?;
+    let (checksum_algorithm, checksum_type) = checksum.columns();
     let upload = ep
         .pipeline()
         .open_upload(&NewUpload {
@@ -35,6 +42,8 @@ pub(super) async fn create_multipart_upload(
             content_type: input.content_type.as_deref(),
             metadata: input.metadata.as_ref(),
             who: &who,
+            checksum_algorithm,
+            checksum_type,
             tags: &tags,
         })
         .await
@@ -43,6 +52,8 @@ pub(super) async fn create_multipart_upload(
         bucket: Some(input.bucket),
         key: Some(input.key),
         upload_id: Some(upload.to_string()),
+        checksum_algorithm: checksum_algorithm.map(|a| ChecksumAlgorithm::from(a.to_string())),
+        checksum_type: checksum.explicit.then(|| checksum.kind.dto()),
         ..Default::default()
     }))
 }
@@ -60,10 +71,11 @@ pub(super) async fn upload_part(
             "part number must be an integer between 1 and 10000, inclusive"
         ));
     }
-    let upload = ep
-        .require_upload(&input.bucket, &input.key, &input.upload_id)
+    let (upload, kept) = ep
+        .require_upload_checksum(&input.bucket, &input.key, &input.upload_id)
         .await?;
     let digests = digests_of!(input);
+    check_part_algorithm(&kept, &digests)?;
     let (written, checksum) = ep
         .receive_part(
             upload,
@@ -72,6 +84,7 @@ pub(super) async fn upload_part(
             input.content_length,
             &digests,
             trailers,
+            Some(kept.algorithm),
         )
         .await?;
     shared::metrics::metrics().s3_received(written.size);
@@ -81,6 +94,25 @@ pub(super) async fn upload_part(
         },
         checksum
     )))
+}
+
+/// A part of an upload created with a checksum algorithm may be sent with
+/// that algorithm's checksum only (S3's `InvalidRequest`); the parts of an
+/// upload that named none may carry any (each is verified).
+fn check_part_algorithm(upload: &UploadChecksum, digests: &Digests) -> S3Result<()> {
+    if !upload.explicit {
+        return Ok(());
+    }
+    let named = checksums::named(digests.algorithm.as_ref(), &digests.given());
+    match named.into_iter().find(|a| *a != upload.algorithm) {
+        Some(other) => Err(s3_error!(
+            InvalidRequest,
+            "Checksum Type mismatch occurred, expected checksum Type: {}, actual checksum Type: {}",
+            upload.algorithm.key(),
+            other.key()
+        )),
+        None => Ok(()),
+    }
 }
 
 pub(super) async fn abort_multipart_upload(
@@ -118,9 +150,20 @@ pub(super) async fn complete_multipart_upload(
     const OP: &str = "CompleteMultipartUpload";
     let started = Instant::now();
     let input = req.input;
+    let requested = RequestedChecksum {
+        given: Checksum {
+            checksum_crc32: input.checksum_crc32.clone(),
+            checksum_crc32c: input.checksum_crc32c.clone(),
+            checksum_sha1: input.checksum_sha1.clone(),
+            checksum_sha256: input.checksum_sha256.clone(),
+            checksum_crc64nvme: input.checksum_crc64nvme.clone(),
+            ..Default::default()
+        },
+        kind: input.checksum_type.clone(),
+    };
     let frozen = async {
-        let upload = ep
-            .require_upload(&input.bucket, &input.key, &input.upload_id)
+        let (upload, kept) = ep
+            .require_upload_checksum(&input.bucket, &input.key, &input.upload_id)
             .await?;
         // A repeated Complete answers the first one's ETag, whatever the
         // object is now: the conditions hold for the first one only.
@@ -140,15 +183,15 @@ pub(super) async fn complete_multipart_upload(
             .await?;
         }
         let listed = listed_parts(input.multipart_upload)?;
-        let etag = ep
+        let (etag, checksums) = ep
             .freeze_upload(upload, |parts| {
-                plan_completion(&listed, parts, MIN_PART_BYTES)
+                plan_completion(&listed, parts, MIN_PART_BYTES, &kept, &requested)
             })
             .await?;
-        Ok((upload, etag))
+        Ok((upload, etag, checksums))
     }
     .await;
-    let (upload, etag) = match frozen {
+    let (upload, etag, checksums) = match frozen {
         Ok(frozen) => frozen,
         Err(e) => return observed(OP, started, Err(e)),
     };
@@ -156,11 +199,18 @@ pub(super) async fn complete_multipart_upload(
     let (bucket, key) = (input.bucket, input.key);
     let future = Box::pin(async move {
         let result = endpoint.place_upload(upload, etag).await.map(|(etag, _)| {
+            let stored = crate::index::stored_checksum(&checksums);
             CompleteMultipartUploadOutput {
                 bucket: Some(bucket.clone()),
                 key: Some(key.clone()),
                 e_tag: Some(ETag::Strong(etag)),
                 location: Some(format!("/{bucket}/{key}")),
+                checksum_crc32: stored.checksum_crc32,
+                checksum_crc32c: stored.checksum_crc32c,
+                checksum_sha1: stored.checksum_sha1,
+                checksum_sha256: stored.checksum_sha256,
+                checksum_crc64nvme: stored.checksum_crc64nvme,
+                checksum_type: checksums::stored_kind(&checksums).map(|k| k.dto()),
                 ..Default::default()
             }
         });
@@ -172,26 +222,61 @@ pub(super) async fn complete_multipart_upload(
     }))
 }
 
-/// The (PartNumber, ETag) pairs of a CompleteMultipartUpload body, ETags
-/// without quotes.
-fn listed_parts(body: Option<CompletedMultipartUpload>) -> S3Result<Vec<(i32, String)>> {
+/// A part as a CompleteMultipartUpload body lists it.
+#[derive(Debug, Clone, Default)]
+pub struct ListedPart {
+    pub number: i32,
+    /// Without quotes.
+    pub etag: String,
+    /// The part's `Checksum*` elements, if any.
+    pub checksum: Checksum,
+}
+
+/// The whole-object checksum a CompleteMultipartUpload request sent
+/// (`x-amz-checksum-*`, `x-amz-checksum-type`), checked against the one the
+/// parts make.
+#[derive(Debug, Clone, Default)]
+pub struct RequestedChecksum {
+    pub given: Checksum,
+    pub kind: Option<ChecksumType>,
+}
+
+/// The parts of a CompleteMultipartUpload body.
+fn listed_parts(body: Option<CompletedMultipartUpload>) -> S3Result<Vec<ListedPart>> {
     body.and_then(|m| m.parts)
         .unwrap_or_default()
         .into_iter()
-        .map(|part| match (part.part_number, part.e_tag) {
-            (Some(n), Some(etag)) => Ok((n, etag.value().to_string())),
+        .map(|part| match (part.part_number, &part.e_tag) {
+            (Some(number), Some(etag)) => Ok(ListedPart {
+                number,
+                etag: etag.value().to_string(),
+                checksum: Checksum {
+                    checksum_crc32: part.checksum_crc32,
+                    checksum_crc32c: part.checksum_crc32c,
+                    checksum_sha1: part.checksum_sha1,
+                    checksum_sha256: part.checksum_sha256,
+                    checksum_crc64nvme: part.checksum_crc64nvme,
+                    ..Default::default()
+                },
+            }),
             _ => Err(s3_error!(MalformedXML, "a part without PartNumber or ETag")),
         })
         .collect()
 }
 
 /// S3's checks of a CompleteMultipartUpload list against the committed
-/// parts: non-empty, strictly ascending, each (PartNumber, ETag) the
-/// committed part, every part but the last at least `min_part` bytes.
+/// parts: non-empty, strictly ascending (and 1, 2, 3, … when the upload
+/// named a checksum algorithm), each (PartNumber, ETag) the committed
+/// part, each part checksum listed the committed part's, every part but
+/// the last at least `min_part` bytes. The plan carries the object's
+/// checksum (COMPOSITE or FULL_OBJECT of the upload's algorithm), which a
+/// checksum the request sent for the whole object must equal.
 pub fn plan_completion(
-    listed: &[(i32, String)],
+    listed: &[ListedPart],
     committed: &[CommittedPart],
     min_part: i64,
+    upload: &UploadChecksum,
+    requested: &RequestedChecksum,
 ) -> Result<FreezePlan, S3Error> {
     if listed.is_empty() {
         return Err(s3_error!(
@@ -199,15 +284,23 @@ pub fn plan_completion(
             "the part list of CompleteMultipartUpload is empty"
         ));
     }
-    if listed.windows(2).any(|w| w[0].0 >= w[1].0) {
+    if listed.windows(2).any(|w| w[0].number >= w[1].number) {
         return Err(s3_error!(InvalidPartOrder));
+    }
+    if upload.explicit && listed.iter().zip(1..).any(|(p, n)| p.number != n) {
+        return Err(s3_error!(
+            InvalidPartOrder,
+            "an upload with a checksum algorithm needs its parts numbered 1, 2, 3, …"
+        ));
     }
     let by_number: std::collections::HashMap<i32, &CommittedPart> =
         committed.iter().map(|p| (p.part_number, p)).collect();
     let mut md5s = Vec::with_capacity(listed.len());
-    for (i, (number, etag)) in listed.iter().enumerate() {
+    let mut sums = Vec::with_capacity(listed.len());
+    for (i, l) in listed.iter().enumerate() {
+        let (number, etag) = (l.number, &l.etag);
         let (part, md5) = by_number
-            .get(number)
+            .get(&number)
             .and_then(|p| Some((p, p.md5.as_deref()?)))
             .filter(|(_, md5)| md5.eq_ignore_ascii_case(etag.trim_matches('"')))
             .ok_or_else(|| {
@@ -216,6 +309,7 @@ pub fn plan_completion(
                     "part {number} with ETag {etag} is not a committed part of this upload"
                 )
             })?;
+        check_listed_checksum(l, part, upload)?;
         if i + 1 < listed.len() && part.size < min_part {
             return Err(s3_error!(
                 EntityTooSmall,
@@ -224,18 +318,96 @@ pub fn plan_completion(
             ));
         }
         md5s.push(md5);
+        sums.push(part.checksum.as_deref().map(|c| (c, part.size as u64)));
     }
     let etag = multipart_etag(&md5s)
         .ok_or_else(|| s3_error!(InternalError, "a committed part has no MD5"))?;
+    // A part without a checksum (committed before they were kept): the
+    // object has none.
+    let object_checksum = sums
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .and_then(|sums| upload.algorithm.combine(upload.kind, &sums));
+    check_requested(object_checksum.as_deref(), upload, requested)?;
     Ok(FreezePlan {
-        part_numbers: listed.iter().map(|(n, _)| *n).collect(),
+        part_numbers: listed.iter().map(|l| l.number).collect(),
         etag,
         listed: serde_json::json!(listed
             .iter()
-            .map(|(n, e)| (n, e.trim_matches('"').to_ascii_lowercase()))
+            .map(|l| (l.number, l.etag.trim_matches('"').to_ascii_lowercase()))
             .collect::<Vec<_>>()),
-        checksums: serde_json::json!({}),
+        checksums: match &object_checksum {
+            Some(value) => checksums::stored_json(upload.algorithm, upload.kind, value),
+            None => serde_json::json!({}),
+        },
     })
+}
+
+/// A part checksum listed in CompleteMultipartUpload must be the committed
+/// part's (`InvalidPart`, as S3 answers). Of an upload that named no
+/// algorithm, only a listed checksum of the kept algorithm is compared
+/// (its parts may have been sent with any).
+fn check_listed_checksum(
+    listed: &ListedPart,
+    part: &CommittedPart,
+    upload: &UploadChecksum,
+) -> S3Result<()> {
+    for a in Algorithm::ALL {
+        let Some(given) = a.get(&listed.checksum) else {
+            continue;
+        };
+        let matches = a == upload.algorithm && part.checksum.as_deref() == Some(given.as_str());
+        if !matches && (upload.explicit || a == upload.algorithm) {
+            return Err(s3_error!(
+                InvalidPart,
+                "part {}: the {} checksum listed is not the part's",
+                listed.number,
+                a.name()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The whole-object checksum a Complete request sent: of the upload's
+/// algorithm, equal to the object's (`BadDigest`); its type the upload's.
+fn check_requested(
+    object: Option<&str>,
+    upload: &UploadChecksum,
+    requested: &RequestedChecksum,
+) -> S3Result<()> {
+    if let Some(kind) = &requested.kind {
+        if !kind.as_str().eq_ignore_ascii_case(upload.kind.name()) {
+            return Err(s3_error!(
+                InvalidRequest,
+                "The upload was created using the {} checksum mode. The complete request must \
+                 use the same checksum mode.",
+                upload.kind.name()
+            ));
+        }
+    }
+    for a in Algorithm::ALL {
+        let Some(given) = a.get(&requested.given) else {
+            continue;
+        };
+        if a != upload.algorithm && upload.explicit {
+            return Err(s3_error!(
+                InvalidRequest,
+                "The upload was created using the {} checksum algorithm; the complete request \
+                 sent a {} checksum.",
+                upload.algorithm.name(),
+                a.name()
+            ));
+        }
+        if a == upload.algorithm && object != Some(given.as_str()) {
+            return Err(s3_error!(
+                BadDigest,
+                "the x-amz-checksum-{} you specified did not match the object's",
+                a.key()
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -252,7 +424,30 @@ mod tests {
             staging_inode: 10 + i64::from(n),
             staging_path: format!("/p{n}"),
             committed_at: chrono::Utc::now(),
+            checksum: None,
         }
+    }
+
+    fn listed(n: i32, etag: &str) -> ListedPart {
+        ListedPart {
+            number: n,
+            etag: etag.into(),
+            checksum: Checksum::default(),
+        }
+    }
+
+    fn plan(list: &[ListedPart], parts: &[CommittedPart], min: i64) -> Result<FreezePlan, S3Error> {
+        plan_completion(
+            list,
+            parts,
+            min,
+            &UploadChecksum::DEFAULT,
+            &RequestedChecksum::default(),
+        )
+    }
+
+    fn code(r: Result<FreezePlan, S3Error>) -> String {
+        r.unwrap_err().code().as_str().to_string()
     }
 
     const A: &str = "0cc175b9c0f1b6a831c399e269772661";
@@ -262,43 +457,110 @@ mod tests {
     fn completion_checks_follow_s3() {
         let big = MIN_PART_BYTES;
         let parts = vec![part(1, big, A), part(2, 1, B), part(3, 1, A)];
-        let code = |r: Result<FreezePlan, S3Error>| r.unwrap_err().code().as_str().to_string();
-        assert_eq!(code(plan_completion(&[], &parts, big)), "MalformedXML");
+        assert_eq!(code(plan(&[], &parts, big)), "MalformedXML");
         assert_eq!(
-            code(plan_completion(
-                &[(2, B.into()), (1, A.into())],
-                &parts,
-                big
-            )),
+            code(plan(&[listed(2, B), listed(1, A)], &parts, big)),
             "InvalidPartOrder"
         );
         assert_eq!(
-            code(plan_completion(
-                &[(1, A.into()), (1, A.into())],
-                &parts,
-                big
-            )),
+            code(plan(&[listed(1, A), listed(1, A)], &parts, big)),
             "InvalidPartOrder"
         );
+        assert_eq!(code(plan(&[listed(1, B)], &parts, big)), "InvalidPart");
+        assert_eq!(code(plan(&[listed(4, A)], &parts, big)), "InvalidPart");
         assert_eq!(
-            code(plan_completion(&[(1, B.into())], &parts, big)),
-            "InvalidPart"
-        );
-        assert_eq!(
-            code(plan_completion(&[(4, A.into())], &parts, big)),
-            "InvalidPart"
-        );
-        assert_eq!(
-            code(plan_completion(
-                &[(2, B.into()), (3, A.into())],
-                &parts,
-                big
-            )),
+            code(plan(&[listed(2, B), listed(3, A)], &parts, big)),
             "EntityTooSmall"
         );
         // Gaps are allowed; the last part may be small; quotes are ignored.
-        let plan = plan_completion(&[(1, format!("\"{A}\"")), (3, A.into())], &parts, big).unwrap();
-        assert_eq!(plan.part_numbers, vec![1, 3]);
-        assert_eq!(plan.etag, multipart_etag(&[A, A]).unwrap());
+        let p = plan(&[listed(1, &format!("\"{A}\"")), listed(3, A)], &parts, big).unwrap();
+        assert_eq!(p.part_numbers, vec![1, 3]);
+        assert_eq!(p.etag, multipart_etag(&[A, A]).unwrap());
+        // Parts without a kept checksum: the object has none.
+        assert_eq!(p.checksums, serde_json::json!({}));
+    }
+
+    fn sha256(data: &[u8]) -> String {
+        let mut h = Algorithm::Sha256.hasher();
+        h.update(data);
+        h.finalize().checksum_sha256.unwrap()
+    }
+
+    #[test]
+    fn completion_makes_and_checks_the_object_checksum() {
+        let sha = |n: i32, data: &[u8], md5: &str| CommittedPart {
+            checksum: Some(sha256(data)),
+            ..part(n, data.len() as i64, md5)
+        };
+        // s3-tests' test_multipart_checksum_sha256: 1024 'A's.
+        let parts = vec![sha(1, &[b'A'; 1024], A)];
+        let upload =
+            UploadChecksum::requested(Some(&ChecksumAlgorithm::from("SHA256".to_string())), None)
+                .unwrap();
+        let composite = "Ok6Cs5b96ux6+MWQkJO7UBT5sKPBeXBLwvj/hK89smg=-1";
+        let with = |part_sum: Option<&str>, whole: Option<&str>| {
+            let mut l = listed(1, A);
+            l.checksum.checksum_sha256 = part_sum.map(str::to_string);
+            let requested = RequestedChecksum {
+                given: Checksum {
+                    checksum_sha256: whole.map(str::to_string),
+                    ..Default::default()
+                },
+                kind: None,
+            };
+            plan_completion(&[l], &parts, 0, &upload, &requested)
+        };
+        let ok = with(Some(&sha256(&[b'A'; 1024])), Some(composite)).unwrap();
+        assert_eq!(
+            ok.checksums,
+            serde_json::json!({"sha256": composite, "type": "COMPOSITE"})
+        );
+        assert!(with(None, None).is_ok());
+        assert_eq!(code(with(None, Some("bad"))), "BadDigest");
+        assert_eq!(code(with(Some(&sha256(b"other")), None)), "InvalidPart");
+        // Another algorithm's checksum, listed or for the whole object.
+        let mut l = listed(1, A);
+        l.checksum.checksum_crc32 = Some("AAAAAA==".into());
+        assert_eq!(
+            code(plan_completion(
+                &[l],
+                &parts,
+                0,
+                &upload,
+                &RequestedChecksum::default()
+            )),
+            "InvalidPart"
+        );
+        let crc = RequestedChecksum {
+            given: Checksum {
+                checksum_crc32: Some("AAAAAA==".into()),
+                ..Default::default()
+            },
+            kind: None,
+        };
+        assert_eq!(
+            code(plan_completion(&[listed(1, A)], &parts, 0, &upload, &crc)),
+            "InvalidRequest"
+        );
+        let full = RequestedChecksum {
+            kind: Some(ChecksumType::from("FULL_OBJECT".to_string())),
+            ..Default::default()
+        };
+        assert_eq!(
+            code(plan_completion(&[listed(1, A)], &parts, 0, &upload, &full)),
+            "InvalidRequest"
+        );
+        // With a checksum algorithm, parts are 1, 2, 3, …
+        let two = vec![sha(2, b"x", A)];
+        assert_eq!(
+            code(plan_completion(
+                &[listed(2, A)],
+                &two,
+                0,
+                &upload,
+                &RequestedChecksum::default()
+            )),
+            "InvalidPartOrder"
+        );
     }
 }

@@ -1,15 +1,17 @@
 //! The object operations: PutObject (an upload of one part, completed at
 //! once), GetObject (from the object's file held open for the whole body)
-//! and HeadObject (with their conditions), DeleteObject(s).
+//! and HeadObject (with their conditions, a range or a part number, and the
+//! stored checksums), DeleteObject(s).
 
 use s3s::dto::*;
-use s3s::{s3_error, S3Error, S3Request, S3Response, S3Result};
+use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
+use super::checksums::{self, Algorithm, Kind};
 use super::digests::{digests_of, with_checksums};
 use super::errors::{db_error, pipeline_error};
 use super::listing::NULL_VERSION;
 use super::tagging::{tag_count, Tags};
-use super::{refuse_encryption, timestamp, who, Endpoint, MAX_LIST, MAX_PART_BYTES};
+use super::{refuse_encryption, timestamp, who, Endpoint, MAX_LIST, MAX_PART_BYTES, PART_NUMBERS};
 use crate::index::{self, ObjectRow};
 use crate::pipeline::{CommittedPart, FreezePlan, NewUpload, OpenObject};
 
@@ -33,6 +35,8 @@ pub(super) async fn put_object(
             content_type: input.content_type.as_deref(),
             metadata: input.metadata.as_ref(),
             who: &who,
+            checksum_algorithm: None,
+            checksum_type: None,
             tags: &tags,
         })
         .await
@@ -45,6 +49,7 @@ pub(super) async fn put_object(
             input.content_length,
             &digests,
             trailers,
+            None,
         )
         .await;
     let (written, checksum) = match received {
@@ -159,25 +164,143 @@ macro_rules! with_object_headers {
     }};
 }
 
-/// Sets the checksums stored with the object on a GET or HEAD output if
-/// the request asked for them (`x-amz-checksum-mode: ENABLED`) and the
-/// answer is the whole object (a range's bytes have other checksums).
-macro_rules! with_stored_checksums {
-    ($output:expr, $row:expr, $mode:expr, $whole:expr) => {{
+/// Sets an [`Answer`]'s checksums on a GET or HEAD output.
+macro_rules! with_answer_checksums {
+    ($output:expr, $answer:expr) => {{
         let mut output = $output;
-        let wanted = $mode
-            .as_ref()
-            .is_some_and(|m: &ChecksumMode| m.as_str() == ChecksumMode::ENABLED);
-        if wanted && $whole {
-            let stored = $row.stored_checksum();
-            output.checksum_crc32 = stored.checksum_crc32;
-            output.checksum_crc32c = stored.checksum_crc32c;
-            output.checksum_sha1 = stored.checksum_sha1;
-            output.checksum_sha256 = stored.checksum_sha256;
-            output.checksum_crc64nvme = stored.checksum_crc64nvme;
-        }
+        let answer: &Answer = &$answer;
+        output.checksum_crc32 = answer.checksum.checksum_crc32.clone();
+        output.checksum_crc32c = answer.checksum.checksum_crc32c.clone();
+        output.checksum_sha1 = answer.checksum.checksum_sha1.clone();
+        output.checksum_sha256 = answer.checksum.checksum_sha256.clone();
+        output.checksum_crc64nvme = answer.checksum.checksum_crc64nvme.clone();
+        output.checksum_type = answer.checksum_type.as_ref().map(|k| k.dto());
         output
     }};
+}
+
+/// What a GET or HEAD answers: the whole object, a range of it, or one of
+/// its parts (`partNumber`).
+struct Answer {
+    range: std::ops::Range<u64>,
+    /// `Content-Range` (a range or a part: `206`).
+    content_range: Option<String>,
+    /// `x-amz-mp-parts-count` (a part of a multipart object).
+    parts_count: Option<i32>,
+    /// With `x-amz-checksum-mode: ENABLED`: the stored checksums of the
+    /// whole object, or a part's own (with the object's type); nothing for
+    /// other ranges (their bytes have other checksums).
+    checksum: Checksum,
+    checksum_type: Option<Kind>,
+}
+
+/// The [`Answer`] to a GET or HEAD of `row`.
+async fn answer(
+    ep: &Endpoint,
+    row: &ObjectRow,
+    range: Option<&Range>,
+    part_number: Option<i32>,
+    mode: Option<&ChecksumMode>,
+) -> S3Result<Answer> {
+    let size = row.size as u64;
+    let wanted = mode.is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
+    let whole = |wanted: bool| {
+        if wanted {
+            (
+                row.stored_checksum(),
+                checksums::stored_kind(&row.checksums),
+            )
+        } else {
+            (Checksum::default(), None)
+        }
+    };
+    let content_range = |r: &std::ops::Range<u64>| {
+        (r.end > r.start).then(|| format!("bytes {}-{}/{size}", r.start, r.end - 1))
+    };
+    let Some(n) = part_number else {
+        return Ok(match range {
+            None => {
+                let (checksum, checksum_type) = whole(wanted);
+                Answer {
+                    range: 0..size,
+                    content_range: None,
+                    parts_count: None,
+                    checksum,
+                    checksum_type,
+                }
+            }
+            Some(r) => {
+                let range = r.check(size)?;
+                Answer {
+                    content_range: Some(content_range(&range).unwrap_or_default()),
+                    range,
+                    parts_count: None,
+                    checksum: Checksum::default(),
+                    checksum_type: None,
+                }
+            }
+        });
+    };
+    if range.is_some() {
+        return Err(s3_error!(
+            InvalidRequest,
+            "Cannot specify both Range header and partNumber query parameter"
+        ));
+    }
+    if !PART_NUMBERS.contains(&n) {
+        return Err(s3_error!(
+            InvalidArgument,
+            "Part number must be an integer between 1 and 10000, inclusive"
+        ));
+    }
+    let part = index::object_part(ep.pool(), row.session_id, n)
+        .await
+        .map_err(db_error)?;
+    let part_count = part.as_ref().map(|p| p.part_count);
+    let (offset, len, part_checksum) = match part {
+        Some(index::ObjectPart {
+            part_offset: Some(offset),
+            size: Some(len),
+            checksum,
+            ..
+        }) => (offset as u64, len as u64, checksum),
+        // The session's rows are gone (a purge): its one part is the object.
+        None if n == 1 => (0, size, None),
+        _ => return Err(invalid_part_number()),
+    };
+    let range = offset..(offset + len).min(size);
+    let is_whole = range == (0..size);
+    // The part's own checksum, in the object's algorithm, with the
+    // object's type; a part without one (a copy's) only when it is the
+    // whole object, its stored checksums.
+    let algorithm = Algorithm::ALL
+        .into_iter()
+        .find(|a| row.checksums.get(a.key()).is_some());
+    let (checksum, checksum_type) = match (algorithm, part_checksum) {
+        (Some(a), Some(value)) if wanted => {
+            let mut c = Checksum::default();
+            a.set(&mut c, value);
+            (c, checksums::stored_kind(&row.checksums))
+        }
+        _ => whole(wanted && is_whole),
+    };
+    Ok(Answer {
+        content_range: content_range(&range),
+        range,
+        parts_count: part_count.filter(|_| row.etag.contains('-')),
+        checksum,
+        checksum_type,
+    })
+}
+
+/// A part number past the object's last part (S3's answer: 416).
+fn invalid_part_number() -> S3Error {
+    let mut e = S3Error::with_message(
+        S3ErrorCode::Custom("InvalidPartNumber".into()),
+        "The requested partnumber is not satisfiable",
+    );
+    e.set_status_code(http::StatusCode::RANGE_NOT_SATISFIABLE);
+    e
 }
 
 /// The object a GET or HEAD reads, its conditions met.
@@ -231,53 +354,44 @@ pub(super) async fn get_object(
     ep: &Endpoint,
     input: GetObjectInput,
 ) -> S3Result<S3Response<GetObjectOutput>> {
-    if input.part_number.is_some() {
-        // Checked after the object exists, as S3 does.
-        readable_object(ep, &input.bucket, &input.key, conditions_of!(input)).await?;
-        return Err(s3_error!(
-            NotImplemented,
-            "GetObject by partNumber is not implemented"
-        ));
-    }
     let (row, object) = opened_object(ep, &input).await?;
-    let size = row.size as u64;
-    let (range, content_range) = match &input.range {
-        None => (0..size, None),
-        Some(r) => {
-            let range = r.check(size)?;
-            let content_range = format!(
-                "bytes {}-{}/{size}",
-                range.start,
-                range.end.saturating_sub(1)
-            );
-            (range, Some(content_range))
-        }
-    };
-    let len = range.end - range.start;
-    let body = ep.pipeline().read_object(object, range.start, len);
+    let answer = answer(
+        ep,
+        &row,
+        input.range.as_ref(),
+        input.part_number,
+        input.checksum_mode.as_ref(),
+    )
+    .await?;
+    let (start, len) = (answer.range.start, answer.range.end - answer.range.start);
+    let body = ep.pipeline().read_object(object, start, len);
     shared::metrics::metrics().s3_sent(len);
-    let whole = content_range.is_none();
+    let status = partial_or_ok(&answer);
     Ok(S3Response::with_status(
-        with_stored_checksums!(
+        with_answer_checksums!(
             with_object_headers!(
                 GetObjectOutput {
                     body: Some(StreamingBlob::wrap(body)),
                     content_length: Some(len as i64),
-                    content_range: content_range.clone(),
+                    content_range: answer.content_range.clone(),
+                    parts_count: answer.parts_count,
                     tag_count: tags_counted(&row),
                 },
                 row
             ),
-            row,
-            input.checksum_mode,
-            whole
+            answer
         ),
-        if content_range.is_some() {
-            http::StatusCode::PARTIAL_CONTENT
-        } else {
-            http::StatusCode::OK
-        },
+        status,
     ))
+}
+
+/// `206` for a range or a part, else `200`.
+fn partial_or_ok(answer: &Answer) -> http::StatusCode {
+    if answer.content_range.is_some() {
+        http::StatusCode::PARTIAL_CONTENT
+    } else {
+        http::StatusCode::OK
+    }
 }
 
 pub(super) async fn head_object(
@@ -285,17 +399,48 @@ pub(super) async fn head_object(
     input: HeadObjectInput,
 ) -> S3Result<S3Response<HeadObjectOutput>> {
     let row = readable_object(ep, &input.bucket, &input.key, conditions_of!(input)).await?;
-    let mut response = S3Response::new(with_stored_checksums!(
-        with_object_headers!(
-            HeadObjectOutput {
-                content_length: Some(row.size),
-            },
-            row
-        ),
-        row,
-        input.checksum_mode,
-        input.range.is_none()
-    ));
+    let mut response = if input.part_number.is_none() {
+        // A HEAD with a Range answers the whole object's length (without
+        // checksums: they are not the range's).
+        let mode = input
+            .checksum_mode
+            .as_ref()
+            .filter(|_| input.range.is_none());
+        let answer = answer(ep, &row, None, None, mode).await?;
+        S3Response::new(with_answer_checksums!(
+            with_object_headers!(
+                HeadObjectOutput {
+                    content_length: Some(row.size),
+                },
+                row
+            ),
+            answer
+        ))
+    } else {
+        let answer = answer(
+            ep,
+            &row,
+            input.range.as_ref(),
+            input.part_number,
+            input.checksum_mode.as_ref(),
+        )
+        .await?;
+        let status = partial_or_ok(&answer);
+        S3Response::with_status(
+            with_answer_checksums!(
+                with_object_headers!(
+                    HeadObjectOutput {
+                        content_length: Some((answer.range.end - answer.range.start) as i64),
+                        content_range: answer.content_range.clone(),
+                        parts_count: answer.parts_count,
+                    },
+                    row
+                ),
+                answer
+            ),
+            status,
+        )
+    };
     // S3 answers the count on HEAD too; s3s's HeadObjectOutput has no field.
     if let Some(count) = tags_counted(&row) {
         response

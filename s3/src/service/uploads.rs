@@ -9,6 +9,7 @@ use s3s::dto::StreamingBlob;
 use s3s::{s3_error, S3Error, S3Result};
 use uuid::Uuid;
 
+use super::checksums::Algorithm;
 use super::digests::Digests;
 use super::errors::{completion_refused, pipeline_error};
 use super::{Endpoint, MAX_PART_BYTES};
@@ -19,12 +20,18 @@ use crate::pipeline::{
 /// A completed upload's object: its ETag and last-modified time.
 pub(super) type Placement = (String, chrono::DateTime<chrono::Utc>);
 
+/// A frozen upload: its ETag and the object's checksums (as stored).
+pub(super) type FrozenUpload = (String, serde_json::Value);
+
 impl Endpoint {
     /// Writes a request body as an attempt of one part and commits it: the
     /// part's fencing token, a fresh staging inode written and verified,
     /// the digests the client sent checked, the part row committed. Only
     /// then is the ETag (the body's MD5) answered. (The caller counts a
     /// client's body as received bytes; an UploadPartCopy's is not one.)
+    /// `keep`: the upload's checksum algorithm, computed whatever the
+    /// client sent and committed with the part.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn receive_part(
         &self,
         upload: Uuid,
@@ -33,6 +40,7 @@ impl Endpoint {
         content_length: Option<i64>,
         digests: &Digests,
         trailers: Option<s3s::TrailingHeaders>,
+        keep: Option<Algorithm>,
     ) -> S3Result<(WrittenPart, s3s::dto::Checksum)> {
         let declared = match content_length {
             Some(n) if n >= 0 => n as u64,
@@ -48,13 +56,13 @@ impl Endpoint {
             .await
             .map_err(pipeline_error)?
             .ok_or_else(|| s3_error!(NoSuchUpload))?;
-        let hasher = Arc::new(std::sync::Mutex::new(digests.hasher()));
+        let hasher = Arc::new(std::sync::Mutex::new(digests.hasher(keep)));
         let hashing = hasher.clone();
         let stream = body
             .inspect_ok(move |b| hashing.lock().expect("hasher").update(b))
             .map_err(|e| std::io::Error::other(e.to_string()));
         let reader = tokio_util::io::StreamReader::new(stream);
-        let written = self
+        let mut written = self
             .pipeline()
             .write_part(upload, part_number, token, declared, reader)
             .await
@@ -74,6 +82,7 @@ impl Endpoint {
                 .await;
             return Err(e);
         }
+        written.checksum = keep.and_then(|a| a.get(&checksum).cloned());
         self.commit_attempt(upload, part_number, &written).await?;
         Ok((written, checksum))
     }
@@ -129,12 +138,13 @@ impl Endpoint {
     where
         F: Fn(&[CommittedPart]) -> Result<FreezePlan, S3Error>,
     {
-        let etag = self.freeze_upload(upload, check).await?;
+        let (etag, _) = self.freeze_upload(upload, check).await?;
         self.place_upload(upload, etag).await
     }
 
-    /// The S3 checks and the freeze (fast: one transaction); the ETag.
-    pub(super) async fn freeze_upload<F>(&self, upload: Uuid, check: F) -> S3Result<String>
+    /// The S3 checks and the freeze (fast: one transaction); the ETag and
+    /// the object's checksums.
+    pub(super) async fn freeze_upload<F>(&self, upload: Uuid, check: F) -> S3Result<FrozenUpload>
     where
         F: Fn(&[CommittedPart]) -> Result<FreezePlan, S3Error>,
     {
@@ -143,8 +153,8 @@ impl Endpoint {
             .freeze(upload, &check)
             .await
             .map_err(pipeline_error)?;
-        let etag = match frozen {
-            Frozen::Now { etag } => etag,
+        let frozen = match frozen {
+            Frozen::Now { etag, checksums } => (etag, checksums),
             Frozen::Refused(e) => return Err(e),
             Frozen::Gone => return Err(s3_error!(NoSuchUpload)),
             Frozen::Before { etag, listed, .. } => {
@@ -156,13 +166,13 @@ impl Endpoint {
                     .committed_parts(upload)
                     .await
                     .map_err(pipeline_error)?;
-                if check(&parts).ok().map(|p| p.listed) != Some(listed) {
-                    return Err(s3_error!(NoSuchUpload));
+                match check(&parts) {
+                    Ok(plan) if plan.listed == listed => (etag, plan.checksums),
+                    _ => return Err(s3_error!(NoSuchUpload)),
                 }
-                etag
             }
         };
-        Ok(etag)
+        Ok(frozen)
     }
 
     /// The pipeline's completion of a frozen upload; its transaction wrote

@@ -366,6 +366,7 @@ def main():
     s3_tests_findings(c)
     copies(c)
     request_ids(c)
+    checksums(c)
     tagging(c)
     aws_cli_tagging()
 
@@ -603,6 +604,207 @@ def request_ids(c):
     ok("x-amz-request-id on every response, the same id as <RequestId> in an error body")
 
 
+def b64(raw):
+    import base64
+    return base64.b64encode(raw).decode()
+
+
+def crc32_raw(body):
+    import zlib
+    return zlib.crc32(body).to_bytes(4, "big")
+
+
+def sha256_raw(body):
+    return hashlib.sha256(body).digest()
+
+
+def checksums(c):
+    """Multipart checksums (COMPOSITE, FULL_OBJECT; docs/s3.md) and GetObject/
+    HeadObject by partNumber. CRC64NVME is not computed here (botocore needs
+    awscrt for it): its FULL_OBJECT values are checked against each other over
+    different part splits of the same bytes, which only a correct combine
+    makes equal."""
+    parts = [data(5 * MIB, 70), data(5 * MIB, 71), data(123457, 72)]
+    whole = b"".join(parts)
+
+    # boto3's default (when_supported): no algorithm at creation, CRC32
+    # trailers on the parts. S3 keeps its default: CRC64NVME, FULL_OBJECT.
+    key = "ck/default.bin"
+    up, listed = multipart(c, key, parts)
+    lp = c.list_parts(Bucket=BUCKET, Key=key, UploadId=up)
+    expect(lp.get("ChecksumAlgorithm") == "CRC64NVME" and lp.get("ChecksumType") == "FULL_OBJECT",
+           f"ListParts of a default upload: {lp.get('ChecksumAlgorithm')} {lp.get('ChecksumType')}")
+    expect(all(p.get("ChecksumCRC64NVME") for p in lp["Parts"]), f"ListParts part checksums: {lp['Parts']}")
+    r = c.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=up, MultipartUpload={"Parts": listed})
+    default_crc64 = r.get("ChecksumCRC64NVME")
+    expect(default_crc64 and r.get("ChecksumType") == "FULL_OBJECT", f"Complete of a default upload: {r}")
+    h = c.head_object(Bucket=BUCKET, Key=key, ChecksumMode="ENABLED")
+    expect(h.get("ChecksumCRC64NVME") == default_crc64 and h.get("ChecksumType") == "FULL_OBJECT",
+           f"HeadObject checksum mode: {h}")
+    expect("ChecksumCRC64NVME" not in c.head_object(Bucket=BUCKET, Key=key), "no checksum without checksum mode")
+    expect(get(c, key) == whole, "default upload bytes")
+    record(BUCKET, key, whole)
+    ok("multipart with boto3's default checksums: CRC64NVME FULL_OBJECT kept, answered by Complete and HEAD")
+
+    # WHEN_REQUIRED: no part checksum at all; other part sizes, same bytes:
+    # the same full-object CRC64NVME.
+    required = client(request_checksum_calculation="when_required", response_checksum_validation="when_required")
+    split = [whole[: 6 * MIB], whole[6 * MIB:]]
+    up, listed = multipart(required, "ck/required.bin", split)
+    r = required.complete_multipart_upload(Bucket=BUCKET, Key="ck/required.bin", UploadId=up,
+                                           MultipartUpload={"Parts": listed})
+    expect(r.get("ChecksumCRC64NVME") == default_crc64,
+           f"FULL_OBJECT CRC64NVME of 2 parts {r.get('ChecksumCRC64NVME')} != of 3 parts {default_crc64}")
+    # One part: its CRC64NVME is the object's, no combine involved.
+    up, listed = multipart(required, "ck/one.bin", [whole])
+    r = required.complete_multipart_upload(Bucket=BUCKET, Key="ck/one.bin", UploadId=up,
+                                           MultipartUpload={"Parts": listed})
+    expect(r.get("ChecksumCRC64NVME") == default_crc64, "FULL_OBJECT CRC64NVME of one part")
+    # Explicit CRC64NVME (FULL_OBJECT by default), a whole-object value sent.
+    up = required.create_multipart_upload(Bucket=BUCKET, Key="ck/crc64.bin", ChecksumAlgorithm="CRC64NVME")
+    expect(up.get("ChecksumAlgorithm") == "CRC64NVME" and up.get("ChecksumType") == "FULL_OBJECT",
+           f"CreateMultipartUpload CRC64NVME: {up}")
+    up = up["UploadId"]
+    listed = []
+    for i, body in enumerate(parts, start=1):
+        listed.append({"PartNumber": i, "ETag": required.upload_part(
+            Bucket=BUCKET, Key="ck/crc64.bin", UploadId=up, PartNumber=i, Body=body)["ETag"]})
+    expect(error_code(lambda: required.upload_part(Bucket=BUCKET, Key="ck/crc64.bin", UploadId=up, PartNumber=1,
+                                                   Body=parts[0], ChecksumCRC32=b64(crc32_raw(parts[0])))) == "InvalidRequest",
+           "a part with another algorithm than its upload's")
+    r = required.complete_multipart_upload(Bucket=BUCKET, Key="ck/crc64.bin", UploadId=up, ChecksumCRC64NVME=default_crc64,
+                                           MultipartUpload={"Parts": listed})
+    expect(r.get("ChecksumCRC64NVME") == default_crc64 and r.get("ChecksumType") == "FULL_OBJECT", f"CRC64NVME: {r}")
+    for k in ("ck/required.bin", "ck/one.bin", "ck/crc64.bin"):
+        record(BUCKET, k, whole)
+    ok("CRC64NVME FULL_OBJECT equal over 1, 2 and 3 parts (WHEN_REQUIRED, explicit); a part of another algorithm is InvalidRequest")
+
+    # Combinations S3 refuses.
+    for alg, kind in (("SHA256", "FULL_OBJECT"), ("SHA1", "FULL_OBJECT"), ("CRC64NVME", "COMPOSITE")):
+        expect(error_code(lambda: c.create_multipart_upload(Bucket=BUCKET, Key="ck/no", ChecksumAlgorithm=alg,
+                                                            ChecksumType=kind)) == "InvalidRequest", f"{alg} {kind}")
+    ok("CreateMultipartUpload refuses SHA256/SHA1 FULL_OBJECT and CRC64NVME COMPOSITE")
+
+    # SHA256 COMPOSITE: base64(sha256(sha256(p1) || ...))-N.
+    key = "ck/sha256.bin"
+    r = c.create_multipart_upload(Bucket=BUCKET, Key=key, ChecksumAlgorithm="SHA256")
+    expect(r.get("ChecksumAlgorithm") == "SHA256" and r.get("ChecksumType") == "COMPOSITE", f"Create SHA256: {r}")
+    up = r["UploadId"]
+    listed = []
+    for i, body in enumerate(parts, start=1):
+        pr = c.upload_part(Bucket=BUCKET, Key=key, UploadId=up, PartNumber=i, Body=body, ChecksumAlgorithm="SHA256")
+        expect(pr.get("ChecksumSHA256") == b64(sha256_raw(body)), f"part {i} SHA256 {pr.get('ChecksumSHA256')}")
+        listed.append({"PartNumber": i, "ETag": pr["ETag"], "ChecksumSHA256": pr["ChecksumSHA256"]})
+    expect(error_code(lambda: c.upload_part(Bucket=BUCKET, Key=key, UploadId=up, PartNumber=2, Body=parts[1],
+                                            ChecksumAlgorithm="CRC32")) == "InvalidRequest", "CRC32 part of a SHA256 upload")
+    lp = c.list_parts(Bucket=BUCKET, Key=key, UploadId=up)
+    expect(lp.get("ChecksumAlgorithm") == "SHA256" and lp.get("ChecksumType") == "COMPOSITE"
+           and [p.get("ChecksumSHA256") for p in lp["Parts"]] == [p["ChecksumSHA256"] for p in listed],
+           f"ListParts SHA256: {lp}")
+    composite = b64(sha256_raw(b"".join(sha256_raw(p) for p in parts))) + "-3"
+    # A wrong part checksum in Complete: InvalidPart; a wrong whole-object
+    # checksum: BadDigest; the upload is still there after both.
+    wrong = [dict(p) for p in listed]
+    wrong[1]["ChecksumSHA256"] = b64(sha256_raw(b"not part 2"))
+    expect(error_code(lambda: c.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=up,
+                                                          MultipartUpload={"Parts": wrong})) == "InvalidPart",
+           "a wrong part checksum in Complete")
+    expect(error_code(lambda: c.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=up, ChecksumSHA256="bad",
+                                                          MultipartUpload={"Parts": listed})) == "BadDigest",
+           "a wrong whole-object checksum in Complete")
+    r = c.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=up, ChecksumSHA256=composite,
+                                    MultipartUpload={"Parts": listed})
+    expect(r.get("ChecksumSHA256") == composite and r.get("ChecksumType") == "COMPOSITE", f"Complete SHA256: {r} vs {composite}")
+    r2 = c.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=up, MultipartUpload={"Parts": listed})
+    expect(r2.get("ChecksumSHA256") == composite, "a repeated Complete answers the same checksum")
+    h = c.head_object(Bucket=BUCKET, Key=key, ChecksumMode="ENABLED")
+    expect(h.get("ChecksumSHA256") == composite and h.get("ChecksumType") == "COMPOSITE", f"HEAD SHA256: {h}")
+    record(BUCKET, key, whole)
+    ok("SHA256 COMPOSITE: part checksums, ListParts, Complete (wrong part checksum InvalidPart, "
+       "wrong object checksum BadDigest), HEAD")
+
+    # GetObject / HeadObject by partNumber: the part's bytes (206), the
+    # object's ETag, x-amz-mp-parts-count; a COMPOSITE part's checksum.
+    etag = h["ETag"]
+    offset = 0
+    for n, body in enumerate(parts, start=1):
+        g = c.get_object(Bucket=BUCKET, Key=key, PartNumber=n, ChecksumMode="ENABLED")
+        got = g["Body"].read()
+        expect(got == body and g["ResponseMetadata"]["HTTPStatusCode"] == 206 and g["PartsCount"] == 3
+               and g["ETag"] == etag and g["ContentLength"] == len(body)
+               and g["ContentRange"] == f"bytes {offset}-{offset + len(body) - 1}/{len(whole)}",
+               f"GET partNumber={n}: {g['ResponseMetadata']['HTTPStatusCode']} {g.get('ContentRange')} {g.get('PartsCount')}")
+        expect(g.get("ChecksumSHA256") == b64(sha256_raw(body)) and g.get("ChecksumType") == "COMPOSITE",
+               f"GET partNumber={n} checksum {g.get('ChecksumSHA256')}")
+        hp = c.head_object(Bucket=BUCKET, Key=key, PartNumber=n)
+        expect(hp["ContentLength"] == len(body) and hp["PartsCount"] == 3 and hp["ETag"] == etag,
+               f"HEAD partNumber={n}: {hp}")
+        offset += len(body)
+    expect(status_of(lambda: c.get_object(Bucket=BUCKET, Key=key, PartNumber=4)) == (416, "InvalidPartNumber"),
+           "partNumber past the last part")
+    expect(error_code(lambda: c.get_object(Bucket=BUCKET, Key="docs/small.bin", PartNumber=2)) == "InvalidPartNumber",
+           "partNumber 2 of a PutObject")
+    g = c.get_object(Bucket=BUCKET, Key="docs/small.bin", PartNumber=1)
+    small = get(c, "docs/small.bin")
+    expect(g["Body"].read() == small and "PartsCount" not in g, "partNumber 1 of a PutObject is the object")
+    ok("GetObject/HeadObject partNumber: 206, Content-Range, PartsCount, ETag, the part's SHA256; 416 InvalidPartNumber")
+
+    # GetObjectAttributes: the object's checksum and type, its parts (paged).
+    attrs = ["ETag", "Checksum", "ObjectParts", "ObjectSize", "StorageClass"]
+    a = c.get_object_attributes(Bucket=BUCKET, Key=key, ObjectAttributes=attrs)
+    expect(a["ObjectSize"] == len(whole) and a["StorageClass"] == "STANDARD"
+           and a["Checksum"] == {"ChecksumSHA256": composite, "ChecksumType": "COMPOSITE"}
+           and a["ObjectParts"]["TotalPartsCount"] == 3
+           and [(p["PartNumber"], p["Size"], p["ChecksumSHA256"]) for p in a["ObjectParts"]["Parts"]]
+           == [(n, len(b), b64(sha256_raw(b))) for n, b in enumerate(parts, start=1)],
+           f"GetObjectAttributes: {a}")
+    a = c.get_object_attributes(Bucket=BUCKET, Key=key, ObjectAttributes=["ObjectParts"], MaxParts=2)
+    expect(a["ObjectParts"]["IsTruncated"] and a["ObjectParts"]["NextPartNumberMarker"] == 2
+           and len(a["ObjectParts"]["Parts"]) == 2, f"GetObjectAttributes MaxParts=2: {a}")
+    a = c.get_object_attributes(Bucket=BUCKET, Key=key, ObjectAttributes=["ObjectParts"], PartNumberMarker=2)
+    expect([p["PartNumber"] for p in a["ObjectParts"]["Parts"]] == [3] and not a["ObjectParts"]["IsTruncated"],
+           f"GetObjectAttributes PartNumberMarker=2: {a}")
+    a = c.get_object_attributes(Bucket=BUCKET, Key="docs/sha.bin", ObjectAttributes=attrs)
+    expect("ObjectParts" not in a and a["Checksum"].get("ChecksumSHA256") and a["Checksum"].get("ChecksumType") == "FULL_OBJECT",
+           f"GetObjectAttributes of a PutObject: {a}")
+    ok("GetObjectAttributes: checksum and type, parts with sizes and SHA256s, MaxParts/PartNumberMarker")
+
+    # CRC32 FULL_OBJECT: the CRC32 of the whole object (botocore also checks
+    # it on the GET, checksum validation when_supported).
+    key = "ck/crc32.bin"
+    up = c.create_multipart_upload(Bucket=BUCKET, Key=key, ChecksumAlgorithm="CRC32", ChecksumType="FULL_OBJECT")
+    expect(up.get("ChecksumType") == "FULL_OBJECT", f"Create CRC32 FULL_OBJECT: {up}")
+    up = up["UploadId"]
+    listed = []
+    for i, body in enumerate(parts, start=1):
+        pr = c.upload_part(Bucket=BUCKET, Key=key, UploadId=up, PartNumber=i, Body=body, ChecksumAlgorithm="CRC32")
+        expect(pr.get("ChecksumCRC32") == b64(crc32_raw(body)), f"part {i} CRC32")
+        listed.append({"PartNumber": i, "ETag": pr["ETag"], "ChecksumCRC32": pr["ChecksumCRC32"]})
+    full = b64(crc32_raw(whole))
+    expect(error_code(lambda: c.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=up, ChecksumType="COMPOSITE",
+                                                          MultipartUpload={"Parts": listed})) == "InvalidRequest",
+           "Complete with another checksum type")
+    r = c.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=up, ChecksumCRC32=full, ChecksumType="FULL_OBJECT",
+                                    MultipartUpload={"Parts": listed})
+    expect(r.get("ChecksumCRC32") == full and r.get("ChecksumType") == "FULL_OBJECT", f"Complete CRC32: {r} vs {full}")
+    g = c.get_object(Bucket=BUCKET, Key=key, ChecksumMode="ENABLED")
+    expect(g.get("ChecksumCRC32") == full and g["Body"].read() == whole, "GET CRC32 FULL_OBJECT")
+    # A part of a FULL_OBJECT upload: the part's own CRC32 (as ceph/s3-tests
+    # expects; botocore checks it against the part's bytes too).
+    g = c.get_object(Bucket=BUCKET, Key=key, PartNumber=2, ChecksumMode="ENABLED")
+    expect(g["Body"].read() == parts[1] and g.get("ChecksumCRC32") == b64(crc32_raw(parts[1]))
+           and g.get("ChecksumType") == "FULL_OBJECT", f"GET partNumber of a FULL_OBJECT upload: {g}")
+    record(BUCKET, key, whole)
+    ok("CRC32 FULL_OBJECT: the CRC32 of the whole object, verified by botocore on GET")
+
+    # A copy keeps the checksum.
+    c.copy_object(Bucket=BUCKET, Key="ck/sha256-copy.bin", CopySource={"Bucket": BUCKET, "Key": "ck/sha256.bin"})
+    h = c.head_object(Bucket=BUCKET, Key="ck/sha256-copy.bin", ChecksumMode="ENABLED")
+    expect(h.get("ChecksumSHA256") == composite and h.get("ChecksumType") == "COMPOSITE", f"copy's checksum: {h}")
+    record(BUCKET, "ck/sha256-copy.bin", whole, chunks_of=(BUCKET, "ck/sha256.bin"))
+    ok("CopyObject of a multipart object keeps its COMPOSITE checksum")
+
+
 def tag_set(c, key, bucket=BUCKET):
     return c.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]
 
@@ -812,6 +1014,13 @@ def aws_cli():
     expect(aws("s3", "cp", f"s3://{BUCKET}/cli/small.bin", "-") == small, "aws s3 cp read back")
     head = json.loads(aws("s3api", "head-object", "--bucket", BUCKET, "--key", "cli/big.bin"))
     expect(head["ETag"].endswith('-3"'), f"aws s3 cp of 13 MiB in 5 MiB parts is a 3-part upload: {head['ETag']}")
+    # aws-cli (s3transfer) creates its multipart uploads with CRC32 and
+    # sends each part's: a COMPOSITE CRC32 of the parts' CRC32s.
+    head = json.loads(aws("s3api", "head-object", "--bucket", BUCKET, "--key", "cli/big.bin", "--checksum-mode", "ENABLED"))
+    cli_parts = [big[i:i + 5 * MIB] for i in range(0, len(big), 5 * MIB)]
+    expected = b64(crc32_raw(b"".join(crc32_raw(p) for p in cli_parts))) + "-3"
+    expect(head.get("ChecksumCRC32") == expected and head.get("ChecksumType") == "COMPOSITE",
+           f"aws s3 cp multipart, head-object --checksum-mode ENABLED: {head}, expected CRC32 {expected}")
     ls = aws("s3", "ls", f"s3://{BUCKET}/cli/").decode()
     expect("small.bin" in ls and "big.bin" in ls, f"aws s3 ls: {ls}")
     os.makedirs(os.path.join(src, "tree", "d"), exist_ok=True)
@@ -860,7 +1069,7 @@ def aws_cli():
     aws("s3", "rm", "--recursive", f"s3://{BUCKET}/cli/tree")
     listed = json.loads(aws("s3api", "list-objects-v2", "--bucket", BUCKET, "--prefix", "cli/tree/") or b"{}")
     expect("Contents" not in listed, "aws s3 rm --recursive")
-    ok("aws-cli: s3 cp (single and multipart), ls, sync, rm, s3 cp s3:// s3:// (CopyObject and "
+    ok("aws-cli: s3 cp (single and multipart; head-object --checksum-mode ENABLED), ls, sync, rm, s3 cp s3:// s3:// (CopyObject and "
        "UploadPartCopy); s3api create-multipart-upload/upload-part/upload-part-copy/complete")
 
 

@@ -261,15 +261,16 @@ def atomic_multipart_upload_write(c, c2):
 def reupload_checksum_and_etag(c, c2):
     # ceph/s3-tests: three 5 MiB parts of 'A', 'B', 'C' with SHA-256
     # checksums, S3's known values; part 2 first uploaded with other bytes
-    # and re-uploaded. (The composite SHA-256 of the object is not computed
-    # by this endpoint yet: docs/s3.md, "Not yet".)
+    # and re-uploaded; the object's COMPOSITE SHA-256, S3's known value, on
+    # both instances.
     key = "races/reupload_checksum_and_etag"
     size = 5 * MIB
     bodies = [b"A" * size, b"B" * size, b"C" * size]
     sums = ["275VF5loJr1YYawit0XSHREhkFXYkkPKGuoK0x9VKxI=",
             "mrHwOfjTL5Zwfj74F05HOQGLdUb7E5szdCbxgUSq6NM=",
             "Vw7oB/nKQ5xWb3hNgbyfkvDiivl+U+/Dft48nfJfDow="]
-    up = c.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
+    composite = "uWBwpe1dxI4Vw8Gf0X9ynOdw/SS6VBzfWm9giiv1sf4=-3"
+    up = c.create_multipart_upload(Bucket=BUCKET, Key=key, ChecksumAlgorithm="SHA256")["UploadId"]
 
     def upload(cl, n, body, checksum=None):
         kw = {"ChecksumSHA256": checksum} if checksum else {}
@@ -291,12 +292,14 @@ def reupload_checksum_and_etag(c, c2):
     expect(error_code(lambda: complete(c, key, up, stale)) == "InvalidPart", "the replaced part's ETag")
     res1 = complete(c, key, up, parts)
     expect(res1["ETag"].strip('"') == "b2add96cc9702bbf4efb0ccdfc6b7747-3", f"composite ETag {res1['ETag']}")
+    expect(res1.get("ChecksumSHA256") == composite, f"composite SHA-256 {res1.get('ChecksumSHA256')}")
     res2 = complete(c2, key, up, parts)
-    expect(res2["ETag"] == res1["ETag"], "a repeated Complete (on the other instance) answers the same ETag")
+    expect(res2["ETag"] == res1["ETag"] and res2.get("ChecksumSHA256") == composite,
+           "a repeated Complete (on the other instance) answers the same ETag and checksum")
     whole = b"".join(bodies)
     expect(get(c2, key) == whole, "the object is A, B, C")
     record(key, whole)
-    ok("test_multipart_reupload_checksum_and_etag (part SHA-256 and the composite ETag S3 computes)")
+    ok("test_multipart_reupload_checksum_and_etag (part SHA-256, the composite ETag and SHA-256 S3 computes)")
 
 
 def two_instances(c, c2):
