@@ -340,10 +340,10 @@ mod tests {
         assert_eq!(answered.status(), http::StatusCode::FORBIDDEN);
         let body = String::from_utf8(answered.body().bytes().unwrap().to_vec()).unwrap();
         assert!(
-            body.contains(&format!(
+            body.contains(
                 "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\
                  <Error><Type>Sender</Type><Code>AccessDenied</Code>"
-            )),
+            ),
             "{body}"
         );
         assert!(
