@@ -1,6 +1,7 @@
 //! [`MfsClient`]: the namespace and metadata operations of the master
 //! protocol (lookup, getattr, mkdir, create, unlink, rename, truncate,
-//! readdir, statfs, goal, trash time, snapshot, append slice, chunk check)
+//! readdir, statfs, goal, trash time, snapshot, append slice, chunk check,
+//! opening an existing file for this session)
 //! and path resolution. Data I/O lives in `write.rs` and `read.rs`, the
 //! per-replica checksum report in `report.rs`, as further `impl MfsClient`
 //! blocks.
@@ -39,6 +40,20 @@ pub struct DirEntry {
 /// releases the inode at the next sustained-inodes update.
 pub struct CreatedFile {
     pub inode: u32,
+    pub attr: Attr,
+    pub open: OpenInodeGuard,
+}
+
+/// An existing file opened by this session ([`MfsClient::open_file`]): while
+/// this value lives the file is in the session's sustained-inodes list, so
+/// unlinking it (or renaming another file over it) from any session leaves
+/// its data readable by inode; dropping it releases the inode at once (the
+/// next sustained-inodes update, sent when the last holder drops), and the
+/// master frees an unlinked file's data once no session holds it.
+pub struct OpenedFile {
+    pub inode: u32,
+    /// The attributes when it was opened (a file replaced by rename, never
+    /// written in place, keeps them).
     pub attr: Attr,
     pub open: OpenInodeGuard,
 }
@@ -249,6 +264,54 @@ impl MfsClient {
         let (inode, attr) = decode::created(answer)?;
         let open = self.master.hold_open(inode);
         Ok(CreatedFile { inode, attr, open })
+    }
+
+    /// Opens an existing regular file for reading (`CLTOMA_FUSE_OPEN`),
+    /// holding it open for this session until the returned value drops.
+    ///
+    /// Wire (MooseFS 3.0.117, `matoclserv_fuse_open`, `fs_opencheck`):
+    /// `CLTOMA_FUSE_OPEN` (430) `msgid:u32 inode:u32 uid:u32 gcnt:u32
+    /// gcnt×gid:u32 flags:u8` (flags 0x01 read, 0x02 write, 0x04 after
+    /// create, 0x08 truncate), answered by `MATOCL_FUSE_OPEN` (431)
+    /// `msgid:u32 oflags:u8 attr[36]` or a status (ENOENT: no such inode;
+    /// EPERM: not a file; EACCES: no read permission). The master records
+    /// the (session, inode) pair; the session's next
+    /// `CLTOMA_FUSE_SUSTAINED_INODES` list must name the inode or the
+    /// master releases it, so the inode enters this session's open set
+    /// *before* the request is sent: a list built in between would
+    /// otherwise release what the master just opened.
+    pub async fn open_file(&self, inode: u32) -> Result<OpenedFile> {
+        let open = self.master.hold_open(inode);
+        let answer = self
+            .master
+            .request(msg::CLTOMA_FUSE_OPEN, "open", |p| {
+                self.ugid(p.u32(inode)).u8(crate::proto::open::READ)
+            })
+            .await?;
+        let answer = payload_or_status("open", answer)
+            .map_err(|e| namespace_error(e, format!("inode {inode}")))?;
+        let attr = decode::opened(answer)?;
+        if !attr.is_file() {
+            return Err(MfsError::InvalidArgument(format!(
+                "inode {inode} is not a regular file"
+            )));
+        }
+        Ok(OpenedFile { inode, attr, open })
+    }
+
+    /// The attributes of any inode the master still has: also a file that
+    /// was unlinked but is still open by some session (sustained) or in the
+    /// trash (`GETATTR` with `opened = 1`). [`MfsError::NotFound`] once the
+    /// master has freed it.
+    pub async fn getattr_detached(&self, inode: u32) -> Result<Attr> {
+        let answer = self
+            .idempotent(msg::CLTOMA_FUSE_GETATTR, "getattr", |p| {
+                p.u32(inode).u8(1).u32(self.cfg.uid).u32(self.cfg.gid)
+            })
+            .await?;
+        let answer = payload_or_status("getattr", answer)
+            .map_err(|e| namespace_error(e, format!("inode {inode}")))?;
+        Ok(decode::attr(answer)?)
     }
 
     pub async fn unlink(&self, parent: u32, name: &Name) -> Result<()> {

@@ -1,20 +1,17 @@
 //! The master's list of chunkservers (`CLTOMA_CSERV_LIST`, what `mfscli
 //! -SCS` shows), asked on a short-lived connection of its own: the master
 //! answers this "admin" request only on a connection that has not
-//! registered a session. Used to refuse a goal no set of chunkservers can
+//! registered a session ([`crate::admin`]). Used to refuse a goal no set of chunkservers can
 //! hold. [`ChunkserverCountCache`] keeps the answer for a few seconds so a
 //! request's validation costs no master round trip of its own.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
-use tokio::time::timeout;
-
-use crate::codec::{FrameReader, Packet, PayloadReader, ProtocolError};
+use crate::admin::admin_request;
+use crate::codec::{Packet, PayloadReader, ProtocolError};
 use crate::config::MasterConfig;
-use crate::error::{MfsError, Result};
-use crate::master::connect_tcp;
+use crate::error::Result;
 use crate::proto::msg;
 
 /// Bytes of one entry of a 3.0 `MATOCL_CSERV_LIST` answer: flags+version
@@ -77,43 +74,15 @@ pub fn parse_cserv_list(payload: bytes::Bytes) -> Result<Vec<ChunkserverEntry>, 
 /// Asks the master for its chunkserver list on a fresh connection, each
 /// step under the configured connect / request timeouts.
 pub async fn fetch_cserv_list(cfg: &MasterConfig) -> Result<Vec<ChunkserverEntry>> {
-    let stream = connect_tcp(cfg).await?;
-    let (rd, mut wr) = stream.into_split();
-    let io = |error: std::io::Error| MfsError::MasterUnreachable {
-        addr: cfg.addr.clone(),
-        error,
-    };
     let request = Packet::new(msg::CLTOMA_CSERV_LIST, 0).finish();
-    timeout(cfg.connect_timeout, wr.write_all(&request))
-        .await
-        .map_err(|_| MfsError::Timeout {
-            after: cfg.connect_timeout,
-            what: "sending the chunkserver list request".into(),
-        })?
-        .map_err(io)?;
-    let mut reader = FrameReader::new(rd, CSERV_ENTRY_LEN * MAX_CSERV_ENTRIES);
-    let answer = timeout(cfg.request_timeout, async {
-        loop {
-            match reader.read_frame().await.map_err(io)? {
-                None => return Err(MfsError::Disconnected),
-                Some(frame) if frame.kind == msg::ANTOAN_NOP => continue,
-                Some(frame) if frame.kind == msg::MATOCL_CSERV_LIST => return Ok(frame.payload),
-                Some(frame) => {
-                    return Err(ProtocolError::new(format!(
-                        "unexpected packet type {} instead of the chunkserver list",
-                        frame.kind
-                    ))
-                    .into())
-                }
-            }
-        }
-    })
-    .await
-    .map_err(|_| MfsError::Timeout {
-        after: cfg.request_timeout,
-        what: "the chunkserver list".into(),
-    })??;
-    let _ = wr.shutdown().await;
+    let answer = admin_request(
+        cfg,
+        request,
+        msg::MATOCL_CSERV_LIST,
+        CSERV_ENTRY_LEN * MAX_CSERV_ENTRIES,
+        "the chunkserver list",
+    )
+    .await?;
     Ok(parse_cserv_list(answer)?)
 }
 

@@ -61,6 +61,13 @@ pub fn created(payload: Bytes) -> Result<(u32, Attr), ProtocolError> {
     Ok((inode, Attr::parse(&mut r)?))
 }
 
+/// `OPEN`: `oflags:u8` + attributes (no inode: the caller named it).
+pub fn opened(payload: Bytes) -> Result<Attr, ProtocolError> {
+    let mut r = PayloadReader::new(payload);
+    let _oflags = r.u8()?;
+    Attr::parse(&mut r)
+}
+
 /// `RENAME`: the moved inode.
 pub fn renamed(payload: Bytes) -> Result<u32, ProtocolError> {
     PayloadReader::new(payload).u32()

@@ -78,8 +78,9 @@
 //! is the connection actor); `chunkserver` speaks to chunkservers (a link
 //! and its pool, the write chain); `client` offers the namespace operations,
 //! `write`, `verify` and `read` stream file data, `report` compares
-//! replicas; `path` validates names, `cservers` asks for the chunkserver
-//! list, `retry` paces every retry, `observe` is how the client reports
+//! replicas; `path` validates names, `admin` asks what the master answers
+//! only unregistered connections (`cservers`: the chunkserver list; the
+//! open files of a session), `retry` paces every retry, `observe` is how the client reports
 //! (an [`Observer`] for metrics, [`ClientStats`] counters).
 //!
 //! # Features
@@ -89,6 +90,7 @@
 //! - `test-support`: the `moosefs::testing` helpers for tests against a real
 //!   cluster found through `MFS_MASTER` / `MFS_MOUNT`.
 
+pub mod admin;
 #[cfg(feature = "test-hooks")]
 pub mod chunkserver;
 #[cfg(not(feature = "test-hooks"))]
@@ -110,7 +112,7 @@ mod verify;
 pub mod write;
 
 pub use chunkserver::ReplicaCrcTable;
-pub use client::{CreatedFile, DirEntry, MfsClient, StatFs};
+pub use client::{CreatedFile, DirEntry, MfsClient, OpenedFile, StatFs};
 pub use config::{ChunkserverTimeouts, ClientConfig, MasterConfig, WriteOptions};
 pub use cservers::ChunkserverCount;
 pub use error::MfsError;

@@ -72,6 +72,7 @@ pub mod msg {
     pub const CLTOMA_FUSE_RMDIR: u32 = 422;
     pub const CLTOMA_FUSE_RENAME: u32 = 424;
     pub const CLTOMA_FUSE_READDIR: u32 = 428;
+    pub const CLTOMA_FUSE_OPEN: u32 = 430;
     pub const CLTOMA_FUSE_READ_CHUNK: u32 = 432;
     pub const CLTOMA_FUSE_WRITE_CHUNK: u32 = 434;
     pub const CLTOMA_FUSE_WRITE_CHUNK_END: u32 = 436;
@@ -88,6 +89,16 @@ pub mod msg {
     /// Admin request (unregistered connections only): the chunkserver list.
     pub const CLTOMA_CSERV_LIST: u32 = 500;
     pub const MATOCL_CSERV_LIST: u32 = 501;
+    /// Admin request (unregistered connections only): the inodes a session
+    /// has open (what `mfscli -SOF` shows).
+    pub const CLTOMA_LIST_OPEN_FILES: u32 = 532;
+    pub const MATOCL_LIST_OPEN_FILES: u32 = 533;
+}
+
+/// `flags` of `CLTOMA_FUSE_OPEN`.
+pub mod open {
+    /// Open for reading (the master checks read permission).
+    pub const READ: u8 = 0x01;
 }
 
 /// `chunkopflags` of READ_CHUNK / WRITE_CHUNK / WRITE_CHUNK_END.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::client::MfsClient;
+use crate::client::{MfsClient, OpenedFile};
 use crate::error::{MfsError, Result};
 use crate::observe::ClientStats;
 use crate::proto::{Status, CHUNK_SIZE};
@@ -73,9 +73,39 @@ impl MfsClient {
         if attr.is_dir() {
             return Err(MfsError::IsDirectory(format!("inode {inode}")));
         }
+        self.read_span(inode, attr.length, offset, len, sink, replica)
+            .await
+    }
+
+    /// [`MfsClient::read_to`] of a file this session holds open, by the
+    /// length it had when opened (no GETATTR: the file may have been
+    /// unlinked since, and a session whose root is a subfolder cannot ask
+    /// the attributes of an unlinked file; READ_CHUNK serves it by inode).
+    pub async fn read_opened_to<W: AsyncWrite + Unpin>(
+        &self,
+        file: &OpenedFile,
+        offset: u64,
+        len: Option<u64>,
+        sink: &mut W,
+        replica: ReplicaChoice,
+    ) -> Result<u64> {
+        self.read_span(file.inode, file.attr.length, offset, len, sink, replica)
+            .await
+    }
+
+    /// Copies `[offset, offset + len)` clipped to `length` into `sink`.
+    async fn read_span<W: AsyncWrite + Unpin>(
+        &self,
+        inode: u32,
+        length: u64,
+        offset: u64,
+        len: Option<u64>,
+        sink: &mut W,
+        replica: ReplicaChoice,
+    ) -> Result<u64> {
         let end = match len {
-            Some(n) => offset.saturating_add(n).min(attr.length),
-            None => attr.length,
+            Some(n) => offset.saturating_add(n).min(length),
+            None => length,
         };
         let mut pos = offset;
         let policy = RetryPolicy::new(

@@ -79,7 +79,7 @@ proptest! {
     #[test]
     fn master_answers_never_panic(p in payload()) {
         let _ = decode::statfs(p.clone());
-        for attr in [decode::attr(p.clone()), decode::truncated(p.clone())].into_iter().flatten() {
+        for attr in [decode::attr(p.clone()), decode::truncated(p.clone()), decode::opened(p.clone())].into_iter().flatten() {
             prop_assert!(attr.length <= MAX_FILE_LENGTH);
         }
         for (_, attr) in [decode::inode_attr(p.clone()), decode::created(p.clone())]

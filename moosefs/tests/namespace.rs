@@ -1,6 +1,7 @@
 //! Namespace and metadata operations against the real cluster: append slice,
 //! snapshot, rename, truncate, readdir, statfs, goal and trash time, bad input as
-//! typed errors, and the master session's reconnect and sustained-inode release.
+//! typed errors, and the master session's reconnect, sustained-inode release
+//! and open files (readable after another session unlinks them).
 
 use moosefs::testing::*;
 use moosefs::{MfsError, MfsPath, Name, WriteOptions, CHUNK_SIZE};
@@ -331,6 +332,62 @@ async fn created_inodes_are_released_when_their_handle_drops() {
     let err = client.getattr(inode).await.unwrap_err();
     assert!(matches!(err, MfsError::NotFound(_)), "{err}");
     client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opened_file_stays_readable_after_another_session_unlinks_it() {
+    let (reader, other) = (client().await, client().await);
+    let dir = TestDir::new(&other, "opened").await;
+    let data = random_bytes(300_000, 47);
+    let f = other.create(dir.inode, &name("held"), 0o644).await.unwrap();
+    other
+        .write_stream(f.inode, 0, &data[..], &WriteOptions::default())
+        .await
+        .unwrap();
+    let inode = f.inode;
+    drop(f);
+    other.master().flush_open_inodes().await.unwrap();
+
+    let opened = reader.open_file(inode).await.unwrap();
+    assert_eq!(opened.attr.length, data.len() as u64);
+    let session = reader.session().session_id;
+    let listed = moosefs::admin::list_open_files(&reader.config().master, session)
+        .await
+        .unwrap();
+    assert!(listed.contains(&inode), "{listed:?}");
+    // Unlinked by the other session (trash time 0): sustained, still readable.
+    other.unlink(dir.inode, &name("held")).await.unwrap();
+    let detached = other.getattr_detached(inode).await.unwrap();
+    assert_eq!((detached.nlink, detached.length), (0, data.len() as u64));
+    let mut read = Vec::new();
+    reader
+        .read_opened_to(&opened, 0, None, &mut read, Default::default())
+        .await
+        .unwrap();
+    assert!(read == data, "the sustained file's bytes differ");
+    // Released: the session no longer lists it (the master frees it in its
+    // sustained sweep, up to 256 s later).
+    drop(opened);
+    let mut released = false;
+    for _ in 0..50 {
+        let listed = moosefs::admin::list_open_files(&reader.config().master, session)
+            .await
+            .unwrap();
+        if !listed.contains(&inode) {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        released,
+        "inode {inode} still open after its handle dropped"
+    );
+    // Opening an inode that does not exist is NotFound.
+    let err = reader.open_file(u32::MAX - 7).await.err().unwrap();
+    assert!(matches!(err, MfsError::NotFound(_)), "{err}");
+    reader.close().await;
+    other.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -68,6 +68,10 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish at shutdown.
     #[arg(long, env = "S3_DRAIN_SECS", default_value_t = 30)]
     pub drain_secs: u64,
+    /// Seconds a client may take no byte of a response before its
+    /// connection is cut (its request slot and open object released).
+    #[arg(long, env = "S3_SEND_IDLE_TIMEOUT_SECS", default_value_t = 120)]
+    pub send_idle_timeout_secs: u64,
 }
 
 #[derive(Args, Debug)]
@@ -220,6 +224,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         concurrency: args.concurrency,
         max_connections: args.max_connections,
         drain: Duration::from_secs(args.drain_secs),
+        send_idle_timeout: Duration::from_secs(args.send_idle_timeout_secs.max(1)),
     };
     crate::server::serve(listener, service, limits, shutdown).await?;
     pipeline.close().await;

@@ -12,7 +12,16 @@
 //!   included; past it `400 RequestTimeout` (an unfinished part attempt is
 //!   abandoned: its session or a newer attempt decides, as for any attempt).
 //! - **Concurrency limit**: past it a request is shed at once with
-//!   `503 SlowDown`, which every S3 SDK backs off from and retries.
+//!   `503 SlowDown`, which every S3 SDK backs off from and retries. A
+//!   request's slot is held until its response body has been sent (or
+//!   dropped: client gone, connection cut), not only up to the response
+//!   head: a GET streaming an object holds its slot for as long as it reads
+//!   from MooseFS ([`HeldBody`]).
+//! - **Send stall**: a connection whose client has not taken a byte of its
+//!   response for the idle timeout is cut
+//!   ([`shared::http_server::StallLimit`]), which drops the response body
+//!   and with it the slot and the object's open file; counted as
+//!   `limited_requests_total{reason="stalled"}`.
 //!
 //! It also refuses presigned URLs claiming a validity S3 refuses (over a
 //! week, or negative), which s3s lets through or answers with 400.
@@ -27,14 +36,19 @@
 //! <RequestId>…</RequestId></ErrorResponse>`, which STS clients read.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body::Frame;
 use hyper::body::Incoming;
 use s3s::service::S3Service;
 use s3s::{s3_error, S3Error, S3ErrorCode};
 use shared::http_server::{serve_connections, ConcurrencyLimit, ConnectionLimits};
 use tokio::net::TcpListener;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -50,6 +64,8 @@ pub struct ServerLimits {
     pub concurrency: usize,
     pub max_connections: usize,
     pub drain: Duration,
+    /// A response the client takes no byte of for this long is cut.
+    pub send_idle_timeout: Duration,
 }
 
 impl Default for ServerLimits {
@@ -62,6 +78,7 @@ impl Default for ServerLimits {
             concurrency: 64,
             max_connections: 1024,
             drain: Duration::from_secs(30),
+            send_idle_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -203,26 +220,33 @@ async fn handle(
         path = %req.uri().path()
     );
     let sts = crate::sts::is_sts_request(req.method(), req.uri(), req.headers());
-    let response = handle_request(s3, slots, limits, req)
+    let (response, slot) = handle_request(s3, slots, limits, req)
         .instrument(span)
         .await;
-    with_request_id(response, &id, sts)
+    let response = with_request_id(response, &id, sts);
+    match slot {
+        Some(slot) => response.map(|body| s3s::Body::http_body(HeldBody::new(body, slot))),
+        None => response,
+    }
 }
 
+/// The response, and the request's slot if it is still held: it is
+/// released when the response body ends, not here.
 async fn handle_request(
     s3: S3Service,
     slots: ConcurrencyLimit,
     limits: Arc<ServerLimits>,
     req: http::Request<Incoming>,
-) -> HttpResponse {
+) -> (HttpResponse, Option<OwnedSemaphorePermit>) {
     let Some(permit) = slots.try_enter() else {
-        return refuse(
+        let refused = refuse(
             s3_error!(SlowDown, "too many requests at once; retry"),
             LimitReason::Concurrency,
         );
+        return (refused, None);
     };
     if declared_length(&req).is_some_and(|n| n > limits.max_body) {
-        return refuse(
+        let refused = refuse(
             s3_error!(
                 EntityTooLarge,
                 "the body is larger than the limit of {} bytes",
@@ -230,29 +254,81 @@ async fn handle_request(
             ),
             LimitReason::BodySize,
         );
+        return (refused, None);
     }
     let max_body = usize::try_from(limits.max_body).unwrap_or(usize::MAX);
     let req = req.map(|body| s3s::Body::http_body(http_body_util::Limited::new(body, max_body)));
     if let Some(e) = bad_presigned_expiry(req.uri()) {
-        return refuse_presigned(e);
+        return (refuse_presigned(e), None);
     }
-    let response = match tokio::time::timeout(limits.request_timeout, s3.call(req)).await {
-        Ok(Ok(response)) => response,
+    match tokio::time::timeout(limits.request_timeout, s3.call(req)).await {
+        Ok(Ok(response)) => (response, Some(permit)),
         Ok(Err(e)) => {
             tracing::warn!(error = ?e, "S3 request failed outside an operation");
-            refuse(s3_error!(InternalError), LimitReason::Error)
+            (refuse(s3_error!(InternalError), LimitReason::Error), None)
         }
-        Err(_) => refuse(
-            s3_error!(
-                RequestTimeout,
-                "the request took longer than {:?}",
-                limits.request_timeout
-            ),
-            LimitReason::Timeout,
-        ),
-    };
-    drop(permit);
-    response
+        Err(_) => {
+            let refused = refuse(
+                s3_error!(
+                    RequestTimeout,
+                    "the request took longer than {:?}",
+                    limits.request_timeout
+                ),
+                LimitReason::Timeout,
+            );
+            (refused, None)
+        }
+    }
+}
+
+/// A response body holding its request's slot until it ends (its last
+/// frame taken, or an error) or is dropped (the client went away, or the
+/// connection was cut for a stalled send). A GetObject's body also holds
+/// the object's file open in the master session (see
+/// `Pipeline::read_object`): both are released together.
+pub struct HeldBody {
+    inner: s3s::Body,
+    slot: Option<OwnedSemaphorePermit>,
+}
+
+impl HeldBody {
+    pub fn new(inner: s3s::Body, slot: OwnedSemaphorePermit) -> Self {
+        let slot = (!http_body::Body::is_end_stream(&inner)).then_some(slot);
+        HeldBody { inner, slot }
+    }
+
+    /// Whether the slot is still held.
+    pub fn holds_slot(&self) -> bool {
+        self.slot.is_some()
+    }
+}
+
+impl http_body::Body for HeldBody {
+    type Data = Bytes;
+    type Error = s3s::StdError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.slot = None,
+            Poll::Ready(Some(Ok(_))) if http_body::Body::is_end_stream(&self.inner) => {
+                self.slot = None
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        http_body::Body::is_end_stream(&self.inner)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::Body::size_hint(&self.inner)
+    }
 }
 
 /// Serves `s3` on `listener` until `shutdown`, then drains (the shared
@@ -264,7 +340,10 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let connections =
-        ConnectionLimits::new(limits.header_timeout, limits.max_connections, limits.drain);
+        ConnectionLimits::new(limits.header_timeout, limits.max_connections, limits.drain)
+            .with_stall_limit(limits.send_idle_timeout, || {
+                shared::metrics::metrics().s3_refused(LimitReason::Stalled)
+            });
     let slots = ConcurrencyLimit::new(limits.concurrency);
     let limits = Arc::new(limits);
     let service = hyper::service::service_fn(move |req| {
@@ -284,6 +363,45 @@ mod tests {
             assert_eq!(e.status_code(), Some(http::StatusCode::FORBIDDEN));
             e.code().as_str().to_string()
         })
+    }
+
+    #[tokio::test]
+    async fn a_body_holds_its_slot_until_its_last_frame_or_its_drop() {
+        use http_body_util::BodyExt;
+        let slots = ConcurrencyLimit::new(1);
+        let stream = futures::stream::iter([
+            Ok::<_, std::io::Error>(Bytes::from_static(b"one")),
+            Ok(Bytes::from_static(b"two")),
+        ]);
+        let streamed = s3s::Body::from(s3s::dto::StreamingBlob::wrap(stream));
+        let mut body = HeldBody::new(streamed, slots.try_enter().unwrap());
+        assert!(body.holds_slot() && slots.try_enter().is_none());
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b"one");
+        assert!(body.holds_slot(), "a frame left: still held");
+        body.frame().await.unwrap().unwrap();
+        assert!(body.frame().await.is_none());
+        assert!(
+            !body.holds_slot() && slots.try_enter().is_some(),
+            "ended: released"
+        );
+
+        // A one-frame body releases with its frame, an empty one at once,
+        // a dropped one when dropped.
+        let mut once = HeldBody::new(s3s::Body::from("x".to_string()), slots.try_enter().unwrap());
+        assert!(once.holds_slot());
+        once.frame().await.unwrap().unwrap();
+        assert!(!once.holds_slot());
+        let empty = HeldBody::new(s3s::Body::empty(), slots.try_enter().unwrap());
+        assert!(!empty.holds_slot() && slots.try_enter().is_some());
+        let stream = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"z"))]);
+        let dropped = HeldBody::new(
+            s3s::Body::from(s3s::dto::StreamingBlob::wrap(stream)),
+            slots.try_enter().unwrap(),
+        );
+        assert!(slots.try_enter().is_none());
+        drop(dropped);
+        assert!(slots.try_enter().is_some());
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! - this file: the handle ([`Pipeline`]), its errors, object paths;
 //! - [`parts`]: part attempts (token, staging write, commit);
 //! - [`uploads`]: an upload's session (open, freeze, complete, end);
-//! - [`objects`]: buckets and objects in MooseFS (directories, delete, read);
+//! - [`objects`]: buckets and objects in MooseFS (directories, delete, a
+//!   GET's open file and its bytes);
 //! - [`copies`]: an object's file as a part by reference (CopyObject), an
 //!   object's range as the body of a part (UploadPartCopy).
 //!
@@ -44,7 +45,7 @@ mod parts;
 mod uploads;
 
 pub use copies::SourceObject;
-pub use objects::KeyLock;
+pub use objects::{KeyLock, OpenObject};
 pub use parts::{CommittedPart, PartCommitted, WrittenPart};
 pub use shared::config::ServiceArgs;
 /// The state of a session whose parts are being pushed (migration 0005).
@@ -181,6 +182,12 @@ impl Pipeline {
 
     pub async fn close(&self) {
         self.ingest.mfs.close().await;
+    }
+
+    /// This process's MooseFS master session (whose open files hold the
+    /// objects being read: `mfscli -SOF` lists them by this id).
+    pub fn master_session_id(&self) -> u32 {
+        self.ingest.mfs.session().session_id
     }
 
     /// A session destination (relative to the ingest root) of an object.

@@ -1,13 +1,55 @@
 //! Objects and buckets in MooseFS: bucket directories, a key's destination
-//! lock and the removal of its file, and reading an object's bytes.
+//! lock and the removal of its file, and reading an object's bytes from its
+//! file held open in the master session (so that an overwrite or delete
+//! during a GET leaves the old bytes readable until the GET ends).
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::Stream;
-use moosefs::{MfsError, MfsPath, Name, ReplicaChoice};
+use moosefs::{MfsError, MfsPath, Name, OpenedFile, ReplicaChoice};
 use shared::store::SessionLock;
 use tracing::Instrument;
 
 use super::{Pipeline, PipelineError};
+
+/// An object's file held open in the master session (see
+/// [`Pipeline::open_object`]).
+pub struct OpenObject {
+    file: Arc<OpenedFile>,
+}
+
+impl OpenObject {
+    pub fn inode(&self) -> u32 {
+        self.file.inode
+    }
+}
+
+/// A GET's body: the bytes of an opened object, holding the file open
+/// until the last byte was taken or the stream is dropped.
+struct HeldStream {
+    inner: tokio_util::io::ReaderStream<tokio::io::DuplexStream>,
+    file: Option<Arc<OpenedFile>>,
+}
+
+impl Stream for HeldStream {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_next(cx);
+        if let std::task::Poll::Ready(None | Some(Err(_))) = &polled {
+            self.file = None;
+        }
+        polled
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.size_hint()
+    }
+}
 
 /// A key's destination lock, held by an open transaction the caller may
 /// write in ([`KeyLock::conn`]).
@@ -106,17 +148,76 @@ impl Pipeline {
         self.ingest.dirs.forget();
     }
 
-    /// Streams `len` bytes of a file from `offset`, straight from the
-    /// chunkservers (a small pipe between the reader task and the response;
-    /// no whole chunk is buffered).
+    /// Opens the file of an object row (`inode`, `size`) for reading in
+    /// this process's master session, so that an overwrite or a delete of
+    /// the key — by any endpoint instance or the coordinator — leaves its
+    /// data readable until the [`OpenObject`] (and every body made of it)
+    /// is gone. `None` when the inode is no longer that object: gone (freed
+    /// after an overwrite or delete that committed after the row was read),
+    /// not a file, or not the row's length; the caller reads the row again.
+    /// An inode number is not reused for a day, so an open inode of the
+    /// row's length is the row's object (objects are replaced by rename,
+    /// never written in place).
+    pub async fn open_object(
+        &self,
+        inode: i64,
+        size: i64,
+    ) -> Result<Option<OpenObject>, PipelineError> {
+        let Ok(inode) = u32::try_from(inode) else {
+            return Ok(None);
+        };
+        match self.ingest.mfs.open_file(inode).await {
+            Ok(file) if i64::try_from(file.attr.length).ok() == Some(size) => {
+                Ok(Some(OpenObject {
+                    file: Arc::new(file),
+                }))
+            }
+            Ok(file) => {
+                tracing::debug!(
+                    inode,
+                    length = file.attr.length,
+                    size,
+                    "the object's inode is not the row's object"
+                );
+                Ok(None)
+            }
+            Err(MfsError::NotFound(_) | MfsError::InvalidArgument(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Streams `len` bytes of an opened object from `offset`, straight from
+    /// the chunkservers (a small pipe between the reader task and the
+    /// response; no whole chunk is buffered). The stream and the reader
+    /// task both hold the file open: it is released when the stream has
+    /// ended or was dropped and the task has stopped (at its next write
+    /// into the pipe once nobody reads it).
     pub fn read_object(
         &self,
-        inode: u32,
+        object: OpenObject,
         offset: u64,
         len: u64,
     ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync + 'static {
-        let (source, _reader) = self.read_range(inode, offset, len);
-        tokio_util::io::ReaderStream::with_capacity(source, 64 << 10)
+        let (mut sink, source) = tokio::io::duplex(256 << 10);
+        let mfs = self.ingest.mfs.clone();
+        let file = object.file;
+        let reading = file.clone();
+        tokio::spawn(
+            async move {
+                let read = mfs
+                    .read_opened_to(&reading, offset, Some(len), &mut sink, ReplicaChoice::Any)
+                    .await;
+                if let Err(e) = &read {
+                    tracing::warn!(inode = reading.inode, offset, len, error = %e,
+                        "reading an object failed");
+                }
+            }
+            .in_current_span(),
+        );
+        HeldStream {
+            inner: tokio_util::io::ReaderStream::with_capacity(source, 64 << 10),
+            file: Some(file),
+        }
     }
 
     /// Reads `len` bytes of a file from `offset` into a pipe (256 KiB) by a

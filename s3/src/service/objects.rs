@@ -1,5 +1,6 @@
 //! The object operations: PutObject (an upload of one part, completed at
-//! once), GetObject and HeadObject (with their conditions), DeleteObject(s).
+//! once), GetObject (from the object's file held open for the whole body)
+//! and HeadObject (with their conditions), DeleteObject(s).
 
 use s3s::dto::*;
 use s3s::{s3_error, S3Error, S3Request, S3Response, S3Result};
@@ -10,7 +11,7 @@ use super::listing::NULL_VERSION;
 use super::tagging::{tag_count, Tags};
 use super::{refuse_encryption, timestamp, who, Endpoint, MAX_LIST, MAX_PART_BYTES};
 use crate::index::{self, ObjectRow};
-use crate::pipeline::{CommittedPart, FreezePlan, NewUpload};
+use crate::pipeline::{CommittedPart, FreezePlan, NewUpload, OpenObject};
 
 pub(super) async fn put_object(
     ep: &Endpoint,
@@ -195,17 +196,50 @@ async fn readable_object(
     Ok(row)
 }
 
+/// Times a GET reads the object row and opens its file before giving up
+/// (each retry means the key was overwritten or deleted in between).
+const OPEN_ATTEMPTS: u32 = 4;
+
+/// The object a GET answers, its conditions met, and its file held open in
+/// the master session: the row read and the open are not atomic, so an
+/// inode found gone (or not the row's object) means the key changed in
+/// between, and the row is read again (at most [`OPEN_ATTEMPTS`] times).
+async fn opened_object(ep: &Endpoint, input: &GetObjectInput) -> S3Result<(ObjectRow, OpenObject)> {
+    for attempt in 1..=OPEN_ATTEMPTS {
+        let row = readable_object(ep, &input.bucket, &input.key, conditions_of!(input)).await?;
+        if let Some(object) = ep
+            .pipeline()
+            .open_object(row.inode, row.size)
+            .await
+            .map_err(pipeline_error)?
+        {
+            return Ok((row, object));
+        }
+        tracing::debug!(
+            attempt,
+            inode = row.inode,
+            "the object changed while it was opened; reading its row again"
+        );
+    }
+    Err(s3_error!(
+        InternalError,
+        "the object was replaced {OPEN_ATTEMPTS} times while it was being opened; retry"
+    ))
+}
+
 pub(super) async fn get_object(
     ep: &Endpoint,
     input: GetObjectInput,
 ) -> S3Result<S3Response<GetObjectOutput>> {
-    let row = readable_object(ep, &input.bucket, &input.key, conditions_of!(input)).await?;
     if input.part_number.is_some() {
+        // Checked after the object exists, as S3 does.
+        readable_object(ep, &input.bucket, &input.key, conditions_of!(input)).await?;
         return Err(s3_error!(
             NotImplemented,
             "GetObject by partNumber is not implemented"
         ));
     }
+    let (row, object) = opened_object(ep, &input).await?;
     let size = row.size as u64;
     let (range, content_range) = match &input.range {
         None => (0..size, None),
@@ -220,9 +254,7 @@ pub(super) async fn get_object(
         }
     };
     let len = range.end - range.start;
-    let body = ep
-        .pipeline()
-        .read_object(row.inode as u32, range.start, len);
+    let body = ep.pipeline().read_object(object, range.start, len);
     shared::metrics::metrics().s3_sent(len);
     let whole = content_range.is_none();
     Ok(S3Response::with_status(

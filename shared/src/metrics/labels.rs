@@ -178,6 +178,8 @@ label_enum! {
         Error => "error",
         /// The request took longer than allowed.
         Timeout => "timeout",
+        /// The client stopped reading its response (connection cut).
+        Stalled => "stalled",
     }
 }
 

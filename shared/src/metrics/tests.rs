@@ -194,7 +194,7 @@ fn label_values_are_the_documented_ones() {
     );
     assert_eq!(
         labels(S3LimitReason::ALL, S3LimitReason::as_str),
-        "concurrency body_size error timeout"
+        "concurrency body_size error timeout stalled"
     );
     let text = render();
     let written = "OK NOCHUNK CHUNKBUSY NOTDONE WRONGVERSION NOSPACE IO BNUMTOOBIG WRONGSIZE WRONGOFFSET CANTCONNECT DISCONNECTED CRC";
