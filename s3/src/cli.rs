@@ -100,7 +100,7 @@ pub enum KeysCommand {
         #[arg(long, env = "S3_KEY_SECRET", hide_env_values = true)]
         key_secret: String,
     },
-    /// List keys (never secrets).
+    /// List keys (never secrets), each followed by its session keys (parent, expiry).
     List,
     /// Revoke a key: requests signed with it are refused from now on.
     Revoke { access_key_id: String },
@@ -138,6 +138,7 @@ async fn run_keys(args: KeysArgs) -> Result<()> {
             println!("secret_access_key={secret}");
         }
         KeysCommand::List => {
+            let sessions = keys::list_sessions(&pool).await?;
             for k in keys::list(&pool).await? {
                 println!(
                     "{}\t{}\t{}\t{}\t{}",
@@ -149,6 +150,30 @@ async fn run_keys(args: KeysArgs) -> Result<()> {
                         .unwrap_or_else(|| "active".into()),
                     k.description
                 );
+                // Its session keys (STS AssumeRole), each on a line of its
+                // own, in the same columns: the parent instead of buckets.
+                let now = chrono::Utc::now();
+                for t in sessions
+                    .iter()
+                    .filter(|t| t.parent_key_id == k.access_key_id)
+                {
+                    let state = if k.revoked_at.is_some() {
+                        "refused: parent revoked".to_string()
+                    } else if t.expires_at <= now {
+                        format!("expired {}", t.expires_at.to_rfc3339())
+                    } else {
+                        format!("active until {}", t.expires_at.to_rfc3339())
+                    };
+                    println!(
+                        "{}\tsession of {}\t{}\t{}\tAssumeRole {} as {}",
+                        t.access_key_id,
+                        t.parent_key_id,
+                        t.created_at.to_rfc3339(),
+                        state,
+                        t.role_arn,
+                        t.role_session_name
+                    );
+                }
             }
         }
         KeysCommand::Revoke { access_key_id } => {
@@ -208,15 +233,21 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
 }
 
 /// The S3 service: the operations, SigV4 with the keys in PostgreSQL, the
-/// per-bucket access check (anonymous requests refused).
+/// per-bucket access check (anonymous requests refused, session tokens
+/// checked) and STS AssumeRole (`POST /`, [`crate::sts`]).
 pub fn build_service(pipeline: &Pipeline, server_key: ServerKey) -> s3s::service::S3Service {
     let mut builder = S3ServiceBuilder::new(Endpoint::new(pipeline.clone()));
     builder.set_auth(KeyAuth {
         pool: pipeline.pool().clone(),
-        server: server_key,
+        server: server_key.clone(),
     });
     builder.set_access(KeyAccess {
         pool: pipeline.pool().clone(),
+        server: server_key.clone(),
+    });
+    builder.set_route(crate::sts::AssumeRoleRoute {
+        pool: pipeline.pool().clone(),
+        server: server_key,
     });
     builder.build()
 }

@@ -9,6 +9,17 @@
 //! secret itself to check a signature, so an instance derives it again for
 //! each request; PostgreSQL alone (a dump, a replica) holds nothing that
 //! signs a request. Rotating the server key invalidates every key.
+//!
+//! Session keys (temporary credentials minted by STS AssumeRole,
+//! [`crate::sts`]) live in `s3_session_keys`: their secret and their session
+//! token are derived the same way with labels of their own, never stored.
+//! [`KeyAuth`] finds permanent keys, then live session keys (expired: `400
+//! ExpiredToken`; parent revoked: `403 InvalidAccessKeyId`). s3s does not
+//! check `x-amz-security-token`, so [`KeyAccess`] does: a session key's
+//! requests must carry its token (header, or `X-Amz-Security-Token` of a
+//! presigned URL), a permanent key's must carry none. A session key acts for
+//! its parent: the parent's buckets, and the parent is the request's
+//! [`Principal`] (its `created_by`, its per-key upload cap).
 
 use hmac::{Hmac, Mac};
 use rand::Rng;
@@ -20,6 +31,7 @@ use s3s::path::S3Path;
 use s3s::{s3_error, S3Request, S3Result};
 use sha2::Sha256;
 use sqlx::PgPool;
+use subtle::ConstantTimeEq;
 
 /// Shortest accepted server key, bytes.
 pub const MIN_SERVER_KEY_BYTES: usize = 32;
@@ -53,14 +65,30 @@ impl ServerKey {
 
     /// The secret of `access_key_id` with `salt`.
     pub fn secret(&self, access_key_id: &str, salt: &str) -> String {
+        self.derive(b"mfs-ingest s3 secret v1", access_key_id, salt)[..40].to_string()
+    }
+
+    /// The secret of the session key `access_key_id` with `salt`.
+    pub fn session_secret(&self, access_key_id: &str, salt: &str) -> String {
+        self.derive(b"mfs-ingest s3 session secret v1", access_key_id, salt)[..40].to_string()
+    }
+
+    /// The session token of the session key `access_key_id` with `salt`
+    /// (64 hex digits).
+    pub fn session_token(&self, access_key_id: &str, salt: &str) -> String {
+        self.derive(b"mfs-ingest s3 session token v1", access_key_id, salt)
+    }
+
+    /// `hex(HMAC-SHA256(server key, label ‖ 0 ‖ id ‖ 0 ‖ salt))`.
+    fn derive(&self, label: &[u8], access_key_id: &str, salt: &str) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
-        mac.update(b"mfs-ingest s3 secret v1\0");
+        mac.update(label);
+        mac.update(b"\0");
         mac.update(access_key_id.as_bytes());
         mac.update(b"\0");
         mac.update(salt.as_bytes());
         let digest = mac.finalize().into_bytes();
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        hex[..40].to_string()
+        digest.iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
@@ -100,14 +128,7 @@ pub async fn create(
             return Err(KeyError::BadBucket(b.clone()));
         }
     }
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let mut rng = rand::rng();
-    let id: String = std::iter::once("MFS".to_string())
-        .chain((0..17).map(|_| (ALPHABET[rng.random_range(0..ALPHABET.len())] as char).to_string()))
-        .collect();
-    let salt: String = (0..16)
-        .map(|_| format!("{:02x}", rng.random::<u8>()))
-        .collect();
+    let (id, salt) = new_key_id("MFS");
     sqlx::query(
         "INSERT INTO s3_access_keys (access_key_id, salt, buckets, description)
          VALUES ($1, $2, $3, $4)",
@@ -120,6 +141,20 @@ pub async fn create(
     .await?;
     let secret = server.secret(&id, &salt);
     Ok((id, secret))
+}
+
+/// A new key id (`prefix` and 17 base-32 letters, 20 characters like AWS's)
+/// and a new random salt.
+pub(crate) fn new_key_id(prefix: &str) -> (String, String) {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut rng = rand::rng();
+    let id: String = std::iter::once(prefix.to_string())
+        .chain((0..17).map(|_| (ALPHABET[rng.random_range(0..ALPHABET.len())] as char).to_string()))
+        .collect();
+    let salt: String = (0..16)
+        .map(|_| format!("{:02x}", rng.random::<u8>()))
+        .collect();
+    (id, salt)
 }
 
 pub async fn list(pool: &PgPool) -> Result<Vec<AccessKey>, KeyError> {
@@ -145,7 +180,28 @@ pub async fn revoke(pool: &PgPool, access_key_id: &str) -> Result<(), KeyError> 
     Ok(())
 }
 
-/// The buckets a live key may use (`None`: no such live key).
+/// A session key as listed (`worker s3 keys list`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SessionKey {
+    pub access_key_id: String,
+    pub parent_key_id: String,
+    pub role_arn: String,
+    pub role_session_name: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Session keys not expired for more than a day (older rows are deleted).
+pub async fn list_sessions(pool: &PgPool) -> Result<Vec<SessionKey>, KeyError> {
+    Ok(sqlx::query_as(
+        "SELECT access_key_id, parent_key_id, role_arn, role_session_name, created_at, expires_at
+           FROM s3_session_keys ORDER BY created_at, access_key_id",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The buckets a live permanent key may use (`None`: no such live key).
 pub async fn allowed_buckets(
     pool: &PgPool,
     access_key_id: &str,
@@ -163,7 +219,59 @@ pub fn allows(allowed: &[String], bucket: &str) -> bool {
     allowed.iter().any(|b| b == ALL_BUCKETS || b == bucket)
 }
 
-/// SigV4 secrets from PostgreSQL and the server key.
+/// What an access key id names, as far as signing and access go.
+#[derive(Debug, Clone)]
+pub(crate) enum KeyKind {
+    /// A live permanent key.
+    Permanent { salt: String, buckets: Vec<String> },
+    /// A session key whose parent is live.
+    Session {
+        salt: String,
+        parent: String,
+        buckets: Vec<String>,
+        expired: bool,
+    },
+}
+
+/// Looks `access_key_id` up: permanent keys first, then session keys
+/// (`None`: neither, or a session key whose parent is revoked).
+pub(crate) async fn lookup(pool: &PgPool, access_key_id: &str) -> S3Result<Option<KeyKind>> {
+    let db = |e: sqlx::Error| s3_error!(ServiceUnavailable, "key lookup failed: {e}");
+    let permanent: Option<(String, Vec<String>)> = sqlx::query_as(
+        "SELECT salt, buckets FROM s3_access_keys WHERE access_key_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(access_key_id)
+    .fetch_optional(pool)
+    .await
+    .map_err(db)?;
+    if let Some((salt, buckets)) = permanent {
+        return Ok(Some(KeyKind::Permanent { salt, buckets }));
+    }
+    let session: Option<(String, String, Vec<String>, bool)> = sqlx::query_as(
+        "SELECT s.salt, s.parent_key_id, p.buckets, s.expires_at <= now()
+           FROM s3_session_keys s JOIN s3_access_keys p ON p.access_key_id = s.parent_key_id
+          WHERE s.access_key_id = $1 AND p.revoked_at IS NULL",
+    )
+    .bind(access_key_id)
+    .fetch_optional(pool)
+    .await
+    .map_err(db)?;
+    Ok(
+        session.map(|(salt, parent, buckets, expired)| KeyKind::Session {
+            salt,
+            parent,
+            buckets,
+            expired,
+        }),
+    )
+}
+
+fn expired_token() -> s3s::S3Error {
+    s3_error!(ExpiredToken, "The provided token has expired.")
+}
+
+/// SigV4 secrets from PostgreSQL and the server key: permanent keys, then
+/// live session keys.
 pub struct KeyAuth {
     pub pool: PgPool,
     pub server: ServerKey,
@@ -172,90 +280,164 @@ pub struct KeyAuth {
 #[async_trait::async_trait]
 impl S3Auth for KeyAuth {
     async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
-        let salt: Option<String> = sqlx::query_scalar(
-            "SELECT salt FROM s3_access_keys WHERE access_key_id = $1 AND revoked_at IS NULL",
-        )
-        .bind(access_key)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| s3_error!(ServiceUnavailable, "key lookup failed: {e}"))?;
-        match salt {
-            Some(salt) => Ok(SecretKey::from(self.server.secret(access_key, &salt))),
+        match lookup(&self.pool, access_key).await? {
+            Some(KeyKind::Permanent { salt, .. }) => {
+                Ok(SecretKey::from(self.server.secret(access_key, &salt)))
+            }
+            Some(KeyKind::Session { expired: true, .. }) => Err(expired_token()),
+            Some(KeyKind::Session { salt, .. }) => Ok(SecretKey::from(
+                self.server.session_secret(access_key, &salt),
+            )),
             None => Err(s3_error!(InvalidAccessKeyId)),
         }
     }
 }
 
-/// Refuses anonymous requests and buckets the key is not allowed: the
-/// bucket a request names, and the bucket a copy reads from.
-pub struct KeyAccess {
-    pub pool: PgPool,
+/// Who a request acts for, put in its extensions by [`KeyAccess`]: the
+/// permanent key that signed it, or the parent of the session key that did.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// The permanent key (the parent, for a session key).
+    pub key: String,
+    /// The buckets it may use.
+    pub buckets: Vec<String>,
+    /// The session key that signed the request, if one did.
+    pub session_key: Option<String>,
 }
 
-impl KeyAccess {
-    /// The buckets the request's live key may use.
-    async fn allowed(&self, credentials: Option<&Credentials>) -> S3Result<Vec<String>> {
-        let Some(credentials) = credentials else {
-            return Err(s3_error!(AccessDenied, "anonymous requests are refused"));
-        };
-        allowed_buckets(&self.pool, &credentials.access_key)
-            .await
-            .map_err(|e| s3_error!(ServiceUnavailable, "key lookup failed: {e}"))?
-            .ok_or_else(|| s3_error!(InvalidAccessKeyId))
+impl Principal {
+    /// The principal of a request whose access was checked.
+    pub fn of<T>(req: &S3Request<T>) -> S3Result<&Principal> {
+        req.extensions
+            .get::<Principal>()
+            .ok_or_else(|| s3_error!(AccessDenied, "anonymous requests are refused"))
     }
+}
 
-    /// The source of a copy (`x-amz-copy-source`) must be a bucket the key
-    /// may use, like the destination.
-    async fn check_copy_source(
-        &self,
-        credentials: Option<&Credentials>,
-        source: &CopySource,
-    ) -> S3Result<()> {
-        let CopySource::Bucket { bucket, .. } = source else {
-            return Err(s3_error!(
-                NotImplemented,
-                "copy sources other than bucket/key are not implemented"
-            ));
-        };
-        if allows(&self.allowed(credentials).await?, bucket) {
-            Ok(())
-        } else {
-            Err(s3_error!(
-                AccessDenied,
-                "this access key may not use bucket {bucket}"
-            ))
+/// The session token a request carries: `x-amz-security-token`, or the
+/// query parameter of a presigned URL (`X-Amz-Security-Token` in SigV4's,
+/// `x-amz-security-token` in SigV2's).
+pub(crate) fn session_token_of(headers: &http::HeaderMap, uri: &http::Uri) -> Option<String> {
+    if let Some(v) = headers.get("x-amz-security-token") {
+        return Some(String::from_utf8_lossy(v.as_bytes()).into_owned());
+    }
+    form_urlencoded::parse(uri.query()?.as_bytes())
+        .find(|(k, _)| k.eq_ignore_ascii_case("x-amz-security-token"))
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Resolves the request's key into its [`Principal`], checking its session
+/// token (required for a session key, refused for a permanent one).
+pub(crate) async fn principal(
+    pool: &PgPool,
+    server: &ServerKey,
+    credentials: Option<&Credentials>,
+    token: Option<&str>,
+) -> S3Result<Principal> {
+    let Some(credentials) = credentials else {
+        return Err(s3_error!(AccessDenied, "anonymous requests are refused"));
+    };
+    let id = &credentials.access_key;
+    match lookup(pool, id).await? {
+        None => Err(s3_error!(InvalidAccessKeyId)),
+        Some(KeyKind::Permanent { buckets, .. }) => {
+            if token.is_some() {
+                return Err(s3_error!(
+                    InvalidToken,
+                    "a security token was sent with a permanent access key"
+                ));
+            }
+            Ok(Principal {
+                key: id.clone(),
+                buckets,
+                session_key: None,
+            })
+        }
+        Some(KeyKind::Session { expired: true, .. }) => Err(expired_token()),
+        Some(KeyKind::Session {
+            salt,
+            parent,
+            buckets,
+            ..
+        }) => {
+            let Some(token) = token else {
+                // AWS's answer to a temporary key without its token.
+                return Err(s3_error!(
+                    InvalidAccessKeyId,
+                    "temporary credentials need their session token (x-amz-security-token)"
+                ));
+            };
+            let expected = server.session_token(id, &salt);
+            if !bool::from(expected.as_bytes().ct_eq(token.as_bytes())) {
+                return Err(s3_error!(
+                    InvalidToken,
+                    "The provided token is malformed or otherwise invalid."
+                ));
+            }
+            Ok(Principal {
+                key: parent,
+                buckets,
+                session_key: Some(id.clone()),
+            })
         }
     }
+}
+
+/// Resolves the request's [`Principal`] (session token checked) and
+/// refuses buckets it may not use: the bucket a request names, and the
+/// bucket a copy reads from.
+pub struct KeyAccess {
+    pub pool: PgPool,
+    pub server: ServerKey,
+}
+
+/// Refuses `bucket` unless `principal` may use it.
+fn check_bucket(principal: &Principal, bucket: &str) -> S3Result<()> {
+    if allows(&principal.buckets, bucket) {
+        Ok(())
+    } else {
+        Err(s3_error!(
+            AccessDenied,
+            "this access key may not use bucket {bucket}"
+        ))
+    }
+}
+
+/// The source of a copy (`x-amz-copy-source`) must be a bucket the key may
+/// use, like the destination.
+fn check_copy_source<T>(req: &S3Request<T>, source: &CopySource) -> S3Result<()> {
+    let CopySource::Bucket { bucket, .. } = source else {
+        return Err(s3_error!(
+            NotImplemented,
+            "copy sources other than bucket/key are not implemented"
+        ));
+    };
+    check_bucket(Principal::of(req)?, bucket)
 }
 
 #[async_trait::async_trait]
 impl S3Access for KeyAccess {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
-        let allowed = self.allowed(cx.credentials()).await?;
+        let token = session_token_of(cx.headers(), cx.uri());
+        let principal =
+            principal(&self.pool, &self.server, cx.credentials(), token.as_deref()).await?;
         match cx.s3_path() {
             // ListBuckets: answered with the key's buckets only.
-            S3Path::Root => Ok(()),
+            S3Path::Root => {}
             S3Path::Bucket { bucket } | S3Path::Object { bucket, .. } => {
-                if allows(&allowed, bucket) {
-                    Ok(())
-                } else {
-                    Err(s3_error!(
-                        AccessDenied,
-                        "this access key may not use bucket {bucket}"
-                    ))
-                }
+                check_bucket(&principal, bucket)?;
             }
         }
+        cx.extensions_mut().insert(principal);
+        Ok(())
     }
 
     async fn copy_object(&self, req: &mut S3Request<CopyObjectInput>) -> S3Result<()> {
-        self.check_copy_source(req.credentials.as_ref(), &req.input.copy_source)
-            .await
+        check_copy_source(req, &req.input.copy_source)
     }
 
     async fn upload_part_copy(&self, req: &mut S3Request<UploadPartCopyInput>) -> S3Result<()> {
-        self.check_copy_source(req.credentials.as_ref(), &req.input.copy_source)
-            .await
+        check_copy_source(req, &req.input.copy_source)
     }
 }
 
@@ -274,6 +456,36 @@ mod tests {
         assert_ne!(s, a.secret("MFSKEY", "salt2"));
         assert_ne!(s, a.secret("MFSKEZ", "salt1"));
         assert_ne!(s, b.secret("MFSKEY", "salt1"));
+        // A session key's secret and token: their own labels, so neither is
+        // the permanent secret of the same id and salt, nor each other.
+        let (ss, st) = (
+            a.session_secret("MFSKEY", "salt1"),
+            a.session_token("MFSKEY", "salt1"),
+        );
+        assert_eq!(ss.len(), 40);
+        assert_eq!(st.len(), 64);
+        assert_ne!(ss, s);
+        assert!(!st.starts_with(&s) && !st.starts_with(&ss));
+        assert_ne!(st, a.session_token("MFSKEY", "salt2"));
+        assert_ne!(st, b.session_token("MFSKEY", "salt1"));
+    }
+
+    #[test]
+    fn session_tokens_from_the_header_or_either_presigned_query() {
+        let uri = |q: &str| -> http::Uri { format!("/b/k?{q}").parse().unwrap() };
+        let none = http::HeaderMap::new();
+        let mut header = http::HeaderMap::new();
+        header.insert("x-amz-security-token", "tok".parse().unwrap());
+        assert_eq!(
+            session_token_of(&header, &uri("a=b")).as_deref(),
+            Some("tok")
+        );
+        let v4 = uri("X-Amz-Credential=x&X-Amz-Security-Token=ab%2Bc&X-Amz-Signature=s");
+        assert_eq!(session_token_of(&none, &v4).as_deref(), Some("ab+c"));
+        let v2 = uri("AWSAccessKeyId=x&Signature=s&x-amz-security-token=t2&Expires=1");
+        assert_eq!(session_token_of(&none, &v2).as_deref(), Some("t2"));
+        assert_eq!(session_token_of(&none, &uri("list-type=2")), None);
+        assert_eq!(session_token_of(&none, &"/b/k".parse().unwrap()), None);
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! - [`service`]: the S3 operations (s3s's `S3` trait), a module per group.
 //! - [`index`]: buckets, uploads, parts and the objects index in PostgreSQL
 //!   (the crate's own tables).
-//! - [`keys`]: access keys, SigV4 secrets, per-bucket access.
+//! - [`keys`]: access keys, SigV4 secrets, session tokens, per-bucket access.
+//! - [`sts`]: STS AssumeRole (`POST /`): temporary credentials of a key.
 //! - [`server`]: HTTP serving with body, time and concurrency limits (on
 //!   the shared serving loop, `shared::http_server`).
 //!
@@ -24,3 +25,4 @@ pub mod keys;
 pub mod pipeline;
 pub mod server;
 pub mod service;
+pub mod sts;

@@ -31,6 +31,9 @@
 //! `<RequestId>` in every error body (s3s's own errors included), and
 //! carried by the request's tracing span (`s3_request{request_id=…}`), so
 //! every log line of a request greps out by the id a client reports.
+//! The error document of an STS request ([`crate::sts::is_sts_request`])
+//! is answered in STS's format instead, `<ErrorResponse><Error>…</Error>
+//! <RequestId>…</RequestId></ErrorResponse>`, which STS clients read.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -147,8 +150,9 @@ fn new_request_id() -> String {
 }
 
 /// Answers `id` in the response's headers and, for an error with an S3
-/// error document, as its `<RequestId>`.
-fn with_request_id(mut response: HttpResponse, id: &str) -> HttpResponse {
+/// error document, as its `<RequestId>`; the error document of an STS
+/// request (`sts`) becomes STS's `<ErrorResponse>` carrying the id.
+fn with_request_id(mut response: HttpResponse, id: &str, sts: bool) -> HttpResponse {
     if let Ok(value) = http::HeaderValue::from_str(id) {
         let headers = response.headers_mut();
         headers.insert("x-amz-request-id", value.clone());
@@ -157,7 +161,12 @@ fn with_request_id(mut response: HttpResponse, id: &str) -> HttpResponse {
     let status = response.status();
     if status.is_client_error() || status.is_server_error() {
         let body = response.body().bytes();
-        if let Some(with_id) = body.and_then(|b| error_body_with_id(&b, id)) {
+        let rewritten = if sts {
+            body.and_then(|b| sts_error_body(&b, id, status.is_server_error()))
+        } else {
+            body.and_then(|b| error_body_with_id(&b, id))
+        };
+        if let Some(with_id) = rewritten {
             response.headers_mut().remove(http::header::CONTENT_LENGTH);
             *response.body_mut() = s3s::Body::from(with_id);
         }
@@ -180,6 +189,23 @@ fn error_body_with_id(body: &[u8], id: &str) -> Option<String> {
     ))
 }
 
+/// An S3 error document (`<Error>…</Error>`) as STS answers errors:
+/// `<ErrorResponse><Error><Type>…</Type>…</Error><RequestId>id</RequestId>`,
+/// which STS clients (the awsQuery protocol) read; `None` for anything else.
+fn sts_error_body(body: &[u8], id: &str, server_error: bool) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find("<Error>")? + "<Error>".len();
+    let end = text.rfind("</Error>")?;
+    let inner = text.get(start..end)?;
+    let kind = if server_error { "Receiver" } else { "Sender" };
+    Some(format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+         <ErrorResponse xmlns=\"{}\"><Error><Type>{kind}</Type>{inner}</Error>\
+         <RequestId>{id}</RequestId></ErrorResponse>",
+        crate::sts::STS_XMLNS
+    ))
+}
+
 async fn handle(
     s3: S3Service,
     slots: ConcurrencyLimit,
@@ -193,10 +219,11 @@ async fn handle(
         method = %req.method(),
         path = %req.uri().path()
     );
+    let sts = crate::sts::is_sts_request(req.method(), req.uri(), req.headers());
     let (response, slot) = handle_request(s3, slots, limits, req)
         .instrument(span)
         .await;
-    let response = with_request_id(response, &id);
+    let response = with_request_id(response, &id, sts);
     match slot {
         Some(slot) => response.map(|body| s3s::Body::http_body(HeldBody::new(body, slot))),
         None => response,
@@ -398,6 +425,7 @@ mod tests {
                 .to_http_response()
                 .unwrap(),
             &id,
+            false,
         );
         assert_eq!(answered.headers()["x-amz-request-id"], id.as_str());
         assert_eq!(answered.headers()["x-amz-id-2"], id.as_str());
@@ -413,7 +441,37 @@ mod tests {
             error_body_with_id(b"<Error><RequestId>x</RequestId></Error>", &id),
             None
         );
-        let ok = with_request_id(HttpResponse::new(s3s::Body::empty()), &id);
+        let ok = with_request_id(HttpResponse::new(s3s::Body::empty()), &id, false);
         assert_eq!(ok.headers()["x-amz-request-id"], id.as_str());
+    }
+
+    #[test]
+    fn sts_errors_are_answered_as_error_responses() {
+        let id = new_request_id();
+        let answered = with_request_id(
+            s3_error!(AccessDenied, "no chaining")
+                .to_http_response()
+                .unwrap(),
+            &id,
+            true,
+        );
+        assert_eq!(answered.status(), http::StatusCode::FORBIDDEN);
+        let body = String::from_utf8(answered.body().bytes().unwrap().to_vec()).unwrap();
+        assert!(
+            body.contains(
+                "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\
+                 <Error><Type>Sender</Type><Code>AccessDenied</Code>"
+            ),
+            "{body}"
+        );
+        assert!(
+            body.ends_with(&format!(
+                "</Error><RequestId>{id}</RequestId></ErrorResponse>"
+            )),
+            "{body}"
+        );
+        assert!(sts_error_body(b"<x/>", &id, false).is_none());
+        let server = sts_error_body(b"<Error><Code>InternalError</Code></Error>", &id, true);
+        assert!(server.unwrap().contains("<Type>Receiver</Type>"));
     }
 }

@@ -242,3 +242,165 @@ async fn boto3_and_aws_cli_against_the_endpoint() {
 }
 
 use md5::Digest;
+
+/// Runs `tests/clients/s3_clients.py` against `endpoint` with `env`;
+/// returns whether it passed and its output.
+async fn run_client_script(endpoint: &str, env: Vec<(&'static str, String)>) -> (bool, String) {
+    let (python, venv_bin) = testkit::python::python_with_s3_clients();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/s3_clients.py");
+    let mut path = std::env::var("PATH").unwrap_or_default();
+    if let Some(bin) = venv_bin {
+        path = format!("{}:{path}", bin.display());
+    }
+    let endpoint = endpoint.to_string();
+    let run = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .env("PATH", path)
+            .env("S3_ENDPOINT", endpoint)
+            .envs(env)
+            .output()
+            .expect("run the client script")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    println!("{stdout}");
+    eprintln!("{}", String::from_utf8_lossy(&run.stderr));
+    (run.status.success(), stdout)
+}
+
+/// STS AssumeRole with boto3: temporary credentials on their parent's
+/// buckets and nowhere else, their session token required (header and
+/// presigned URL), no role chaining, bad parameters refused in STS's error
+/// format; between the script's two phases this side moves one session's
+/// expiry into the past and revokes another's parent, and checks the rows
+/// and that the parent is the principal of the uploads (its upload cap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_assume_role_temporary_credentials() {
+    let private = common::Private::new().await;
+    let pool = private.pipeline.pool().clone();
+    let server_key = ServerKey::new("a test server key of at least thirty-two bytes").unwrap();
+    let tag = &private.tag;
+    let (bucket, bucket2) = (format!("sts-b-{tag}"), format!("sts-c-{tag}"));
+    let mk = |buckets: Vec<String>, what: &'static str| {
+        let (pool, server_key) = (pool.clone(), server_key.clone());
+        async move {
+            keys::create(&pool, &server_key, &buckets, what)
+                .await
+                .unwrap()
+        }
+    };
+    let (key_id, secret) = mk(vec![bucket.clone(), bucket2.clone()], "main").await;
+    let (other_id, other_secret) = mk(vec![bucket2.clone()], "parent").await;
+    let (revoke_id, revoke_secret) = mk(vec![bucket2.clone()], "to revoke").await;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(s3::server::serve(
+        listener,
+        s3::cli::build_service(&private.pipeline, server_key.clone()),
+        s3::server::ServerLimits::default(),
+        shutdown.clone(),
+    ));
+    let workdir = tempfile::tempdir().unwrap();
+    let out = workdir.path().join("sts.json");
+    let env = |phase: &str| {
+        vec![
+            ("S3_KEY_ID", key_id.clone()),
+            ("S3_SECRET", secret.clone()),
+            ("S3_OTHER_KEY_ID", other_id.clone()),
+            ("S3_OTHER_SECRET", other_secret.clone()),
+            ("S3_REVOKE_KEY_ID", revoke_id.clone()),
+            ("S3_REVOKE_SECRET", revoke_secret.clone()),
+            ("S3_BUCKET", bucket.clone()),
+            ("S3_BUCKET2", bucket2.clone()),
+            ("S3_MISSING_BUCKET", format!("sts-m-{tag}")),
+            ("S3_WORKDIR", workdir.path().display().to_string()),
+            ("S3_RESULTS", workdir.path().join("r").display().to_string()),
+            ("S3_STS_OUT", out.display().to_string()),
+            ("S3_STS_PHASE", phase.to_string()),
+        ]
+    };
+
+    let mut failures = Vec::new();
+    let (passed1, stdout1) = run_client_script(&endpoint, env("1")).await;
+    let mut passed2 = true;
+    let mut stdout2 = String::new();
+    if passed1 {
+        let sessions: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        let id = |which: &str| sessions[which]["AccessKeyId"].as_str().unwrap().to_string();
+        let (active, expire, revoke) = (id("active"), id("expire"), id("revoke"));
+
+        // The rows: parents as expected, listed; nothing secret stored.
+        let listed = keys::list_sessions(&pool).await.unwrap();
+        let parent_of = |k: &str| {
+            listed
+                .iter()
+                .find(|s| s.access_key_id == k)
+                .map(|s| s.parent_key_id.clone())
+        };
+        if parent_of(&active).as_deref() != Some(other_id.as_str())
+            || parent_of(&expire).as_deref() != Some(other_id.as_str())
+            || parent_of(&revoke).as_deref() != Some(revoke_id.as_str())
+            || listed.len() != 5
+        {
+            failures.push(format!("session keys listed: {listed:#?}"));
+        }
+        let token = sessions["active"]["SessionToken"].as_str().unwrap();
+        let columns: String = sqlx::query_scalar(
+            "SELECT row_to_json(s)::text FROM s3_session_keys s WHERE access_key_id = $1",
+        )
+        .bind(&active)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        let secret = sessions["active"]["SecretAccessKey"].as_str().unwrap();
+        if columns.contains(token) || columns.contains(secret) {
+            failures.push(format!("a session secret or token is stored: {columns}"));
+        }
+        // The parent is the principal of the temporary key's uploads: its
+        // sessions' source (what the per-key open-uploads cap counts).
+        let by = |source: String| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM upload_sessions WHERE source = $1",
+                )
+                .bind(source)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+            }
+        };
+        let (as_parent, as_session) = (
+            by(format!("s3-push:{other_id}")).await,
+            by(format!("s3-push:{active}")).await,
+        );
+        if as_parent < 2 || as_session != 0 {
+            failures.push(format!(
+                "uploads of the temporary key: {as_parent} under its parent, {as_session} under itself"
+            ));
+        }
+
+        sqlx::query(
+            "UPDATE s3_session_keys SET expires_at = now() - interval '1 second'
+              WHERE access_key_id = $1",
+        )
+        .bind(&expire)
+        .execute(&pool)
+        .await
+        .unwrap();
+        keys::revoke(&pool, &revoke_id).await.unwrap();
+        (passed2, stdout2) = run_client_script(&endpoint, env("2")).await;
+    }
+
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
+    private.clean_up().await;
+    assert!(passed1, "phase 1 of the STS checks failed:\n{stdout1}");
+    assert!(passed2, "phase 2 of the STS checks failed:\n{stdout2}");
+    assert!(failures.is_empty(), "{failures:#?}");
+}

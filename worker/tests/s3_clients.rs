@@ -395,21 +395,15 @@ async fn rclone_and_s3s_e2e_against_the_endpoint() {
         }
         println!("s3s-e2e: {} passed {passed:?}", passed.len());
         println!("s3s-e2e: {} failed {failed:?}", failed.len());
-        // What this endpoint does not implement (docs/s3.md): STS AssumeRole.
-        let not_implemented = ["test_assume_role"];
-        let unexpected: Vec<&String> = failed
-            .iter()
-            .filter(|f| !not_implemented.contains(&f.as_str()))
-            .collect();
-        assert!(
-            unexpected.is_empty(),
-            "s3s-e2e cases failed: {unexpected:?}"
-        );
-        assert!(
-            passed.iter().any(|p| p == "test_object_tagging"),
-            "s3s-e2e's test_object_tagging did not pass"
-        );
-        assert!(passed.len() >= 17, "s3s-e2e ran {} cases", passed.len());
+        // Every case passes, STS AssumeRole and tagging included.
+        assert!(failed.is_empty(), "s3s-e2e cases failed: {failed:?}");
+        for required in ["test_assume_role", "test_object_tagging"] {
+            assert!(
+                passed.iter().any(|p| p == required),
+                "s3s-e2e's {required} did not pass"
+            );
+        }
+        assert_eq!(passed.len(), 18, "s3s-e2e ran {} cases", passed.len());
         ran.push("s3s-e2e");
     } else {
         println!(

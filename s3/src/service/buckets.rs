@@ -13,19 +13,13 @@ pub(super) async fn list_buckets(
     ep: &Endpoint,
     req: S3Request<ListBucketsInput>,
 ) -> S3Result<S3Response<ListBucketsOutput>> {
-    let who = req
-        .credentials
-        .as_ref()
-        .map(|c| c.access_key.clone())
-        .ok_or_else(|| s3_error!(AccessDenied))?;
-    let allowed = crate::keys::allowed_buckets(ep.pool(), &who)
-        .await
-        .map_err(db_error)?
-        .unwrap_or_default();
+    // The permanent key, or the parent of the session key, that signed it.
+    let principal = crate::keys::Principal::of(&req)?;
+    let (who, allowed) = (principal.key.clone(), &principal.buckets);
     let buckets = index::buckets(ep.pool()).await.map_err(db_error)?;
     let buckets = buckets
         .into_iter()
-        .filter(|(name, _)| crate::keys::allows(&allowed, name))
+        .filter(|(name, _)| crate::keys::allows(allowed, name))
         .map(|(name, created)| Bucket {
             name: Some(name),
             creation_date: Some(timestamp(created)),
@@ -50,12 +44,8 @@ pub(super) async fn create_bucket(
     if !crate::keys::valid_bucket_name(bucket) {
         return Err(s3_error!(InvalidBucketName));
     }
-    let who = req
-        .credentials
-        .as_ref()
-        .map(|c| c.access_key.as_str())
-        .unwrap_or_default();
-    if !index::create_bucket(ep.pool(), bucket, who)
+    let who = super::who(&req);
+    if !index::create_bucket(ep.pool(), bucket, &who)
         .await
         .map_err(db_error)?
     {

@@ -216,6 +216,7 @@ pub const OPERATIONS: &[&str] = &[
     "PutObjectTagging",
     "GetObjectTagging",
     "DeleteObjectTagging",
+    "AssumeRole",
 ];
 
 /// Counts a finished operation (status from the result).
@@ -230,7 +231,10 @@ fn observed<T>(op: &'static str, started: Instant, result: S3Result<T>) -> S3Res
 }
 
 /// Runs an operation and counts it ([`observed`]), timed from its start.
-async fn timed<T>(op: &'static str, operation: impl Future<Output = S3Result<T>>) -> S3Result<T> {
+pub(crate) async fn timed<T>(
+    op: &'static str,
+    operation: impl Future<Output = S3Result<T>>,
+) -> S3Result<T> {
     let started = Instant::now();
     let result = operation.await;
     observed(op, started, result)
@@ -240,11 +244,13 @@ fn timestamp(t: chrono::DateTime<chrono::Utc>) -> Timestamp {
     Timestamp::from(std::time::SystemTime::from(t))
 }
 
-/// The access key a request was signed with ("" if anonymous).
+/// The permanent access key a request acts for: the key it was signed
+/// with, or that session key's parent ([`crate::keys::Principal`]; "" if
+/// none, which the access check never lets through).
 fn who<T>(req: &S3Request<T>) -> String {
-    req.credentials
-        .as_ref()
-        .map(|c| c.access_key.clone())
+    req.extensions
+        .get::<crate::keys::Principal>()
+        .map(|p| p.key.clone())
         .unwrap_or_default()
 }
 

@@ -13,6 +13,10 @@ and MooseFS root. Environment:
                          (bucket, key, md5) for the Rust side (replicas, mount);
                          a copy's line may name another object whose chunk
                          ids it must have ("chunks_of": no data moved)
+  S3_STS_PHASE           1 or 2: run the STS AssumeRole checks (sts_phase1,
+                         sts_phase2) instead; then also S3_REVOKE_KEY_ID,
+                         S3_REVOKE_SECRET (a key allowed S3_BUCKET2) and
+                         S3_STS_OUT (the sessions phase 1 hands to phase 2)
 Prints one line per check; exits non-zero on the first failure.
 Ports of ceph/s3-tests multipart cases keep their names (test_multipart_*).
 """
@@ -1073,9 +1077,197 @@ def aws_cli():
        "UploadPartCopy); s3api create-multipart-upload/upload-part/upload-part-copy/complete")
 
 
+def sts_client(key_id, secret, token=None, **config):
+    return boto3.client(
+        "sts",
+        endpoint_url=ENDPOINT,
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
+        aws_session_token=token,
+        region_name="us-east-1",
+        config=Config(retries={"max_attempts": 1, "mode": "standard"}, **config),
+    )
+
+
+def temp_client(creds, token=True, **config):
+    return boto3.client(
+        "s3",
+        endpoint_url=ENDPOINT,
+        aws_access_key_id=creds["AccessKeyId"],
+        aws_secret_access_key=creds["SecretAccessKey"],
+        aws_session_token=creds["SessionToken"] if token is True else token,
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1, "mode": "standard"},
+                      **config),
+    )
+
+
+def url_status(url):
+    try:
+        with urllib.request.urlopen(url) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+ROLE = "arn:aws:iam::123456789012:role/uploader"
+
+
+def sts_phase1():
+    """STS AssumeRole. OTHER_KEY (allowed BUCKET2 only) assumes a role; its
+    temporary credentials work on BUCKET2 and nowhere else, need their token,
+    cannot assume a role again. Writes two more sessions for phase 2 (one the
+    Rust side expires, one whose parent S3_REVOKE_KEY_ID it revokes)."""
+    c = client()
+    c.create_bucket(Bucket=BUCKET)
+    c.create_bucket(Bucket=BUCKET2)
+    c.put_object(Bucket=BUCKET, Key="private", Body=b"not for the other key")
+
+    sts = sts_client(OTHER_KEY_ID, OTHER_SECRET)
+    before = time.time()
+    r = sts.assume_role(RoleArn=ROLE, RoleSessionName="h4-test",
+                        DurationSeconds=900)
+    creds = r["Credentials"]
+    expect(creds["AccessKeyId"].startswith("MFT") and len(creds["AccessKeyId"]) == 20, f"temp key id {creds}")
+    expect(len(creds["SecretAccessKey"]) == 40 and len(creds["SessionToken"]) == 64, f"temp secret/token {creds}")
+    left = creds["Expiration"].timestamp() - before
+    expect(880 <= left <= 920, f"DurationSeconds=900 gave an expiry {left:.0f} s away")
+    expect(r["AssumedRoleUser"]["Arn"].endswith("/uploader/h4-test"), f"AssumedRoleUser {r['AssumedRoleUser']}")
+    expect(r["AssumedRoleUser"]["AssumedRoleId"] == creds["AccessKeyId"] + ":h4-test", "AssumedRoleId")
+    default = sts.assume_role(RoleArn=ROLE, RoleSessionName="default")["Credentials"]
+    left = default["Expiration"].timestamp() - time.time()
+    expect(3500 <= left <= 3700, f"default duration: expiry {left:.0f} s away")
+    ok("AssumeRole: MFT key id, 40-digit secret, 64-digit token, DurationSeconds 900 and default 3600")
+
+    t = temp_client(creds)
+    body = data(300 * 1024, "sts")
+    t.put_object(Bucket=BUCKET2, Key="sts/one", Body=body)
+    expect(get(t, "sts/one", bucket=BUCKET2) == body, "GET with temporary credentials")
+    listed = [o["Key"] for o in t.list_objects_v2(Bucket=BUCKET2)["Contents"]]
+    expect(listed == ["sts/one"], f"ListObjectsV2 with temporary credentials: {listed}")
+    names = [b["Name"] for b in t.list_buckets()["Buckets"]]
+    expect(names == [BUCKET2], f"ListBuckets shows the parent's buckets only: {names}")
+    up = t.create_multipart_upload(Bucket=BUCKET2, Key="sts/open")["UploadId"]
+    ok("temporary credentials: PutObject, GetObject, ListObjectsV2, ListBuckets, CreateMultipartUpload "
+       "on the parent's bucket")
+
+    expect(status_of(lambda: t.get_object(Bucket=BUCKET, Key="private")) == (403, "AccessDenied"),
+           "GET from a bucket the parent may not use")
+    expect(status_of(lambda: t.put_object(Bucket=BUCKET, Key="x", Body=b"x")) == (403, "AccessDenied"),
+           "PUT into a bucket the parent may not use")
+    expect(status_of(lambda: t.copy_object(Bucket=BUCKET2, Key="stolen",
+                                           CopySource={"Bucket": BUCKET, "Key": "private"}))
+           == (403, "AccessDenied"), "copy from a bucket the parent may not use")
+    ok("temporary credentials: 403 AccessDenied outside the parent's buckets (GET, PUT, copy source)")
+
+    no_token = temp_client(creds, token=None)
+    expect(status_of(lambda: no_token.head_bucket(Bucket=BUCKET2))[0] == 403, "no session token: HEAD")
+    expect(status_of(lambda: no_token.list_objects_v2(Bucket=BUCKET2)) == (403, "InvalidAccessKeyId"),
+           "no session token")
+    wrong = temp_client(creds, token="0" * 64)
+    expect(status_of(lambda: wrong.list_objects_v2(Bucket=BUCKET2)) == (400, "InvalidToken"), "a wrong token")
+    other_token = temp_client(creds, token=default["SessionToken"])
+    expect(status_of(lambda: other_token.list_objects_v2(Bucket=BUCKET2)) == (400, "InvalidToken"),
+           "another session's token")
+    permanent_with_token = boto3.client(
+        "s3", endpoint_url=ENDPOINT, aws_access_key_id=OTHER_KEY_ID, aws_secret_access_key=OTHER_SECRET,
+        aws_session_token=creds["SessionToken"], region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1, "mode": "standard"}))
+    expect(status_of(lambda: permanent_with_token.list_objects_v2(Bucket=BUCKET2)) == (400, "InvalidToken"),
+           "a permanent key with a session token")
+    ok("session token required (403 InvalidAccessKeyId without, 400 InvalidToken wrong/foreign) and "
+       "refused with a permanent key")
+
+    one = {"Bucket": BUCKET2, "Key": "sts/one"}
+    # SigV4 presigned URLs (boto3 presigns SigV2 unless told s3v4; s3s's SigV2
+    # leaves the x-amz-security-token query parameter out of what it signs, so
+    # such a URL with a session token fails its signature: docs/s3.md).
+    v4 = temp_client(creds, signature_version="s3v4")
+    for signer, param in ((v4, "X-Amz-Security-Token="),):
+        url = signer.generate_presigned_url("get_object", Params=one, ExpiresIn=60)
+        expect(param in url, f"presigned URL carries the token: {url}")
+        got = url_status(url)
+        expect(got == (200, body), f"presigned GET with temporary credentials: {url}: {got[0]} {got[1][:300]}")
+        foreign = signer.generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": "private"},
+                                                ExpiresIn=60)
+        expect(url_status(foreign)[0] == 403, "presigned URL outside the parent's buckets")
+    for bare_client in (temp_client(creds, token=None, signature_version="s3v4"),):
+        bare = bare_client.generate_presigned_url("get_object", Params=one, ExpiresIn=60)
+        expect(url_status(bare)[0] == 403, f"presigned URL without the token: {bare}")
+    ok("SigV4 presigned URL with X-Amz-Security-Token works; without it or on a foreign bucket 403")
+
+    chained = sts_client(creds["AccessKeyId"], creds["SecretAccessKey"], creds["SessionToken"])
+    expect(status_of(lambda: chained.assume_role(RoleArn=ROLE, RoleSessionName="again"))
+           == (403, "AccessDenied"), "AssumeRole with temporary credentials (role chaining)")
+    raw = sts_client(OTHER_KEY_ID, OTHER_SECRET, parameter_validation=False)
+    # RoleArn is only recorded: s3s-e2e's "example" (shorter than AWS's 20) is taken.
+    raw.assume_role(RoleArn="example", RoleSessionName="short-arn")
+    for d in (899, 43201):
+        expect(status_of(lambda: raw.assume_role(RoleArn=ROLE, RoleSessionName="d", DurationSeconds=d))
+               == (400, "ValidationError"), f"DurationSeconds {d}")
+    expect(status_of(lambda: raw.assume_role(RoleArn=ROLE, RoleSessionName="p",
+                                             Policy='{"Version":"2012-10-17","Statement":[]}'))
+           == (400, "ValidationError"), "a session Policy")
+    expect(status_of(lambda: raw.assume_role(RoleArn=ROLE, RoleSessionName="p",
+                                             PolicyArns=[{"arn": "arn:aws:iam::aws:policy/ReadOnly"}]))
+           == (400, "ValidationError"), "session PolicyArns")
+    expect(status_of(lambda: raw.assume_role(RoleArn=ROLE, RoleSessionName="bad name"))
+           == (400, "ValidationError"), "a RoleSessionName with a space")
+    expect(status_of(lambda: sts_client(OTHER_KEY_ID, "0" * 40).assume_role(RoleArn=ROLE, RoleSessionName="ab"))
+           == (403, "SignatureDoesNotMatch"), "AssumeRole with a wrong secret")
+    anon = boto3.client("sts", endpoint_url=ENDPOINT, region_name="us-east-1",
+                        config=Config(signature_version=botocore.UNSIGNED))
+    expect(status_of(lambda: anon.assume_role(RoleArn=ROLE, RoleSessionName="ab"))[0] == 403,
+           "anonymous AssumeRole")
+    ok("AssumeRole refused (STS error bodies): role chaining 403, DurationSeconds 899/43201, Policy, "
+       "PolicyArns, bad RoleSessionName 400 ValidationError, wrong secret 403, anonymous 403")
+
+    expire = sts.assume_role(RoleArn=ROLE, RoleSessionName="to-expire")["Credentials"]
+    revoke = sts_client(os.environ["S3_REVOKE_KEY_ID"], os.environ["S3_REVOKE_SECRET"]) \
+        .assume_role(RoleArn=ROLE, RoleSessionName="to-revoke")["Credentials"]
+    for cr in (expire, revoke):
+        temp_client(cr).head_bucket(Bucket=BUCKET2)
+    for cr in (creds, default, expire, revoke):
+        cr["Expiration"] = cr["Expiration"].isoformat()
+    with open(os.environ["S3_STS_OUT"], "w") as f:
+        json.dump({"active": creds, "expire": expire, "revoke": revoke, "upload": up}, f)
+    ok("two more sessions for phase 2 (expiry, revoked parent)")
+
+
+def sts_phase2():
+    """After the Rust side moved one session's expiry into the past and
+    revoked the other's parent."""
+    with open(os.environ["S3_STS_OUT"]) as f:
+        s = json.load(f)
+    expired = temp_client(s["expire"])
+    expect(status_of(lambda: expired.list_objects_v2(Bucket=BUCKET2)) == (400, "ExpiredToken"), "expired session")
+    url = temp_client(s["expire"], signature_version="s3v4").generate_presigned_url(
+        "get_object", Params={"Bucket": BUCKET2, "Key": "sts/one"}, ExpiresIn=60)
+    expect(url_status(url)[0] == 400, "presigned URL of an expired session")
+    revoked = temp_client(s["revoke"])
+    expect(status_of(lambda: revoked.list_objects_v2(Bucket=BUCKET2)) == (403, "InvalidAccessKeyId"),
+           "session of a revoked key")
+    t = temp_client(s["active"])
+    t.abort_multipart_upload(Bucket=BUCKET2, Key="sts/open", UploadId=s["upload"])
+    t.delete_object(Bucket=BUCKET2, Key="sts/one")
+    expect("Contents" not in t.list_objects_v2(Bucket=BUCKET2), "cleaned up with temporary credentials")
+    ok("expired session 400 ExpiredToken (presigned too), revoked parent 403 InvalidAccessKeyId, "
+       "live session unaffected")
+    c = client()
+    c.delete_object(Bucket=BUCKET, Key="private")
+    c.delete_bucket(Bucket=BUCKET)
+    c.delete_bucket(Bucket=BUCKET2)
+
+
 if __name__ == "__main__":
     try:
-        main()
+        phase = os.environ.get("S3_STS_PHASE")
+        if phase == "1":
+            sts_phase1()
+        elif phase == "2":
+            sts_phase2()
+        else:
+            main()
     except AssertionError as e:
         print(f"FAILED after {checks} checks: {e}", flush=True)
         sys.exit(1)
