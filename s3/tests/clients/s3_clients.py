@@ -35,6 +35,9 @@ import botocore
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+import s3_common
+from s3_common import MIB, data, error_code, expect, md5, multipart_etag, ok, s3_client
+
 ENDPOINT = os.environ["S3_ENDPOINT"]
 KEY_ID = os.environ["S3_KEY_ID"]
 SECRET = os.environ["S3_SECRET"]
@@ -45,58 +48,10 @@ BUCKET2 = os.environ["S3_BUCKET2"]
 MISSING_BUCKET = os.environ["S3_MISSING_BUCKET"]
 WORKDIR = os.environ["S3_WORKDIR"]
 RESULTS = os.environ["S3_RESULTS"]
-MIB = 1 << 20
-
-checks = 0
-
-
-def ok(name):
-    global checks
-    checks += 1
-    print(f"ok {checks} {name}", flush=True)
 
 
 def client(key_id=KEY_ID, secret=SECRET, **config):
-    cfg = Config(
-        s3={"addressing_style": "path"},
-        retries={"max_attempts": 1, "mode": "standard"},
-        **config,
-    )
-    return boto3.client(
-        "s3",
-        endpoint_url=ENDPOINT,
-        aws_access_key_id=key_id,
-        aws_secret_access_key=secret,
-        region_name="us-east-1",
-        config=cfg,
-    )
-
-
-def md5(data):
-    return hashlib.md5(data).hexdigest()
-
-
-def data(n, seed):
-    # Deterministic, incompressible enough, cheap: repeated sha256 blocks.
-    out = bytearray()
-    block = hashlib.sha256(str(seed).encode()).digest()
-    while len(out) < n:
-        block = hashlib.sha256(block).digest()
-        out += block * 64
-    return bytes(out[:n])
-
-
-def error_code(fn):
-    try:
-        fn()
-    except ClientError as e:
-        return e.response["Error"]["Code"]
-    raise AssertionError("expected an error, the call succeeded")
-
-
-def expect(cond, what):
-    if not cond:
-        raise AssertionError(what)
+    return s3_client(ENDPOINT, key_id, secret, **config)
 
 
 def record(bucket, key, body, chunks_of=None):
@@ -119,11 +74,6 @@ def multipart(c, key, parts, bucket=BUCKET):
         expect(etag.strip('"') == md5(body), f"part {i} ETag {etag} is not its md5")
         listed.append({"PartNumber": i, "ETag": etag})
     return up, listed
-
-
-def multipart_etag(parts):
-    digest = hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest()
-    return f'"{digest}-{len(parts)}"'
 
 
 def main():
@@ -380,7 +330,7 @@ def main():
     c.delete_bucket(Bucket=BUCKET2)
     expect(error_code(lambda: c.head_bucket(Bucket=BUCKET2)) == "404", "HeadBucket after DeleteBucket")
     ok("DeleteBucket")
-    print(f"all {checks} checks passed", flush=True)
+    print(f"all {s3_common.checks} checks passed", flush=True)
 
 
 def s3_tests_findings(c):
@@ -1269,5 +1219,5 @@ if __name__ == "__main__":
         else:
             main()
     except AssertionError as e:
-        print(f"FAILED after {checks} checks: {e}", flush=True)
+        print(f"FAILED after {s3_common.checks} checks: {e}", flush=True)
         sys.exit(1)

@@ -21,7 +21,6 @@ their names (test_*); where this endpoint decides otherwise than Ceph
 this endpoint's rule and says so.
 """
 
-import hashlib
 import http.client
 import json
 import os
@@ -31,9 +30,10 @@ import time
 import urllib.parse
 import xml.etree.ElementTree as ET
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import ClientError
+
+import s3_common
+from s3_common import MIB, data, error_code, expect, md5, multipart_etag, ok, s3_client
 
 ENDPOINT = os.environ["S3_ENDPOINT"]
 ENDPOINT2 = os.environ["S3_ENDPOINT2"]
@@ -41,52 +41,10 @@ KEY_ID = os.environ["S3_KEY_ID"]
 SECRET = os.environ["S3_SECRET"]
 BUCKET = os.environ["S3_BUCKET"]
 RESULTS = os.environ["S3_RESULTS"]
-MIB = 1 << 20
-
-checks = 0
-
-
-def ok(name):
-    global checks
-    checks += 1
-    print(f"ok {checks} {name}", flush=True)
 
 
 def client(endpoint=ENDPOINT, **config):
-    cfg = Config(
-        s3={"addressing_style": "path"},
-        retries={"max_attempts": 1, "mode": "standard"},
-        read_timeout=300,
-        **config,
-    )
-    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=KEY_ID,
-                        aws_secret_access_key=SECRET, region_name="us-east-1", config=cfg)
-
-
-def md5(b):
-    return hashlib.md5(b).hexdigest()
-
-
-def data(n, seed):
-    out = bytearray()
-    block = hashlib.sha256(str(seed).encode()).digest()
-    while len(out) < n:
-        block = hashlib.sha256(block).digest()
-        out += block * 64
-    return bytes(out[:n])
-
-
-def expect(cond, what):
-    if not cond:
-        raise AssertionError(what)
-
-
-def error_code(fn):
-    try:
-        fn()
-    except ClientError as e:
-        return e.response["Error"]["Code"]
-    raise AssertionError("expected an error, the call succeeded")
+    return s3_client(endpoint, KEY_ID, SECRET, read_timeout=300, **config)
 
 
 def record(key, body):
@@ -96,11 +54,6 @@ def record(key, body):
 
 def get(c, key):
     return c.get_object(Bucket=BUCKET, Key=key)["Body"].read()
-
-
-def multipart_etag(parts):
-    digest = hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest()
-    return f'"{digest}-{len(parts)}"'
 
 
 def put_part(c, key, up, n, body):
@@ -367,5 +320,5 @@ if __name__ == "__main__":
     try:
         main()
     except AssertionError as e:
-        print(f"FAILED after {checks} checks: {e}", flush=True)
+        print(f"FAILED after {s3_common.checks} checks: {e}", flush=True)
         sys.exit(1)
