@@ -152,6 +152,25 @@ fn new_request_id() -> String {
 /// Answers `id` in the response's headers and, for an error with an S3
 /// error document, as its `<RequestId>`; the error document of an STS
 /// request (`sts`) becomes STS's `<ErrorResponse>` carrying the id.
+/// Whether a request asked for `100 Continue` before sending its body.
+fn expects_continue(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
+}
+
+/// Whether the connection must close after this answer: an error to a
+/// request that asked for `100 Continue` was answered without its body
+/// being read (no `100` was sent), and a client that stopped waiting for
+/// the `100` (botocore: after 1 s, which a loaded server can take) sends
+/// the body anyway. On a connection kept alive those bytes would be read
+/// as the next request (a bare `400 Bad Request` to the client's next
+/// call), so the connection is closed instead, as S3 does.
+fn closes_after(expects_continue: bool, status: http::StatusCode) -> bool {
+    expects_continue && (status.is_client_error() || status.is_server_error())
+}
+
 fn with_request_id(mut response: HttpResponse, id: &str, sts: bool) -> HttpResponse {
     if let Ok(value) = http::HeaderValue::from_str(id) {
         let headers = response.headers_mut();
@@ -220,10 +239,17 @@ async fn handle(
         path = %req.uri().path()
     );
     let sts = crate::sts::is_sts_request(req.method(), req.uri(), req.headers());
+    let expects_continue = expects_continue(req.headers());
     let (response, slot) = handle_request(s3, slots, limits, req)
         .instrument(span)
         .await;
-    let response = with_request_id(response, &id, sts);
+    let mut response = with_request_id(response, &id, sts);
+    if closes_after(expects_continue, response.status()) {
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
     match slot {
         Some(slot) => response.map(|body| s3s::Body::http_body(HeldBody::new(body, slot))),
         None => response,
@@ -356,6 +382,22 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_to_a_request_expecting_100_continue_closes_the_connection() {
+        let mut headers = http::HeaderMap::new();
+        assert!(!expects_continue(&headers));
+        headers.insert(http::header::EXPECT, "100-Continue".parse().unwrap());
+        assert!(expects_continue(&headers));
+        let bad = http::StatusCode::BAD_REQUEST;
+        assert!(closes_after(true, bad));
+        assert!(closes_after(true, http::StatusCode::SERVICE_UNAVAILABLE));
+        assert!(
+            !closes_after(true, http::StatusCode::OK),
+            "the body was read"
+        );
+        assert!(!closes_after(false, bad), "the body came with the request");
+    }
 
     fn refused(query: &str) -> Option<String> {
         let uri: http::Uri = format!("/b/k?{query}").parse().unwrap();

@@ -507,3 +507,67 @@ async fn a_client_that_stops_reading_is_cut_off_and_frees_its_slot_and_inode() {
     a.stop().await;
     private.clean_up().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_before_the_body_of_an_expect_100_continue_request_closes_the_connection() {
+    // botocore sends PutObject and UploadPart with `Expect: 100-continue`
+    // and sends the body anyway when no answer came within a second. An
+    // error answered before the body (here: a bucket the key may not use)
+    // must close the connection, or those bytes are read as the next
+    // request and the client's next call gets a bare `400 Bad Request`.
+    let (private, signer, bucket) = set_up("expect").await;
+    let a = Instance::start(&private, ServerLimits::default()).await;
+    create_bucket(&signer, a.addr, &bucket).await;
+    let body = b"the body the server never asked for";
+    let head = signer.head(
+        "PUT",
+        a.addr,
+        &format!("/{bucket}-not-allowed/k"),
+        Some(body.len()),
+    );
+    let head = format!(
+        "{}Expect: 100-continue\r\n\r\n",
+        head.strip_suffix("\r\n").unwrap()
+    );
+    let mut stream = tokio::net::TcpStream::connect(a.addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 16 << 10];
+    let end = loop {
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "connection closed before the response head");
+        answer.extend_from_slice(&chunk[..n]);
+        if let Some(i) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let response_head = String::from_utf8_lossy(&answer[..end]).to_lowercase();
+    assert!(response_head.starts_with("http/1.1 403"), "{response_head}");
+    assert!(
+        response_head.contains("\r\nconnection: close\r\n"),
+        "{response_head}"
+    );
+    // The client gave up waiting for 100 Continue: the body, then its next
+    // request on the same connection.
+    let _ = stream.write_all(body).await;
+    let next = signer.head("GET", a.addr, &format!("/{bucket}"), None);
+    let _ = stream.write_all(next.as_bytes()).await;
+    let mut rest = answer[end..].to_vec();
+    let read_all = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => rest.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read_all.is_ok(), "the connection was kept open");
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        !rest.contains("HTTP/1.1"),
+        "a second response on the connection: {rest}"
+    );
+    a.stop().await;
+    private.clean_up().await;
+}
