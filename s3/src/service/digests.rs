@@ -70,6 +70,22 @@ macro_rules! with_checksums {
 pub(super) use with_checksums;
 
 impl Digests {
+    /// Whether the client sent or named any `x-amz-checksum-*` (in the
+    /// headers, or by `x-amz-sdk-checksum-algorithm` for a trailer);
+    /// Content-MD5 is not one.
+    pub(super) fn names_a_checksum(&self) -> bool {
+        self.algorithm.is_some()
+            || [
+                &self.crc32,
+                &self.crc32c,
+                &self.sha1,
+                &self.sha256,
+                &self.crc64nvme,
+            ]
+            .iter()
+            .any(|v| v.is_some())
+    }
+
     /// A hasher of every algorithm the client sent or named, and of
     /// `keep` (the upload's algorithm, whose value the part row keeps).
     pub(super) fn hasher(&self, keep: Option<Algorithm>) -> s3s::checksum::ChecksumHasher {

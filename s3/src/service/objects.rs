@@ -41,6 +41,9 @@ pub(super) async fn put_object(
         })
         .await
         .map_err(pipeline_error)?;
+    // S3 keeps a CRC64NVME (FULL_OBJECT) of an object sent with no
+    // checksum at all, and answers it with `x-amz-checksum-mode: ENABLED`.
+    let default_checksum = (!digests.names_a_checksum()).then_some(Algorithm::Crc64Nvme);
     let received = ep
         .receive_part(
             upload,
@@ -49,7 +52,7 @@ pub(super) async fn put_object(
             input.content_length,
             &digests,
             trailers,
-            None,
+            default_checksum,
         )
         .await;
     let (written, checksum) = match received {

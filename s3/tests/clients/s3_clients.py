@@ -21,6 +21,7 @@ Prints one line per check; exits non-zero on the first failure.
 Ports of ceph/s3-tests multipart cases keep their names (test_multipart_*).
 """
 
+import base64
 import hashlib
 import json
 import os
@@ -120,11 +121,32 @@ def main():
     r = required.put_object(Bucket=BUCKET, Key="docs/plain.bin", Body=plain)
     expect(r["ETag"] == f'"{md5(plain)}"', "PutObject WHEN_REQUIRED ETag")
     expect(get(required, "docs/plain.bin") == plain, "GetObject WHEN_REQUIRED")
+    # Sent with no checksum: S3 keeps its default, a CRC64NVME of the
+    # object: the same value as a one-part multipart upload of the same
+    # bytes gets, and (where awscrt, the AWS SDKs' own implementation, is
+    # installed) the value it computes.
+    crc64 = r.get("ChecksumCRC64NVME")
+    up = required.create_multipart_upload(Bucket=BUCKET, Key="docs/plain-mp.bin")["UploadId"]
+    etag = required.upload_part(Bucket=BUCKET, Key="docs/plain-mp.bin", UploadId=up, PartNumber=1, Body=plain)["ETag"]
+    mp = required.complete_multipart_upload(Bucket=BUCKET, Key="docs/plain-mp.bin", UploadId=up,
+                                            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]})
+    expect(crc64 and mp.get("ChecksumCRC64NVME") == crc64,
+           f"PutObject's default CRC64NVME {crc64} != the multipart one {mp.get('ChecksumCRC64NVME')}")
+    required.delete_object(Bucket=BUCKET, Key="docs/plain-mp.bin")
+    try:
+        from awscrt import checksums as crt_checksums
+        oracle = base64.b64encode(crt_checksums.crc64nvme(plain).to_bytes(8, "big")).decode()
+        expect(crc64 == oracle, f"PutObject's default CRC64NVME {crc64} != awscrt's {oracle}")
+    except ImportError:
+        pass
+    plain_head = required.head_object(Bucket=BUCKET, Key="docs/plain.bin", ChecksumMode="ENABLED")
+    expect(plain_head.get("ChecksumCRC64NVME") == crc64 and plain_head.get("ChecksumType") == "FULL_OBJECT",
+           f"HeadObject of a PutObject sent with no checksum: {plain_head}")
     record(BUCKET, "docs/plain.bin", plain)
     crc = client(request_checksum_calculation="when_supported")
     r = crc.put_object(Bucket=BUCKET, Key="docs/sha.bin", Body=plain, ChecksumAlgorithm="SHA256")
     expect(r.get("ChecksumSHA256"), f"x-amz-checksum-sha256 answered: {r}")
-    ok("PutObject with checksum calculation WHEN_REQUIRED and with SHA256")
+    ok("PutObject with checksum calculation WHEN_REQUIRED (S3's default CRC64NVME kept) and with SHA256")
 
     # Range and conditional reads.
     part = get(c, "docs/small.bin", Range="bytes=1000-1999")
@@ -141,7 +163,6 @@ def main():
     ok("GetObject Range, If-Match, If-None-Match, NoSuchKey")
 
     # Digests.
-    import base64
     wrong = base64.b64encode(hashlib.md5(b"other").digest()).decode()
     expect(error_code(lambda: required.put_object(Bucket=BUCKET, Key="docs/bad.bin", Body=plain, ContentMD5=wrong)) == "BadDigest",
            "Content-MD5 mismatch")
@@ -559,7 +580,6 @@ def request_ids(c):
 
 
 def b64(raw):
-    import base64
     return base64.b64encode(raw).decode()
 
 
