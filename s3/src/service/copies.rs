@@ -29,7 +29,7 @@ use super::digests::Digests;
 use super::errors::{db_error, pipeline_error};
 use super::objects::{check_conditions, check_version, Conditions};
 use super::tagging::{replaces_tags, Tags};
-use super::{refuse_encryption, timestamp, who, Endpoint, MAX_PART_BYTES, PART_NUMBERS};
+use super::{check_part_number, refuse_encryption, timestamp, who, Endpoint, MAX_PART_BYTES};
 use crate::index::{self, ObjectRow};
 use crate::pipeline::{CommittedPart, FreezePlan, NewUpload, SourceObject};
 
@@ -213,12 +213,7 @@ pub(super) async fn upload_part_copy(
     let input = req.input;
     refuse_encryption(None, input.sse_customer_algorithm.as_ref())?;
     refuse_encryption(None, input.copy_source_sse_customer_algorithm.as_ref())?;
-    if !PART_NUMBERS.contains(&input.part_number) {
-        return Err(s3_error!(
-            InvalidArgument,
-            "part number must be an integer between 1 and 10000, inclusive"
-        ));
-    }
+    check_part_number(input.part_number)?;
     let (upload, kept) = ep
         .require_upload_checksum(&input.bucket, &input.key, &input.upload_id)
         .await?;

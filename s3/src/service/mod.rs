@@ -65,6 +65,19 @@ pub const MAX_PART_BYTES: u64 = 5 << 30;
 pub const MIN_PART_BYTES: i64 = 5 << 20;
 /// Part numbers S3 allows.
 pub const PART_NUMBERS: std::ops::RangeInclusive<i32> = 1..=10_000;
+
+/// An UploadPart's or UploadPartCopy's part number, checked against
+/// [`PART_NUMBERS`].
+fn check_part_number(part_number: i32) -> S3Result<()> {
+    if PART_NUMBERS.contains(&part_number) {
+        Ok(())
+    } else {
+        Err(s3_error!(
+            InvalidArgument,
+            "part number must be an integer between 1 and 10000, inclusive"
+        ))
+    }
+}
 /// Most keys (and parts, and uploads) one list answer holds.
 pub const MAX_LIST: i32 = 1000;
 

@@ -12,7 +12,7 @@ use super::digests::{digests_of, multipart_etag, with_checksums, Digests};
 use super::errors::pipeline_error;
 use super::objects::check_overwrite;
 use super::tagging::Tags;
-use super::{observed, refuse_encryption, who, Endpoint, MIN_PART_BYTES, PART_NUMBERS};
+use super::{check_part_number, observed, refuse_encryption, who, Endpoint, MIN_PART_BYTES};
 use crate::pipeline::{CommittedPart, FreezePlan, NewUpload};
 
 pub(super) async fn create_multipart_upload(
@@ -65,12 +65,7 @@ pub(super) async fn upload_part(
     let trailers = req.trailing_headers.clone();
     let input = req.input;
     refuse_encryption(None, input.sse_customer_algorithm.as_ref())?;
-    if !PART_NUMBERS.contains(&input.part_number) {
-        return Err(s3_error!(
-            InvalidArgument,
-            "part number must be an integer between 1 and 10000, inclusive"
-        ));
-    }
+    check_part_number(input.part_number)?;
     let (upload, kept) = ep
         .require_upload_checksum(&input.bucket, &input.key, &input.upload_id)
         .await?;
