@@ -72,6 +72,10 @@ pub struct ServeArgs {
     /// connection is cut (its request slot and open object released).
     #[arg(long, env = "S3_SEND_IDLE_TIMEOUT_SECS", default_value_t = 120)]
     pub send_idle_timeout_secs: u64,
+    /// Largest signed aws-chunked chunk accepted, bytes (s3s holds a signed
+    /// chunk whole to check its signature; unsigned chunks are streamed).
+    #[arg(long, env = "S3_MAX_SIGNED_CHUNK_BYTES", default_value_t = crate::server::DEFAULT_MAX_SIGNED_CHUNK)]
+    pub max_signed_chunk_bytes: u64,
 }
 
 #[derive(Args, Debug)]
@@ -225,6 +229,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         max_connections: args.max_connections,
         drain: Duration::from_secs(args.drain_secs),
         send_idle_timeout: Duration::from_secs(args.send_idle_timeout_secs.max(1)),
+        max_signed_chunk: args.max_signed_chunk_bytes,
     };
     crate::server::serve(listener, service, limits, shutdown).await?;
     pipeline.close().await;

@@ -13,12 +13,15 @@
 //! - [`sts`]: STS AssumeRole (`POST /`): temporary credentials of a key.
 //! - [`server`]: HTTP serving with body, time and concurrency limits (on
 //!   the shared serving loop, `shared::http_server`).
+//! - [`aws_chunked`]: aws-chunked bodies re-framed so that s3s never holds
+//!   a client-sized chunk in memory.
 //!
 //! The S3 metrics (requests, latency, bytes, refusals) are families of
 //! `shared::metrics`, recorded through its named events, so the documented
 //! contract and the dashboards' tests cover them.
 //! - [`cli`]: `worker s3 serve` and `worker s3 keys …`.
 
+pub mod aws_chunked;
 pub mod cli;
 pub mod index;
 pub mod keys;

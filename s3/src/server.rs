@@ -8,6 +8,10 @@
 //!   `x-amz-decoded-content-length` of an aws-chunked body) above the limit
 //!   is refused at once with `413 EntityTooLarge`; every body is also read
 //!   through a counting limit, so an undeclared (chunked) body cannot exceed it.
+//! - **aws-chunked bodies** are re-framed as they stream so that s3s holds
+//!   at most one network read of an unsigned chunk and at most
+//!   [`ServerLimits::max_signed_chunk`] of a signed one
+//!   ([`crate::aws_chunked`]).
 //! - **Request timeout**: the whole request up to its response head, body
 //!   included; past it `400 RequestTimeout` (an unfinished part attempt is
 //!   abandoned: its session or a newer attempt decides, as for any attempt).
@@ -54,6 +58,10 @@ use tracing::Instrument;
 
 use shared::metrics::S3LimitReason as LimitReason;
 
+/// The default [`ServerLimits::max_signed_chunk`]: SDKs that sign chunks
+/// sign 8 to 128 KiB ones; 64 requests at once hold at most 64 MiB of them.
+pub const DEFAULT_MAX_SIGNED_CHUNK: u64 = 1 << 20;
+
 /// The server's limits (see the module doc).
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
@@ -66,6 +74,9 @@ pub struct ServerLimits {
     pub drain: Duration,
     /// A response the client takes no byte of for this long is cut.
     pub send_idle_timeout: Duration,
+    /// Largest signed aws-chunked chunk, bytes: s3s holds a signed chunk
+    /// whole to check its signature ([`crate::aws_chunked`]).
+    pub max_signed_chunk: u64,
 }
 
 impl Default for ServerLimits {
@@ -79,6 +90,7 @@ impl Default for ServerLimits {
             max_connections: 1024,
             drain: Duration::from_secs(30),
             send_idle_timeout: Duration::from_secs(120),
+            max_signed_chunk: DEFAULT_MAX_SIGNED_CHUNK,
         }
     }
 }
@@ -283,7 +295,16 @@ async fn handle_request(
         return (refused, None);
     }
     let max_body = usize::try_from(limits.max_body).unwrap_or(usize::MAX);
-    let req = req.map(|body| s3s::Body::http_body(http_body_util::Limited::new(body, max_body)));
+    let aws_chunked = crate::aws_chunked::is_aws_chunked(req.headers());
+    let req = req.map(|body| {
+        let limited = http_body_util::Limited::new(body, max_body);
+        if aws_chunked {
+            let reframed = crate::aws_chunked::Reframed::new(limited, limits.max_signed_chunk);
+            s3s::Body::http_body(reframed)
+        } else {
+            s3s::Body::http_body(limited)
+        }
+    });
     if let Some(e) = bad_presigned_expiry(req.uri()) {
         return (refuse_presigned(e), None);
     }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test file uses a part of it
 
+pub mod raw;
+
 use clap::Parser;
 use moosefs::{ClientConfig, MfsClient, MfsPath};
 use s3::pipeline::{Pipeline, ServiceArgs};
