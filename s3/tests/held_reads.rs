@@ -289,3 +289,45 @@ async fn an_error_before_the_body_of_an_expect_100_continue_request_closes_the_c
     private.clean_up().await;
 }
 
+/// UploadPartCopy's source is held open like a GET's: a copy whose source
+/// is deleted after it was opened still reads the bytes it opened, whole,
+/// and the file is released when the read ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_copy_reads_its_opened_source_to_the_end_through_a_delete() {
+    let (private, signer, bucket) = set_up("copysrc").await;
+    let a = Instance::start(&private, ServerLimits::default()).await;
+    create_bucket(&signer, a.addr, &bucket).await;
+    let path = format!("/{bucket}/src");
+    let data = random_bytes(10 * MIB + 7);
+    put(&signer, a.addr, &path, &data).await;
+    let inode = object_inode(&a.pipeline, &bucket, "src").await.unwrap();
+    let opened = a
+        .pipeline
+        .open_object(inode.into(), data.len() as i64)
+        .await
+        .unwrap()
+        .expect("the object's file opens");
+    let (status, _) = call(&signer, "DELETE", a.addr, &path, None).await;
+    assert_eq!(status, 204);
+    let session = a.pipeline.master_session_id();
+    assert!(
+        holds(&private, session, inode).await,
+        "held after the delete"
+    );
+
+    let (offset, len) = (MIB as u64 + 3, 8 * MIB as u64);
+    let (mut pipe, reader) = a.pipeline.read_source(opened, offset, len);
+    let mut copied = Vec::new();
+    pipe.read_to_end(&mut copied).await.unwrap();
+    assert!(reader.failure().await.is_none(), "the source read failed");
+    let range = offset as usize..(offset + len) as usize;
+    assert_eq!(md5_hex(&copied), md5_hex(&data[range]), "the copied bytes");
+    eventually(Duration::from_secs(10), "the source released", || {
+        let private = &private;
+        async move { !holds(private, session, inode).await }
+    })
+    .await;
+
+    a.stop().await;
+    private.clean_up().await;
+}

@@ -7,22 +7,25 @@
 //!   read or written: the copy shares the source's chunks, and a later write
 //!   to either would give that chunk a new id (copy-on-write; objects' files
 //!   are never written once in place anyway).
-//! - UploadPartCopy: a range of the source's file, read from the
+//! - UploadPartCopy: a range of the source's file, held open in the master
+//!   session like a GET's ([`Pipeline::open_object`]) and read from the
 //!   chunkservers ([`Pipeline::read_source`]), is the body of an ordinary
 //!   part attempt (the caller hands it to the part-writing path UploadPart
-//!   uses).
+//!   uses). An overwrite or delete of the source during the copy leaves
+//!   the bytes being copied readable until the copy has read them.
 //!
-//! A source is read by the inode its index row names, with no lock: an
-//! object's file never changes once in place (a newer object replaces it by
-//! rename), so the inode holds exactly the bytes of the version the row
-//! named, or is gone ([`PipelineError::SourceGone`]); MooseFS does not
-//! reuse a freed inode number for a day (the master's inode reuse delay).
+//! A snapshot's source is named by the inode its index row names, with no
+//! lock: an object's file never changes once in place (a newer object
+//! replaces it by rename), so the inode holds exactly the bytes of the
+//! version the row named, or is gone ([`PipelineError::SourceGone`]);
+//! MooseFS does not reuse a freed inode number for a day (the master's
+//! inode reuse delay).
 
 use moosefs::MfsError;
 use shared::domain::FencingToken;
 use uuid::Uuid;
 
-use super::{db_statement, Pipeline, PipelineError, WrittenPart};
+use super::{db_statement, OpenObject, Pipeline, PipelineError, WrittenPart};
 
 /// An object's file as a copy reads it (from its index row).
 #[derive(Debug, Clone, Copy)]
@@ -118,17 +121,18 @@ impl Pipeline {
         Ok(part)
     }
 
-    /// Reads `len` bytes of `source`'s file from `offset`, straight from the
-    /// chunkservers, into a pipe: the body of an UploadPartCopy's part. A
-    /// failed read ends the pipe short (the part write then fails on its
-    /// length); [`SourceRead::failure`] says why.
+    /// Reads `len` bytes of an opened source object from `offset`, straight
+    /// from the chunkservers, into a pipe: the body of an UploadPartCopy's
+    /// part (the file is held open until the read has ended). A failed read
+    /// ends the pipe short (the part write then fails on its length);
+    /// [`SourceRead::failure`] says why.
     pub fn read_source(
         &self,
-        source: &SourceObject,
+        source: OpenObject,
         offset: u64,
         len: u64,
     ) -> (tokio::io::DuplexStream, SourceRead) {
-        let (pipe, reader) = self.read_range(source.inode, offset, len);
+        let (pipe, reader) = self.read_opened(source, offset, len);
         (pipe, SourceRead(reader))
     }
 }

@@ -198,35 +198,21 @@ impl Pipeline {
         offset: u64,
         len: u64,
     ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync + 'static {
-        let (mut sink, source) = tokio::io::duplex(256 << 10);
-        let mfs = self.ingest.mfs.clone();
-        let file = object.file;
-        let reading = file.clone();
-        tokio::spawn(
-            async move {
-                let read = mfs
-                    .read_opened_to(&reading, offset, Some(len), &mut sink, ReplicaChoice::Any)
-                    .await;
-                if let Err(e) = &read {
-                    tracing::warn!(inode = reading.inode, offset, len, error = %e,
-                        "reading an object failed");
-                }
-            }
-            .in_current_span(),
-        );
+        let file = object.file.clone();
+        let (source, _reader) = self.read_opened(object, offset, len);
         HeldStream {
             inner: tokio_util::io::ReaderStream::with_capacity(source, 64 << 10),
             file: Some(file),
         }
     }
 
-    /// Reads `len` bytes of a file from `offset` into a pipe (256 KiB) by a
-    /// task of its own: the pipe's end, and the task, whose result says why
-    /// the pipe ended early if it did (a failed read ends it short, and is
-    /// logged).
-    pub(super) fn read_range(
+    /// Reads `len` bytes of an opened object from `offset` into a pipe
+    /// (256 KiB) by a task of its own, which holds the file open until it
+    /// stops: the pipe's end, and the task, whose result says why the pipe
+    /// ended early if it did (a failed read ends it short, and is logged).
+    pub(super) fn read_opened(
         &self,
-        inode: u32,
+        object: OpenObject,
         offset: u64,
         len: u64,
     ) -> (
@@ -235,13 +221,15 @@ impl Pipeline {
     ) {
         let (mut sink, source) = tokio::io::duplex(256 << 10);
         let mfs = self.ingest.mfs.clone();
+        let reading = object.file;
         let reader = tokio::spawn(
             async move {
                 let read = mfs
-                    .read_to(inode, offset, Some(len), &mut sink, ReplicaChoice::Any)
+                    .read_opened_to(&reading, offset, Some(len), &mut sink, ReplicaChoice::Any)
                     .await;
                 if let Err(e) = &read {
-                    tracing::warn!(inode, offset, len, error = %e, "reading an object failed");
+                    tracing::warn!(inode = reading.inode, offset, len, error = %e,
+                        "reading an object failed");
                 }
                 read.map(|_| ())
             }

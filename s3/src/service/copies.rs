@@ -27,7 +27,7 @@ use s3s::{s3_error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use super::digests::Digests;
 use super::errors::{db_error, pipeline_error};
-use super::objects::{check_conditions, check_version, Conditions};
+use super::objects::{check_conditions, check_version, open_found, Conditions};
 use super::tagging::{replaces_tags, Tags};
 use super::{check_part_number, refuse_encryption, timestamp, who, Endpoint, MAX_PART_BYTES};
 use crate::index::{self, ObjectRow};
@@ -217,7 +217,12 @@ pub(super) async fn upload_part_copy(
     let (upload, kept) = ep
         .require_upload_checksum(&input.bucket, &input.key, &input.upload_id)
         .await?;
-    let source = copy_source(ep, &input.copy_source, copy_conditions_of!(input)).await?;
+    let (source, opened) = open_found(
+        ep,
+        || copy_source(ep, &input.copy_source, copy_conditions_of!(input)),
+        |source| &source.row,
+    )
+    .await?;
     let size = source.row.size as u64;
     let range = match input.copy_source_range.as_deref() {
         None => 0..size,
@@ -231,9 +236,7 @@ pub(super) async fn upload_part_copy(
              source: {MAX_PART_BYTES}"
         ));
     }
-    let (pipe, reader) = ep
-        .pipeline()
-        .read_source(&source.object(), range.start, len);
+    let (pipe, reader) = ep.pipeline().read_source(opened, range.start, len);
     let body = StreamingBlob::wrap(tokio_util::io::ReaderStream::with_capacity(pipe, 64 << 10));
     let received = ep
         .receive_part(

@@ -322,24 +322,34 @@ async fn readable_object(
     Ok(row)
 }
 
-/// Times a GET reads the object row and opens its file before giving up
-/// (each retry means the key was overwritten or deleted in between).
+/// Times a read of an object (GET, UploadPartCopy) reads its row and
+/// opens its file before giving up (each retry means the key was
+/// overwritten or deleted in between).
 const OPEN_ATTEMPTS: u32 = 4;
 
-/// The object a GET answers, its conditions met, and its file held open in
-/// the master session: the row read and the open are not atomic, so an
-/// inode found gone (or not the row's object) means the key changed in
-/// between, and the row is read again (at most [`OPEN_ATTEMPTS`] times).
-async fn opened_object(ep: &Endpoint, input: &GetObjectInput) -> S3Result<(ObjectRow, OpenObject)> {
+/// An object found by `find` (its row, conditions met) with its file held
+/// open in the master session (`row_of` names the row in what `find`
+/// answers): the row read and the open are not atomic, so an inode found
+/// gone (or not the row's object) means the key changed in between, and
+/// the row is read again (at most [`OPEN_ATTEMPTS`] times).
+pub(super) async fn open_found<T, Found>(
+    ep: &Endpoint,
+    mut find: impl FnMut() -> Found,
+    row_of: impl Fn(&T) -> &ObjectRow,
+) -> S3Result<(T, OpenObject)>
+where
+    Found: std::future::Future<Output = S3Result<T>>,
+{
     for attempt in 1..=OPEN_ATTEMPTS {
-        let row = readable_object(ep, &input.bucket, &input.key, conditions_of!(input)).await?;
+        let found = find().await?;
+        let row = row_of(&found);
         if let Some(object) = ep
             .pipeline()
             .open_object(row.inode, row.size)
             .await
             .map_err(pipeline_error)?
         {
-            return Ok((row, object));
+            return Ok((found, object));
         }
         tracing::debug!(
             attempt,
@@ -351,6 +361,16 @@ async fn opened_object(ep: &Endpoint, input: &GetObjectInput) -> S3Result<(Objec
         InternalError,
         "the object was replaced {OPEN_ATTEMPTS} times while it was being opened; retry"
     ))
+}
+
+/// The object a GET answers, its conditions met, its file held open.
+async fn opened_object(ep: &Endpoint, input: &GetObjectInput) -> S3Result<(ObjectRow, OpenObject)> {
+    open_found(
+        ep,
+        || readable_object(ep, &input.bucket, &input.key, conditions_of!(input)),
+        |row| row,
+    )
+    .await
 }
 
 pub(super) async fn get_object(
