@@ -63,19 +63,23 @@ fn chunked_head(
     signer.signed_head("PUT", addr, path, payload, &extra, Some(encoded))
 }
 
-/// An unsigned aws-chunked body: `data` as one chunk, the final chunk and
-/// a CRC32 trailer of `crc_of`.
-fn unsigned_body(data: &[u8], crc_of: &[u8]) -> Vec<u8> {
+/// A PutObject of `data` as one unsigned aws-chunked chunk, the final
+/// chunk and a CRC32 trailer of `crc_of`: its head and body.
+fn unsigned_put(
+    signer: &Signer,
+    addr: SocketAddr,
+    path: &str,
+    data: &[u8],
+    crc_of: &[u8],
+) -> (String, Vec<u8>) {
     let mut body = format!("{:x}\r\n", data.len()).into_bytes();
     body.extend_from_slice(data);
-    body.extend_from_slice(
-        format!(
-            "\r\n0\r\nx-amz-checksum-crc32:{}\r\n\r\n",
-            crc32_base64(crc_of)
-        )
-        .as_bytes(),
-    );
-    body
+    let trailer = format!("x-amz-checksum-crc32:{}", crc32_base64(crc_of));
+    body.extend_from_slice(format!("\r\n0\r\n{trailer}\r\n\r\n").as_bytes());
+    let payload = "STREAMING-UNSIGNED-PAYLOAD-TRAILER";
+    let wire = (data.len(), body.len());
+    let (head, _) = chunked_head(signer, addr, path, payload, wire, true);
+    (head, body)
 }
 
 /// A signed aws-chunked body of these chunks (and the final one).
@@ -129,15 +133,7 @@ async fn aws_chunked_bodies_stream_and_signed_chunks_are_bounded() {
     // pause: bytes reach the chunkservers before the chunk has ended.
     let path = format!("/{bucket}/one-chunk");
     let data = random_bytes(24 * MIB);
-    let body = unsigned_body(&data, &data);
-    let (head, _) = chunked_head(
-        &signer,
-        server.addr,
-        &path,
-        "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
-        (data.len(), body.len()),
-        true,
-    );
+    let (head, body) = unsigned_put(&signer, server.addr, &path, &data, &data);
     let before = written_bytes();
     let mut stream = connect(server.addr).await;
     stream.write_all(head.as_bytes()).await.unwrap();
@@ -169,15 +165,7 @@ async fn aws_chunked_bodies_stream_and_signed_chunks_are_bounded() {
     // 2. The trailer is still checked: a wrong CRC32 stores nothing.
     let path = format!("/{bucket}/bad-trailer");
     let data = random_bytes(3 * MIB);
-    let body = unsigned_body(&data, b"other bytes");
-    let (head, _) = chunked_head(
-        &signer,
-        server.addr,
-        &path,
-        "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
-        (data.len(), body.len()),
-        true,
-    );
+    let (head, body) = unsigned_put(&signer, server.addr, &path, &data, b"other bytes");
     let (status, answer) = exchange(server.addr, &head, &body).await;
     assert_eq!(status, 400, "{answer}");
     assert!(answer.contains("BadDigest"), "{answer}");

@@ -45,28 +45,14 @@ impl Signer {
         path: &str,
         length: Option<usize>,
     ) -> String {
-        self.head_with(method, addr, path, "UNSIGNED-PAYLOAD", &[], length)
+        self.signed_head(method, addr, path, "UNSIGNED-PAYLOAD", &[], length)
+            .0
     }
 
     /// A request head signed with SigV4 (path-style, no query) declaring
     /// `payload` as its `x-amz-content-sha256`, with `extra` headers (not
-    /// signed); the head and the seed signature (an aws-chunked body's
-    /// first chunk signs on from it).
-    pub fn head_with(
-        &self,
-        method: &str,
-        addr: SocketAddr,
-        path: &str,
-        payload: &str,
-        extra: &[(&str, String)],
-        length: Option<usize>,
-    ) -> String {
-        self.signed_head(method, addr, path, payload, extra, length)
-            .0
-    }
-
-    /// [`Signer::head_with`], and the signature and signing key with date
-    /// and scope (to sign an aws-chunked body's chunks with).
+    /// signed), and what signs an aws-chunked body's chunks on from the
+    /// request's signature.
     pub fn signed_head(
         &self,
         method: &str,
