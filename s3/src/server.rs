@@ -205,6 +205,43 @@ fn with_request_id(mut response: HttpResponse, id: &str, sts: bool) -> HttpRespo
     response
 }
 
+/// Whether a request is GetObjectAttributes (`GET /bucket/key?attributes`).
+fn is_get_object_attributes(method: &http::Method, uri: &http::Uri) -> bool {
+    method == http::Method::GET
+        && uri.query().is_some_and(|q| {
+            q.split('&')
+                .any(|pair| pair == "attributes" || pair.starts_with("attributes="))
+        })
+}
+
+/// A GetObjectAttributes answer with its `<ETag>` bare, as S3 sends it
+/// there (and only there): s3s 0.14 quotes every ETag it writes in XML.
+fn with_bare_etag(mut response: HttpResponse) -> HttpResponse {
+    let Some(body) = response.body().bytes() else {
+        return response;
+    };
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return response;
+    };
+    let bare = ["&quot;", "\""].iter().find_map(|quote| {
+        let open = format!("<ETag>{quote}");
+        let close = format!("{quote}</ETag>");
+        let start = text.find(&open)?;
+        let end = start + text[start..].find(&close)?;
+        let etag = &text[start + open.len()..end];
+        Some(format!(
+            "{}<ETag>{etag}</ETag>{}",
+            &text[..start],
+            &text[end + close.len()..]
+        ))
+    });
+    if let Some(bare) = bare {
+        response.headers_mut().remove(http::header::CONTENT_LENGTH);
+        *response.body_mut() = s3s::Body::from(bare);
+    }
+    response
+}
+
 /// An S3 error document (`<Error>…</Error>`) with `<RequestId>id</RequestId>`
 /// added, unless it has one; `None` for anything else.
 fn error_body_with_id(body: &[u8], id: &str) -> Option<String> {
@@ -252,10 +289,14 @@ async fn handle(
     );
     let sts = crate::sts::is_sts_request(req.method(), req.uri(), req.headers());
     let expects_continue = expects_continue(req.headers());
+    let attributes = is_get_object_attributes(req.method(), req.uri());
     let (response, slot) = handle_request(s3, slots, limits, req)
         .instrument(span)
         .await;
     let mut response = with_request_id(response, &id, sts);
+    if attributes && response.status().is_success() {
+        response = with_bare_etag(response);
+    }
     if closes_after(expects_continue, response.status()) {
         response.headers_mut().insert(
             http::header::CONNECTION,
@@ -403,6 +444,31 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn get_object_attributes_answers_its_etag_bare() {
+        let get = http::Method::GET;
+        let uri = |u: &str| u.parse::<http::Uri>().unwrap();
+        assert!(is_get_object_attributes(&get, &uri("/b/k?attributes")));
+        assert!(is_get_object_attributes(&get, &uri("/b/k?x=1&attributes=")));
+        assert!(!is_get_object_attributes(&get, &uri("/b/k?attributesx")));
+        assert!(!is_get_object_attributes(&get, &uri("/b/k")));
+        assert!(!is_get_object_attributes(
+            &http::Method::HEAD,
+            &uri("/b/k?attributes")
+        ));
+        for quoted in ["&quot;abc-2&quot;", "\"abc-2\""] {
+            let xml = format!("<R><ETag>{quoted}</ETag><ObjectSize>3</ObjectSize></R>");
+            let response = with_bare_etag(HttpResponse::new(s3s::Body::from(xml)));
+            let body = response.body().bytes().unwrap();
+            assert_eq!(
+                &body[..],
+                b"<R><ETag>abc-2</ETag><ObjectSize>3</ObjectSize></R>"
+            );
+        }
+        let none = with_bare_etag(HttpResponse::new(s3s::Body::from("<R/>".to_string())));
+        assert_eq!(&none.body().bytes().unwrap()[..], b"<R/>");
+    }
 
     #[test]
     fn an_error_to_a_request_expecting_100_continue_closes_the_connection() {
