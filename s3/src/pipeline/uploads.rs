@@ -130,9 +130,14 @@ impl Pipeline {
     /// use that name. A staging file whose session row is not there (yet,
     /// or ever: this transaction failed, the process or PostgreSQL
     /// crashed) is one of "no known session", which the staging sweep
-    /// leaves alone for its orphan grace (24 h by default) and then
-    /// records for the collector ([`shared::gc`]); the attempt is committed
-    /// only after this transaction, under the session row's lock.
+    /// leaves alone for its orphan grace (`INGEST_ORPHAN_GRACE_SECS`, 24 h
+    /// by default) and then records for the collector ([`shared::gc`]).
+    /// That grace must stay far above the time a staging file can wait for
+    /// its session row (this transaction, each statement bounded by the
+    /// pool's `statement_timeout`, 120 s by default): a sweep that recorded
+    /// a file whose session row then committed would have the collector
+    /// delete a part about to be committed. The attempt is committed only
+    /// after this transaction, under the session row's lock.
     ///
     /// The commit does not wait for the WAL flush (`synchronous_commit =
     /// off`, this transaction only): nothing is answered on the strength of
