@@ -69,6 +69,29 @@ pub async fn bucket_exists(pool: &PgPool, bucket: &str) -> Result<bool, sqlx::Er
         .await
 }
 
+/// Whether a bucket exists and, if it does, [`conflicting_key`] of `key`
+/// in it: the two checks of a new key in one round trip.
+pub async fn bucket_and_conflict(
+    pool: &PgPool,
+    bucket: &str,
+    key: &str,
+) -> Result<(bool, Option<String>), sqlx::Error> {
+    let (parents, below_from, below_to) = conflict_bounds(key);
+    sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM s3_buckets WHERE name = $1),
+                (SELECT key FROM s3_objects
+                  WHERE bucket = $1
+                    AND (key = ANY($2::text[]) OR (key >= $3 AND key < $4))
+                  LIMIT 1)",
+    )
+    .bind(bucket)
+    .bind(&parents)
+    .bind(&below_from)
+    .bind(&below_to)
+    .fetch_one(pool)
+    .await
+}
+
 pub async fn buckets(
     pool: &PgPool,
 ) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>, sqlx::Error> {
@@ -154,10 +177,7 @@ pub async fn conflicting_key(
     bucket: &str,
     key: &str,
 ) -> Result<Option<String>, sqlx::Error> {
-    let parents: Vec<&str> = key.match_indices('/').map(|(i, _)| &key[..i]).collect();
-    let below_from = format!("{key}/");
-    // '0' follows '/' in every collation order of bytes.
-    let below_to = format!("{key}0");
+    let (parents, below_from, below_to) = conflict_bounds(key);
     sqlx::query_scalar(
         "SELECT key FROM s3_objects
           WHERE bucket = $1
@@ -172,13 +192,25 @@ pub async fn conflicting_key(
     .await
 }
 
-/// Records an upload's row (in the transaction that creates its session).
-pub async fn insert_upload(
-    conn: &mut PgConnection,
-    id: Uuid,
-    upload: &NewUpload<'_>,
-) -> Result<(), sqlx::Error> {
-    let metadata = serde_json::Value::Object(
+/// What [`conflicting_key`] looks for: the parent directories of `key`,
+/// and the range of keys below it as a directory.
+fn conflict_bounds(key: &str) -> (Vec<&str>, String, String) {
+    let parents: Vec<&str> = key.match_indices('/').map(|(i, _)| &key[..i]).collect();
+    let below_from = format!("{key}/");
+    // '0' follows '/' in every collation order of bytes.
+    let below_to = format!("{key}0");
+    (parents, below_from, below_to)
+}
+
+/// The statement that records an upload's row.
+const INSERT_UPLOAD: &str =
+    "INSERT INTO s3_uploads (upload_id, bucket, key, multipart, content_type, metadata,
+                             created_by, tags, checksum_algorithm, checksum_type)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
+/// The `x-amz-meta-*` pairs of a new upload as its `metadata` column.
+fn metadata_json(upload: &NewUpload<'_>) -> serde_json::Value {
+    serde_json::Value::Object(
         upload
             .metadata
             .map(|m| {
@@ -187,25 +219,64 @@ pub async fn insert_upload(
                     .collect()
             })
             .unwrap_or_default(),
-    );
-    sqlx::query(
-        "INSERT INTO s3_uploads (upload_id, bucket, key, multipart, content_type, metadata,
-                                 created_by, tags, checksum_algorithm, checksum_type)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
-    .bind(id)
-    .bind(upload.bucket)
-    .bind(upload.key)
-    .bind(upload.multipart)
-    .bind(upload.content_type)
-    .bind(&metadata)
-    .bind(upload.who)
-    .bind(upload.tags)
-    .bind(upload.checksum_algorithm)
-    .bind(upload.checksum_type)
-    .execute(&mut *conn)
-    .await?;
+}
+
+/// Records an upload's row (in the transaction that creates its session).
+pub async fn insert_upload(
+    conn: &mut PgConnection,
+    id: Uuid,
+    upload: &NewUpload<'_>,
+) -> Result<(), sqlx::Error> {
+    let metadata = metadata_json(upload);
+    sqlx::query(INSERT_UPLOAD)
+        .bind(id)
+        .bind(upload.bucket)
+        .bind(upload.key)
+        .bind(upload.multipart)
+        .bind(upload.content_type)
+        .bind(&metadata)
+        .bind(upload.who)
+        .bind(upload.tags)
+        .bind(upload.checksum_algorithm)
+        .bind(upload.checksum_type)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
+}
+
+/// Records a single-part upload's row and the first attempt of its part 1
+/// (what [`insert_upload`] and then [`next_part_token`] write, in one
+/// statement), in the transaction that creates its session; the attempt's
+/// fencing token. `synchronous_commit` is set off for that transaction:
+/// see [`crate::pipeline::Pipeline::open_single`], the one caller, for why
+/// that is safe there.
+pub async fn insert_single_upload(
+    conn: &mut PgConnection,
+    id: Uuid,
+    upload: &NewUpload<'_>,
+) -> Result<shared::domain::FencingToken, sqlx::Error> {
+    let metadata = metadata_json(upload);
+    let statement = format!(
+        "WITH upload AS ({INSERT_UPLOAD} RETURNING upload_id)
+         INSERT INTO s3_parts (upload_id, part_number, attempts)
+         SELECT upload_id, 1, 1 FROM upload
+         RETURNING attempts, set_config('synchronous_commit', 'off', true)"
+    );
+    let (token, _): (shared::domain::FencingToken, String) = sqlx::query_as(&statement)
+        .bind(id)
+        .bind(upload.bucket)
+        .bind(upload.key)
+        .bind(upload.multipart)
+        .bind(upload.content_type)
+        .bind(&metadata)
+        .bind(upload.who)
+        .bind(upload.tags)
+        .bind(upload.checksum_algorithm)
+        .bind(upload.checksum_type)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(token)
 }
 
 /// The checksum columns (`checksum_algorithm`, `checksum_type`) of

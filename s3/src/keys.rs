@@ -21,6 +21,8 @@
 //! its parent: the parent's buckets, and the parent is the request's
 //! [`Principal`] (its `created_by`, its per-key upload cap).
 
+use std::cell::RefCell;
+
 use hmac::{Hmac, Mac};
 use rand::Rng;
 use s3s::access::{S3Access, S3AccessContext};
@@ -233,9 +235,42 @@ pub(crate) enum KeyKind {
     },
 }
 
+tokio::task_local! {
+    /// The key row the request being served looked up: its signature check
+    /// ([`KeyAuth`]) and its access check ([`KeyAccess`]) read the same
+    /// row, once (see [`with_request_memo`]).
+    static LOOKED_UP: RefCell<Option<(String, Option<KeyKind>)>>;
+}
+
+/// Runs one request's handling with its own memo of the key lookup: the
+/// signature check and then the access check of that request ask for the
+/// same access key id, and the second answer is the first's (one query
+/// per request instead of two). Nothing outlives the request: a key
+/// revoked after its request was checked is refused from the next request
+/// on, as before.
+pub async fn with_request_memo<F: std::future::Future>(f: F) -> F::Output {
+    LOOKED_UP.scope(RefCell::new(None), f).await
+}
+
+/// [`lookup_row`], through the request's memo when there is one.
+pub(crate) async fn lookup(pool: &PgPool, access_key_id: &str) -> S3Result<Option<KeyKind>> {
+    let memo = LOOKED_UP.try_with(|m| match &*m.borrow() {
+        Some((id, kind)) if id == access_key_id => Some(kind.clone()),
+        _ => None,
+    });
+    if let Ok(Some(kind)) = memo {
+        return Ok(kind);
+    }
+    let kind = lookup_row(pool, access_key_id).await?;
+    let _ = LOOKED_UP.try_with(|m| {
+        *m.borrow_mut() = Some((access_key_id.to_string(), kind.clone()));
+    });
+    Ok(kind)
+}
+
 /// Looks `access_key_id` up: permanent keys first, then session keys
 /// (`None`: neither, or a session key whose parent is revoked).
-pub(crate) async fn lookup(pool: &PgPool, access_key_id: &str) -> S3Result<Option<KeyKind>> {
+async fn lookup_row(pool: &PgPool, access_key_id: &str) -> S3Result<Option<KeyKind>> {
     let db = |e: sqlx::Error| s3_error!(ServiceUnavailable, "key lookup failed: {e}");
     let permanent: Option<(String, Vec<String>)> = sqlx::query_as(
         "SELECT salt, buckets FROM s3_access_keys WHERE access_key_id = $1 AND revoked_at IS NULL",

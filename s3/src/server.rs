@@ -349,7 +349,8 @@ async fn handle_request(
     if let Some(e) = bad_presigned_expiry(req.uri()) {
         return (refuse_presigned(e), None);
     }
-    match tokio::time::timeout(limits.request_timeout, s3.call(req)).await {
+    let call = crate::keys::with_request_memo(s3.call(req));
+    match tokio::time::timeout(limits.request_timeout, call).await {
         Ok(Ok(response)) => (response, Some(permit)),
         Ok(Err(e)) => {
             tracing::warn!(error = ?e, "S3 request failed outside an operation");

@@ -30,6 +30,14 @@
 //! completion (`Ingest::complete`: APPEND_SLICE or copy assembly, rename into
 //! place, `upload.completed` event, metrics), whose transaction also writes
 //! the object row (the trigger of migration 0007, see [`crate::index`]).
+//!
+//! A single-part upload (PutObject) takes the same steps with fewer
+//! transactions: [`Pipeline::open_single`] opens it and counts its part's
+//! first attempt at once (asynchronous commit: nothing is answered on it),
+//! and [`Pipeline::commit_and_freeze`] commits the part and freezes the
+//! upload under one `FOR UPDATE` lock; the completion stays its own
+//! transaction, after the freeze is durable, since its rename can only be
+//! redone (by the reconciler) from a committed freeze.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,7 +57,7 @@ pub use objects::{KeyLock, OpenObject};
 pub use parts::{CommittedPart, PartCommitted, WrittenPart};
 pub use shared::config::ServiceArgs;
 /// The state of a session whose parts are being pushed (migration 0005).
-pub use uploads::{Completed, FreezePlan, Frozen, NewUpload, Placed};
+pub use uploads::{CommitAndFreeze, Completed, FreezePlan, Frozen, NewUpload, Placed};
 
 /// Pipeline failures, as this crate sees them.
 #[derive(Debug, thiserror::Error)]

@@ -56,7 +56,7 @@ pub enum PartCommitted {
 
 impl PartCommitted {
     /// Why the attempt's own inode is abandoned, if it is.
-    fn abandon_reason(self) -> Option<&'static str> {
+    pub(super) fn abandon_reason(self) -> Option<&'static str> {
         match self {
             PartCommitted::Committed => None,
             PartCommitted::Superseded => Some("s3 part superseded by a newer attempt"),
@@ -280,7 +280,7 @@ impl Pipeline {
 
 /// Makes `part` the committed attempt of its part unless a newer attempt
 /// committed first; the attempt it replaces is recorded as abandoned.
-async fn commit_if_newest(
+pub(super) async fn commit_if_newest(
     lock: &mut SessionLock,
     upload: Uuid,
     part_number: i32,
@@ -309,7 +309,7 @@ async fn commit_if_newest(
     Ok(PartCommitted::Committed)
 }
 
-fn count_commit(outcome: PartCommitted, part: &WrittenPart) {
+pub(super) fn count_commit(outcome: PartCommitted, part: &WrittenPart) {
     let m = shared::metrics::metrics();
     match outcome {
         PartCommitted::Committed => {

@@ -11,8 +11,10 @@ use shared::store::{
 };
 use uuid::Uuid;
 
-use super::{db_statement, CommittedPart, Pipeline, PipelineError};
+use super::parts::{commit_if_newest, count_commit};
+use super::{db_statement, CommittedPart, PartCommitted, Pipeline, PipelineError, WrittenPart};
 use crate::index;
+use shared::domain::FencingToken;
 
 /// An upload to open: where to, and what the endpoint records with it.
 #[derive(Debug, Clone, Copy)]
@@ -64,6 +66,23 @@ pub enum Frozen<E> {
     Refused(E),
 }
 
+/// How [`Pipeline::commit_and_freeze`] ended.
+#[derive(Debug)]
+pub enum CommitAndFreeze<E> {
+    /// The part is committed; the freeze ended so.
+    Frozen(Frozen<E>),
+    /// The attempt was not committed (its inode is recorded as abandoned).
+    NotCommitted(PartCommitted),
+}
+
+/// Whether a refused freeze commits its transaction (it holds a part
+/// commit) or rolls it back (nothing else was written).
+#[derive(Debug, Clone, Copy)]
+enum KeepOnRefusal {
+    Yes,
+    No,
+}
+
 /// A completed upload's file.
 #[derive(Debug, Clone)]
 pub struct Placed {
@@ -88,7 +107,78 @@ impl Pipeline {
     /// its access key already has the endpoint's bound of uploads receiving
     /// parts (PutObjects in flight count among them).
     pub async fn open_upload(&self, upload: &NewUpload<'_>) -> Result<Uuid, PipelineError> {
+        let (lock, id) = self.open_in_transaction(upload).await?;
+        lock.commit().await.map_err(db_statement)?;
+        shared::metrics::metrics().pushed_session_created();
+        Ok(id)
+    }
+
+    /// The fencing token of the first attempt of a part.
+    pub const FIRST_ATTEMPT: FencingToken = FencingToken(1);
+
+    /// Opens single-part upload `id` (PutObject) and starts the first
+    /// attempt of its only part, in one transaction: the session (state
+    /// `receiving`), the endpoint's upload row and part 1's attempt count
+    /// (so the attempt's fencing token is [`Pipeline::FIRST_ATTEMPT`]). The
+    /// transaction that creates the session row holds it locked
+    /// (exclusively, until it commits), so counting the attempt here is
+    /// what [`Pipeline::start_part`] does under its `FOR SHARE`.
+    ///
+    /// The attempt's staging file may be created (by the caller) while
+    /// this runs, before the session row is committed: its name is known
+    /// (the session's new id, part 1, token 1) and nothing else can ever
+    /// use that name. A staging file whose session row is not there (yet,
+    /// or ever: this transaction failed, the process or PostgreSQL
+    /// crashed) is one of "no known session", which the staging sweep
+    /// leaves alone for its orphan grace (`INGEST_ORPHAN_GRACE_SECS`, 24 h
+    /// by default) and then records for the collector ([`shared::gc`]).
+    /// That grace must stay far above the time a staging file can wait for
+    /// its session row (this transaction, each statement bounded by the
+    /// pool's `statement_timeout`, 120 s by default): a sweep that recorded
+    /// a file whose session row then committed would have the collector
+    /// delete a part about to be committed. The attempt is committed only
+    /// after this transaction, under the session row's lock.
+    ///
+    /// The commit does not wait for the WAL flush (`synchronous_commit =
+    /// off`, this transaction only): nothing is answered on the strength of
+    /// it. The next transactions of the upload (the part commit and freeze,
+    /// then the completion) are synchronous and their commit records follow
+    /// this one's in the WAL, so once either has returned this one is
+    /// durable too; if PostgreSQL loses it before, the staging file is one
+    /// of no known session (above) and the client, never answered, retries.
+    pub async fn open_single(&self, id: Uuid, upload: &NewUpload<'_>) -> Result<(), PipelineError> {
+        let mut lock = self.create_session(id, upload).await?;
+        let token = index::insert_single_upload(lock.conn(), id, upload).await?;
+        if token != Self::FIRST_ATTEMPT {
+            return Err(PipelineError::Config(format!(
+                "upload {id}: the first attempt of its part got token {}",
+                token.0
+            )));
+        }
+        lock.commit().await.map_err(db_statement)?;
+        shared::metrics::metrics().pushed_session_created();
+        Ok(())
+    }
+
+    /// The session and upload rows of a new upload, in a transaction
+    /// returned open.
+    async fn open_in_transaction(
+        &self,
+        upload: &NewUpload<'_>,
+    ) -> Result<(SessionLock, Uuid), PipelineError> {
         let id = Uuid::new_v4();
+        let mut lock = self.create_session(id, upload).await?;
+        index::insert_upload(lock.conn(), id, upload).await?;
+        Ok((lock, id))
+    }
+
+    /// The session row of a new upload (its bound of receiving uploads
+    /// checked), in a transaction returned open.
+    async fn create_session(
+        &self,
+        id: Uuid,
+        upload: &NewUpload<'_>,
+    ) -> Result<SessionLock, PipelineError> {
         let dest = self.dest(upload.bucket, upload.key)?;
         let max_receiving = if upload.multipart {
             self.max_open_uploads
@@ -108,7 +198,7 @@ impl Pipeline {
             })
             .await
             .map_err(db_statement)?;
-        let mut lock = match created {
+        let lock = match created {
             NewPushed::Created(lock) => lock,
             NewPushed::TooMany { receiving } => {
                 return Err(PipelineError::TooManyOpenUploads {
@@ -117,10 +207,7 @@ impl Pipeline {
                 })
             }
         };
-        index::insert_upload(lock.conn(), id, upload).await?;
-        lock.commit().await.map_err(db_statement)?;
-        shared::metrics::metrics().pushed_session_created();
-        Ok(id)
+        Ok(lock)
     }
 
     /// Whether an upload is still receiving parts (not frozen, not ended).
@@ -144,18 +231,71 @@ impl Pipeline {
         upload: Uuid,
         check: impl FnOnce(&[CommittedPart]) -> Result<FreezePlan, E>,
     ) -> Result<Frozen<E>, PipelineError> {
-        let (mut lock, session) = self.ingest.store.lock_session(upload).await?;
+        let (lock, session) = self.ingest.store.lock_session(upload).await?;
         let Some(session) = session else {
             return Ok(Frozen::Gone);
         };
         if session.state != SessionState::Receiving {
             return frozen_before(lock, upload, session).await;
         }
+        self.freeze_locked(lock, upload, check, KeepOnRefusal::No)
+            .await
+    }
+
+    /// Commits the written attempt of part `part_number` of a single-part
+    /// upload (PutObject) and freezes the upload, in one transaction holding
+    /// the session row `FOR UPDATE`: what [`Pipeline::commit_part`] and then
+    /// [`Pipeline::freeze`] do, with one lock and one commit. An attempt that
+    /// is not committed (superseded, upload closed) has its inode recorded
+    /// as abandoned and nothing is frozen; a refused freeze still commits
+    /// the part (its inode is then the upload's, abandoned when it ends).
+    pub async fn commit_and_freeze<E>(
+        &self,
+        upload: Uuid,
+        part_number: i32,
+        part: &WrittenPart,
+        check: impl FnOnce(&[CommittedPart]) -> Result<FreezePlan, E>,
+    ) -> Result<CommitAndFreeze<E>, PipelineError> {
+        let (mut lock, session) = self.ingest.store.lock_session(upload).await?;
+        let receiving = session.is_some_and(|s| s.state == SessionState::Receiving);
+        let outcome = if receiving {
+            commit_if_newest(&mut lock, upload, part_number, part).await?
+        } else {
+            PartCommitted::UploadClosed
+        };
+        if let Some(reason) = outcome.abandon_reason() {
+            lock.abandon_pushed(upload, &[part.abandoned(part_number)], reason)
+                .await
+                .map_err(db_statement)?;
+            lock.commit().await.map_err(db_statement)?;
+            count_commit(outcome, part);
+            return Ok(CommitAndFreeze::NotCommitted(outcome));
+        }
+        let frozen = self
+            .freeze_locked(lock, upload, check, KeepOnRefusal::Yes)
+            .await?;
+        count_commit(outcome, part);
+        Ok(CommitAndFreeze::Frozen(frozen))
+    }
+
+    /// The freeze of a receiving upload whose session row `lock` holds
+    /// `FOR UPDATE`; commits (or, refused, rolls back unless `keep` says the
+    /// transaction holds other writes that must stand).
+    async fn freeze_locked<E>(
+        &self,
+        mut lock: SessionLock,
+        upload: Uuid,
+        check: impl FnOnce(&[CommittedPart]) -> Result<FreezePlan, E>,
+        keep: KeepOnRefusal,
+    ) -> Result<Frozen<E>, PipelineError> {
         let parts = index::committed_parts(lock.conn(), upload).await?;
         let plan = match check(&parts) {
             Ok(plan) => plan,
             Err(e) => {
-                lock.rollback().await?;
+                match keep {
+                    KeepOnRefusal::Yes => lock.commit().await?,
+                    KeepOnRefusal::No => lock.rollback().await?,
+                }
                 return Ok(Frozen::Refused(e));
             }
         };
@@ -200,7 +340,35 @@ impl Pipeline {
     /// transaction, which also writes the object row: migration 0007) and
     /// reads what it put in place.
     pub async fn complete(&self, upload: Uuid) -> Result<Completed, PipelineError> {
-        match self.ingest.complete(upload).await? {
+        let completion = self.ingest.complete(upload).await?;
+        self.completed(upload, completion).await
+    }
+
+    /// [`Pipeline::complete`] for a caller that needs only to know whether
+    /// the object is in place (or why it failed): a completion this call
+    /// ran says so itself, without reading the session again.
+    pub async fn complete_in_place(
+        &self,
+        upload: Uuid,
+    ) -> Result<Result<(), String>, PipelineError> {
+        let completion = self.ingest.complete(upload).await?;
+        if let Completion::Completed { .. } = completion {
+            return Ok(Ok(()));
+        }
+        Ok(match self.completed(upload, completion).await? {
+            Completed::Placed(_) => Ok(()),
+            Completed::Failed(why) => Err(why),
+        })
+    }
+
+    /// What a completion of `upload` that ended in `completion` put in
+    /// place, as the session row says.
+    async fn completed(
+        &self,
+        upload: Uuid,
+        completion: Completion,
+    ) -> Result<Completed, PipelineError> {
+        match completion {
             Completion::Failed(why) => return Ok(Completed::Failed(why)),
             Completion::Completed { .. } | Completion::AlreadyFinished => {}
             Completion::NotReady => {

@@ -120,12 +120,7 @@ impl Endpoint {
     /// The checks of a key about to be written: a MooseFS path, and no
     /// object that is a parent of it or that it is a parent of.
     async fn check_new_key(&self, bucket: &str, key: &str) -> S3Result<()> {
-        if key.len() > 1024 {
-            return Err(s3_error!(KeyTooLongError));
-        }
-        self.pipeline()
-            .check_key(bucket, key)
-            .map_err(|e| s3_error!(InvalidArgument, "key {key:?} cannot be stored: {e}"))?;
+        self.check_key_name(bucket, key)?;
         if let Some(other) = index::conflicting_key(self.pool(), bucket, key)
             .await
             .map_err(db_error)?
@@ -133,6 +128,35 @@ impl Endpoint {
             return Err(path_conflict(key, &other));
         }
         Ok(())
+    }
+
+    /// [`Endpoint::require_bucket`] and [`Endpoint::check_new_key`], the
+    /// same errors in the same order, with one query when the key is valid.
+    async fn require_bucket_for_new_key(&self, bucket: &str, key: &str) -> S3Result<()> {
+        if let Err(e) = self.check_key_name(bucket, key) {
+            self.require_bucket(bucket).await?;
+            return Err(e);
+        }
+        let (exists, conflict) = index::bucket_and_conflict(self.pool(), bucket, key)
+            .await
+            .map_err(db_error)?;
+        if !exists {
+            return Err(s3_error!(NoSuchBucket));
+        }
+        match conflict {
+            Some(other) => Err(path_conflict(key, &other)),
+            None => Ok(()),
+        }
+    }
+
+    /// The checks of a key's name alone: its length, a MooseFS path.
+    fn check_key_name(&self, bucket: &str, key: &str) -> S3Result<()> {
+        if key.len() > 1024 {
+            return Err(s3_error!(KeyTooLongError));
+        }
+        self.pipeline()
+            .check_key(bucket, key)
+            .map_err(|e| s3_error!(InvalidArgument, "key {key:?} cannot be stored: {e}"))
     }
 
     /// The upload of `bucket`/`key` with this id, if it exists.

@@ -193,7 +193,7 @@ pub(super) async fn complete_multipart_upload(
     let endpoint = ep.clone();
     let (bucket, key) = (input.bucket, input.key);
     let future = Box::pin(async move {
-        let result = endpoint.place_upload(upload, etag).await.map(|(etag, _)| {
+        let result = endpoint.place_object(upload, etag).await.map(|etag| {
             let stored = crate::index::stored_checksum(&checksums);
             CompleteMultipartUploadOutput {
                 bucket: Some(bucket.clone()),

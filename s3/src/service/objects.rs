@@ -11,9 +11,10 @@ use super::digests::{digests_of, with_checksums};
 use super::errors::{db_error, pipeline_error};
 use super::listing::NULL_VERSION;
 use super::tagging::{tag_count, Tags};
-use super::{refuse_encryption, timestamp, who, Endpoint, MAX_LIST, MAX_PART_BYTES, PART_NUMBERS};
+use super::uploads::declared_length;
+use super::{refuse_encryption, timestamp, who, Endpoint, MAX_LIST, PART_NUMBERS};
 use crate::index::{self, ObjectRow};
-use crate::pipeline::{CommittedPart, FreezePlan, NewUpload, OpenObject};
+use crate::pipeline::{CommittedPart, FreezePlan, NewUpload, OpenObject, Pipeline};
 
 pub(super) async fn put_object(
     ep: &Endpoint,
@@ -21,57 +22,99 @@ pub(super) async fn put_object(
 ) -> S3Result<S3Response<PutObjectOutput>> {
     let who = who(&req);
     let trailers = req.trailing_headers.clone();
-    let input = req.input;
-    let (bucket, key) = (input.bucket.as_str(), input.key.as_str());
+    let mut input = req.input;
     let tags = Tags::from_header(input.tagging.as_deref())?.to_json();
-    check_put(ep, &input).await?;
+    refuse_encryption(
+        input.server_side_encryption.as_ref(),
+        input.sse_customer_algorithm.as_ref(),
+    )?;
+    let declared = declared_length(input.content_length)?;
+    if let Err(e) = ep.check_key_name(&input.bucket, &input.key) {
+        ep.require_bucket(&input.bucket).await?;
+        return Err(e);
+    }
+    let body = input.body.take().ok_or_else(|| s3_error!(IncompleteBody))?;
     let digests = digests_of!(input);
-    let upload = ep
-        .pipeline()
-        .open_upload(&NewUpload {
-            bucket,
-            key,
-            multipart: false,
-            content_type: input.content_type.as_deref(),
-            metadata: input.metadata.as_ref(),
-            who: &who,
-            checksum_algorithm: None,
-            checksum_type: None,
-            tags: &tags,
-        })
-        .await
-        .map_err(pipeline_error)?;
     // S3 keeps a CRC64NVME (FULL_OBJECT) of an object sent with no
     // checksum at all, and answers it with `x-amz-checksum-mode: ENABLED`.
     let default_checksum = (!digests.names_a_checksum()).then_some(Algorithm::Crc64Nvme);
-    let received = ep
-        .receive_part(
-            upload,
-            1,
-            input.body,
-            input.content_length,
-            &digests,
-            trailers,
-            default_checksum,
+    // The checks that need PostgreSQL and the upload's opening run while
+    // the body is written into the staging file of the part's first
+    // attempt (see `Pipeline::open_single` for why that file may exist a
+    // moment before its session row); nothing is committed as the part
+    // until both are done.
+    let upload = uuid::Uuid::new_v4();
+    let token = Pipeline::FIRST_ATTEMPT;
+    let new_upload = NewUpload {
+        bucket: &input.bucket,
+        key: &input.key,
+        multipart: false,
+        content_type: input.content_type.as_deref(),
+        metadata: input.metadata.as_ref(),
+        who: &who,
+        checksum_algorithm: None,
+        checksum_type: None,
+        tags: &tags,
+    };
+    let opening = async {
+        tokio::join!(
+            check_put(ep, &input),
+            ep.pipeline().open_single(upload, &new_upload)
         )
-        .await;
+    };
+    let writing = ep.write_attempt(
+        upload,
+        1,
+        token,
+        body,
+        declared,
+        &digests,
+        trailers,
+        default_checksum,
+    );
+    let ((checked, opened), received) = tokio::join!(opening, writing);
+    let opened = match (checked, opened) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), opened) => Err((e, opened.is_ok())),
+        (Ok(()), Err(e)) => Err((pipeline_error(e), false)),
+    };
+    if let Err((e, upload_opened)) = opened {
+        // The written attempt (if any) is nothing's: abandoned, with the
+        // upload if it was opened.
+        if let Ok((written, _)) = &received {
+            ep.pipeline()
+                .abandon(
+                    upload,
+                    1,
+                    token,
+                    written.inode,
+                    &written.path,
+                    "s3 PutObject refused by its checks",
+                )
+                .await;
+        }
+        if upload_opened {
+            return Err(fail_put(ep, upload, e).await);
+        }
+        return Err(e);
+    }
     let (written, checksum) = match received {
         Ok(r) => {
             shared::metrics::metrics().s3_received(r.0.size);
             r
         }
-        Err(e) => {
-            let _ = ep
-                .pipeline()
-                .fail_upload(upload, &format!("PutObject failed: {e}"))
-                .await;
-            return Err(e);
-        }
+        Err(e) => return Err(fail_put(ep, upload, e).await),
     };
     let checksums = index::checksums_json(&checksum);
-    let (etag, _) = ep
-        .finish_upload(upload, |parts| the_only_part(parts, &checksums))
-        .await?;
+    let finished = ep
+        .commit_and_finish(upload, 1, &written, |parts| {
+            the_only_part(parts, &checksums)
+        })
+        .await;
+    let etag = match finished {
+        Ok(placed) => placed,
+        Err(e) => return Err(fail_put(ep, upload, e).await),
+    };
     debug_assert_eq!(Some(&etag), written.md5.as_ref());
     Ok(S3Response::new(with_checksums!(
         PutObjectOutput {
@@ -82,16 +125,24 @@ pub(super) async fn put_object(
     )))
 }
 
-/// The checks of a PutObject before its body is read: the bucket, the key,
-/// its conditions, the declared length.
+/// Ends a PutObject's upload that failed while it was still receiving
+/// (its part's inode abandoned); an upload already frozen is the
+/// pipeline's to complete, and is left alone. The request's error.
+async fn fail_put(ep: &Endpoint, upload: uuid::Uuid, e: S3Error) -> S3Error {
+    let _ = ep
+        .pipeline()
+        .fail_upload(upload, &format!("PutObject failed: {e}"))
+        .await;
+    e
+}
+
+/// The checks of a PutObject that read PostgreSQL: the bucket, the key
+/// (no object that would be its parent directory or below it), its
+/// conditions. (The rest, checked before: the declared length, no
+/// server-side encryption, a key MooseFS can store.)
 async fn check_put(ep: &Endpoint, input: &PutObjectInput) -> S3Result<()> {
     let (bucket, key) = (input.bucket.as_str(), input.key.as_str());
-    refuse_encryption(
-        input.server_side_encryption.as_ref(),
-        input.sse_customer_algorithm.as_ref(),
-    )?;
-    ep.require_bucket(bucket).await?;
-    ep.check_new_key(bucket, key).await?;
+    ep.require_bucket_for_new_key(bucket, key).await?;
     check_overwrite(
         ep,
         bucket,
@@ -99,12 +150,7 @@ async fn check_put(ep: &Endpoint, input: &PutObjectInput) -> S3Result<()> {
         input.if_match.as_ref(),
         input.if_none_match.as_ref(),
     )
-    .await?;
-    match input.content_length {
-        Some(n) if n >= 0 && (n as u64) <= MAX_PART_BYTES => Ok(()),
-        Some(n) if n >= 0 => Err(s3_error!(EntityTooLarge)),
-        _ => Err(s3_error!(MissingContentLength)),
-    }
+    .await
 }
 
 /// The freeze plan of a PutObject: its one part, the part's MD5 as ETag,

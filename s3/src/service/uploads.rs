@@ -14,8 +14,30 @@ use super::digests::Digests;
 use super::errors::{completion_refused, pipeline_error};
 use super::{Endpoint, MAX_PART_BYTES};
 use crate::pipeline::{
-    CommittedPart, Completed, FreezePlan, Frozen, PartCommitted, SourceObject, WrittenPart,
+    CommitAndFreeze, CommittedPart, Completed, FreezePlan, Frozen, PartCommitted, SourceObject,
+    WrittenPart,
 };
+use shared::domain::FencingToken;
+
+/// The error of a part attempt that was not committed.
+fn not_committed(part_number: i32, outcome: PartCommitted) -> S3Error {
+    match outcome {
+        PartCommitted::Superseded => s3_error!(
+            OperationAborted,
+            "a newer upload of part {part_number} committed first; this one was discarded"
+        ),
+        PartCommitted::UploadClosed | PartCommitted::Committed => s3_error!(NoSuchUpload),
+    }
+}
+
+/// A request body's declared length, within a part's bound.
+pub(super) fn declared_length(content_length: Option<i64>) -> S3Result<u64> {
+    match content_length {
+        Some(n) if n >= 0 && (n as u64) <= MAX_PART_BYTES => Ok(n as u64),
+        Some(n) if n >= 0 => Err(s3_error!(EntityTooLarge)),
+        _ => Err(s3_error!(MissingContentLength)),
+    }
+}
 
 /// A completed upload's object: its ETag and last-modified time.
 pub(super) type Placement = (String, chrono::DateTime<chrono::Utc>);
@@ -42,13 +64,7 @@ impl Endpoint {
         trailers: Option<s3s::TrailingHeaders>,
         keep: Option<Algorithm>,
     ) -> S3Result<(WrittenPart, s3s::dto::Checksum)> {
-        let declared = match content_length {
-            Some(n) if n >= 0 => n as u64,
-            _ => return Err(s3_error!(MissingContentLength)),
-        };
-        if declared > MAX_PART_BYTES {
-            return Err(s3_error!(EntityTooLarge));
-        }
+        let declared = declared_length(content_length)?;
         let body = body.ok_or_else(|| s3_error!(IncompleteBody))?;
         let token = self
             .pipeline()
@@ -56,6 +72,38 @@ impl Endpoint {
             .await
             .map_err(pipeline_error)?
             .ok_or_else(|| s3_error!(NoSuchUpload))?;
+        let (written, checksum) = self
+            .write_attempt(
+                upload,
+                part_number,
+                token,
+                body,
+                declared,
+                digests,
+                trailers,
+                keep,
+            )
+            .await?;
+        self.commit_attempt(upload, part_number, &written).await?;
+        Ok((written, checksum))
+    }
+
+    /// Writes a request body as attempt `token` of part `part_number`: a
+    /// fresh staging inode written and verified, the digests the client
+    /// sent checked (the inode recorded as abandoned if they do not match).
+    /// Not committed yet. `keep`: see [`Endpoint::receive_part`].
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn write_attempt(
+        &self,
+        upload: Uuid,
+        part_number: i32,
+        token: FencingToken,
+        body: StreamingBlob,
+        declared: u64,
+        digests: &Digests,
+        trailers: Option<s3s::TrailingHeaders>,
+        keep: Option<Algorithm>,
+    ) -> S3Result<(WrittenPart, s3s::dto::Checksum)> {
         let hasher = Arc::new(std::sync::Mutex::new(digests.hasher(keep)));
         let hashing = hasher.clone();
         let stream = body
@@ -83,7 +131,6 @@ impl Endpoint {
             return Err(e);
         }
         written.checksum = keep.and_then(|a| a.get(&checksum).cloned());
-        self.commit_attempt(upload, part_number, &written).await?;
         Ok((written, checksum))
     }
 
@@ -123,11 +170,7 @@ impl Endpoint {
             .map_err(pipeline_error)?
         {
             PartCommitted::Committed => Ok(()),
-            PartCommitted::Superseded => Err(s3_error!(
-                OperationAborted,
-                "a newer upload of part {part_number} committed first; this one was discarded"
-            )),
-            PartCommitted::UploadClosed => Err(s3_error!(NoSuchUpload)),
+            other => Err(not_committed(part_number, other)),
         }
     }
 
@@ -153,6 +196,49 @@ impl Endpoint {
             .freeze(upload, &check)
             .await
             .map_err(pipeline_error)?;
+        self.frozen_answer(upload, frozen, check).await
+    }
+
+    /// Commits the written attempt of a single-part upload's part and
+    /// freezes the upload with `check`'s plan, in one transaction (see
+    /// [`crate::pipeline::Pipeline::commit_and_freeze`]); then completes
+    /// it as [`Endpoint::finish_upload`] does.
+    pub(super) async fn commit_and_finish<F>(
+        &self,
+        upload: Uuid,
+        part_number: i32,
+        written: &WrittenPart,
+        check: F,
+    ) -> S3Result<String>
+    where
+        F: Fn(&[CommittedPart]) -> Result<FreezePlan, S3Error>,
+    {
+        let committed = self
+            .pipeline()
+            .commit_and_freeze(upload, part_number, written, &check)
+            .await
+            .map_err(pipeline_error)?;
+        let frozen = match committed {
+            CommitAndFreeze::Frozen(frozen) => frozen,
+            CommitAndFreeze::NotCommitted(outcome) => {
+                return Err(not_committed(part_number, outcome))
+            }
+        };
+        let (etag, _) = self.frozen_answer(upload, frozen, check).await?;
+        self.place_object(upload, etag).await
+    }
+
+    /// The answer to a freeze: the ETag and the object's checksums, or the
+    /// error a refused or gone upload gets.
+    async fn frozen_answer<F>(
+        &self,
+        upload: Uuid,
+        frozen: Frozen<S3Error>,
+        check: F,
+    ) -> S3Result<FrozenUpload>
+    where
+        F: Fn(&[CommittedPart]) -> Result<FreezePlan, S3Error>,
+    {
         let frozen = match frozen {
             Frozen::Now { etag, checksums } => (etag, checksums),
             Frozen::Refused(e) => return Err(e),
@@ -186,6 +272,20 @@ impl Endpoint {
         {
             Completed::Placed(placed) => Ok((etag, placed.finished_at)),
             Completed::Failed(why) => Err(completion_refused(&why)),
+        }
+    }
+
+    /// [`Endpoint::place_upload`] for an answer that needs only the ETag:
+    /// one read of the session fewer.
+    pub(super) async fn place_object(&self, upload: Uuid, etag: String) -> S3Result<String> {
+        match self
+            .pipeline()
+            .complete_in_place(upload)
+            .await
+            .map_err(pipeline_error)?
+        {
+            Ok(()) => Ok(etag),
+            Err(why) => Err(completion_refused(&why)),
         }
     }
 }
