@@ -222,6 +222,24 @@ fn metadata_json(upload: &NewUpload<'_>) -> serde_json::Value {
     )
 }
 
+/// `query` (of [`INSERT_UPLOAD`]'s parameters) with an upload's values bound
+/// in order.
+macro_rules! bind_upload {
+    ($query:expr, $id:expr, $upload:expr, $metadata:expr) => {
+        $query
+            .bind($id)
+            .bind($upload.bucket)
+            .bind($upload.key)
+            .bind($upload.multipart)
+            .bind($upload.content_type)
+            .bind($metadata)
+            .bind($upload.who)
+            .bind($upload.tags)
+            .bind($upload.checksum_algorithm)
+            .bind($upload.checksum_type)
+    };
+}
+
 /// Records an upload's row (in the transaction that creates its session).
 pub async fn insert_upload(
     conn: &mut PgConnection,
@@ -229,17 +247,7 @@ pub async fn insert_upload(
     upload: &NewUpload<'_>,
 ) -> Result<(), sqlx::Error> {
     let metadata = metadata_json(upload);
-    sqlx::query(INSERT_UPLOAD)
-        .bind(id)
-        .bind(upload.bucket)
-        .bind(upload.key)
-        .bind(upload.multipart)
-        .bind(upload.content_type)
-        .bind(&metadata)
-        .bind(upload.who)
-        .bind(upload.tags)
-        .bind(upload.checksum_algorithm)
-        .bind(upload.checksum_type)
+    bind_upload!(sqlx::query(INSERT_UPLOAD), id, upload, &metadata)
         .execute(&mut *conn)
         .await?;
     Ok(())
@@ -263,19 +271,10 @@ pub async fn insert_single_upload(
          SELECT upload_id, 1, 1 FROM upload
          RETURNING attempts, set_config('synchronous_commit', 'off', true)"
     );
-    let (token, _): (shared::domain::FencingToken, String) = sqlx::query_as(&statement)
-        .bind(id)
-        .bind(upload.bucket)
-        .bind(upload.key)
-        .bind(upload.multipart)
-        .bind(upload.content_type)
-        .bind(&metadata)
-        .bind(upload.who)
-        .bind(upload.tags)
-        .bind(upload.checksum_algorithm)
-        .bind(upload.checksum_type)
-        .fetch_one(&mut *conn)
-        .await?;
+    let (token, _): (shared::domain::FencingToken, String) =
+        bind_upload!(sqlx::query_as(&statement), id, upload, &metadata)
+            .fetch_one(&mut *conn)
+            .await?;
     Ok(token)
 }
 

@@ -56,7 +56,7 @@ pub enum PartCommitted {
 
 impl PartCommitted {
     /// Why the attempt's own inode is abandoned, if it is.
-    pub(super) fn abandon_reason(self) -> Option<&'static str> {
+    fn abandon_reason(self) -> Option<&'static str> {
         match self {
             PartCommitted::Committed => None,
             PartCommitted::Superseded => Some("s3 part superseded by a newer attempt"),
@@ -245,16 +245,7 @@ impl Pipeline {
         part: &WrittenPart,
     ) -> Result<PartCommitted, PipelineError> {
         let (mut lock, receiving) = self.share_upload(upload).await?;
-        let outcome = if !receiving {
-            PartCommitted::UploadClosed
-        } else {
-            commit_if_newest(&mut lock, upload, part_number, part).await?
-        };
-        if let Some(reason) = outcome.abandon_reason() {
-            lock.abandon_pushed(upload, &[part.abandoned(part_number)], reason)
-                .await
-                .map_err(db_statement)?;
-        }
+        let outcome = commit_locked(&mut lock, receiving, upload, part_number, part).await?;
         lock.commit().await.map_err(db_statement)?;
         count_commit(outcome, part);
         Ok(outcome)
@@ -278,9 +269,33 @@ impl Pipeline {
     }
 }
 
+/// In a transaction holding the upload's session row (`receiving`: the
+/// upload takes parts), commits `part` as the attempt of part
+/// `part_number` ([`commit_if_newest`]), or records its inode as abandoned
+/// when it is not committed. The caller commits the transaction.
+pub(super) async fn commit_locked(
+    lock: &mut SessionLock,
+    receiving: bool,
+    upload: Uuid,
+    part_number: i32,
+    part: &WrittenPart,
+) -> Result<PartCommitted, PipelineError> {
+    let outcome = if receiving {
+        commit_if_newest(lock, upload, part_number, part).await?
+    } else {
+        PartCommitted::UploadClosed
+    };
+    if let Some(reason) = outcome.abandon_reason() {
+        lock.abandon_pushed(upload, &[part.abandoned(part_number)], reason)
+            .await
+            .map_err(db_statement)?;
+    }
+    Ok(outcome)
+}
+
 /// Makes `part` the committed attempt of its part unless a newer attempt
 /// committed first; the attempt it replaces is recorded as abandoned.
-pub(super) async fn commit_if_newest(
+async fn commit_if_newest(
     lock: &mut SessionLock,
     upload: Uuid,
     part_number: i32,

@@ -11,7 +11,7 @@ use shared::store::{
 };
 use uuid::Uuid;
 
-use super::parts::{commit_if_newest, count_commit};
+use super::parts::{commit_locked, count_commit};
 use super::{db_statement, CommittedPart, PartCommitted, Pipeline, PipelineError, WrittenPart};
 use crate::index;
 use shared::domain::FencingToken;
@@ -258,15 +258,8 @@ impl Pipeline {
     ) -> Result<CommitAndFreeze<E>, PipelineError> {
         let (mut lock, session) = self.ingest.store.lock_session(upload).await?;
         let receiving = session.is_some_and(|s| s.state == SessionState::Receiving);
-        let outcome = if receiving {
-            commit_if_newest(&mut lock, upload, part_number, part).await?
-        } else {
-            PartCommitted::UploadClosed
-        };
-        if let Some(reason) = outcome.abandon_reason() {
-            lock.abandon_pushed(upload, &[part.abandoned(part_number)], reason)
-                .await
-                .map_err(db_statement)?;
+        let outcome = commit_locked(&mut lock, receiving, upload, part_number, part).await?;
+        if outcome != PartCommitted::Committed {
             lock.commit().await.map_err(db_statement)?;
             count_commit(outcome, part);
             return Ok(CommitAndFreeze::NotCommitted(outcome));
