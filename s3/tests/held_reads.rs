@@ -236,41 +236,31 @@ async fn an_error_before_the_body_of_an_expect_100_continue_request_closes_the_c
     let a = Instance::start(&private, ServerLimits::default()).await;
     create_bucket(&signer, a.addr, &bucket).await;
     let body = b"the body the server never asked for";
-    let head = signer.head(
+    let (head, _) = signer.signed_head(
         "PUT",
         a.addr,
         &format!("/{bucket}-not-allowed/k"),
+        "UNSIGNED-PAYLOAD",
+        &[("Expect", "100-continue".to_string())],
         Some(body.len()),
     );
-    let head = format!(
-        "{}Expect: 100-continue\r\n\r\n",
-        head.strip_suffix("\r\n").unwrap()
-    );
-    let mut stream = tokio::net::TcpStream::connect(a.addr).await.unwrap();
+    let mut stream = connect(a.addr).await;
     stream.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    let mut chunk = [0u8; 16 << 10];
-    let end = loop {
-        let n = stream.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "connection closed before the response head");
-        answer.extend_from_slice(&chunk[..n]);
-        if let Some(i) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-    };
-    let response_head = String::from_utf8_lossy(&answer[..end]).to_lowercase();
+    let answer = read_head(stream).await;
+    let response_head = answer.head.to_lowercase();
     assert!(response_head.starts_with("http/1.1 403"), "{response_head}");
     assert!(
         response_head.contains("\r\nconnection: close\r\n"),
         "{response_head}"
     );
+    let (mut stream, mut rest) = (answer.stream, answer.body);
     // The client gave up waiting for 100 Continue: the body, then its next
     // request on the same connection.
     let _ = stream.write_all(body).await;
     let next = signer.head("GET", a.addr, &format!("/{bucket}"), None);
     let _ = stream.write_all(next.as_bytes()).await;
-    let mut rest = answer[end..].to_vec();
     let read_all = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut chunk = [0u8; 16 << 10];
         loop {
             match stream.read(&mut chunk).await {
                 Ok(0) | Err(_) => break,

@@ -140,6 +140,8 @@ pub async fn connect(addr: SocketAddr) -> TcpStream {
 /// A response whose head has been read; the body is read by the caller.
 pub struct Response {
     pub stream: TcpStream,
+    /// The response head as sent (status line and headers).
+    pub head: String,
     pub status: u16,
     pub length: Option<usize>,
     /// Body bytes read with the head.
@@ -209,6 +211,7 @@ pub async fn read_head(mut stream: TcpStream) -> Response {
     });
     Response {
         stream,
+        head,
         status,
         length,
         body: buf[end..].to_vec(),
