@@ -196,16 +196,23 @@ pub(super) async fn put_object_tagging(
     let input = req.input;
     check_version(input.version_id.as_deref())?;
     let tags = Tags::from_tagging(input.tagging)?;
-    ep.require_bucket(&input.bucket).await?;
-    let tagged = index::set_object_tags(ep.pool(), &input.bucket, &input.key, &tags.to_json())
+    replace_tags(ep, &input.bucket, &input.key, &tags).await?;
+    Ok(S3Response::new(PutObjectTaggingOutput {
+        version_id: input.version_id,
+    }))
+}
+
+/// Replaces the tags of object `bucket`/`key` (PutObjectTagging, and
+/// DeleteObjectTagging with none): `NoSuchBucket`, `NoSuchKey`.
+async fn replace_tags(ep: &Endpoint, bucket: &str, key: &str, tags: &Tags) -> S3Result<()> {
+    ep.require_bucket(bucket).await?;
+    let tagged = index::set_object_tags(ep.pool(), bucket, key, &tags.to_json())
         .await
         .map_err(db_error)?;
     if !tagged {
         return Err(s3_error!(NoSuchKey));
     }
-    Ok(S3Response::new(PutObjectTaggingOutput {
-        version_id: input.version_id,
-    }))
+    Ok(())
 }
 
 pub(super) async fn get_object_tagging(
@@ -231,18 +238,7 @@ pub(super) async fn delete_object_tagging(
 ) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
     let input = req.input;
     check_version(input.version_id.as_deref())?;
-    ep.require_bucket(&input.bucket).await?;
-    let tagged = index::set_object_tags(
-        ep.pool(),
-        &input.bucket,
-        &input.key,
-        &Tags::default().to_json(),
-    )
-    .await
-    .map_err(db_error)?;
-    if !tagged {
-        return Err(s3_error!(NoSuchKey));
-    }
+    replace_tags(ep, &input.bucket, &input.key, &Tags::default()).await?;
     Ok(S3Response::with_status(
         DeleteObjectTaggingOutput {
             version_id: input.version_id,
